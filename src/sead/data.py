@@ -1,0 +1,287 @@
+"""Prompt data: load question/answer rows from files, dataset folders or the hub into `PromptItem`s.
+
+Sources (``DataConfig.path``):
+- a ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file (read here, so errors name the row);
+- a local folder: a ``save_to_disk`` dataset, else anything ``datasets.load_dataset(folder)`` reads;
+- a Hugging Face hub name ``owner/name`` (needs the hub or its local cache).
+A path that is neither an existing file/folder nor of the form ``owner/name`` fails at once.
+
+Template convention: ``DataConfig.template`` is a Python format string. ``{problem}`` is the text
+of the prompt field whatever that field is called; other fields of the row can be used by their
+column name (``{subject}``); literal braces are doubled (``\\boxed{{}}``). The chat template is
+applied later by the rollout code, not here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sead.errors import ConfigError, DataError
+
+__all__ = ["DEFAULT_TEMPLATE", "DataConfig", "PromptItem", "load_prompts", "load_rows", "check_template"]
+
+DEFAULT_TEMPLATE = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def check_template(template: str, key: str) -> set[str]:
+    """Validate a prompt template (see module doc); return the field names it uses."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ConfigError(f"{key} is not a valid format string ({err}); write literal braces as {{{{ }}}}") from None
+    names = {name for _, name, _, _ in parts if name is not None}
+    if "" in names or any(n.isdigit() for n in names):
+        raise ConfigError(f"{key} has an empty or positional {{}} field; use {{problem}} and write literal braces as {{{{ }}}}")
+    if not names:
+        raise ConfigError(f"{key} must contain {{problem}} (the prompt text); got {template!r}")
+    return names
+
+
+@dataclass
+class DataConfig:
+    """Where the training prompts come from and how rows map to `PromptItem`s."""
+
+    path: str = ""
+    split: str = "train"
+    subset: str | None = None  # hub dataset configuration name, e.g. "main" for openai/gsm8k
+    prompt_field: str = "problem"
+    answer_field: str | None = "answer"  # None: rows carry no reference answer (pure distillation)
+    id_field: str | None = None  # None: the 0-based row number is the id
+    template: str = DEFAULT_TEMPLATE
+    max_prompts: int | None = None  # keep a seeded random subset of this many rows (in file order)
+    shuffle_seed: int = 0  # seed of that subset
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str):
+            raise ConfigError(f"data.path must be a string, got {self.path!r}")
+        if not isinstance(self.split, str) or not self.split:
+            raise ConfigError("data.split must be a non-empty string; set data.split=train")
+        if not isinstance(self.prompt_field, str) or not self.prompt_field:
+            raise ConfigError("data.prompt_field must be a non-empty string; set data.prompt_field=question")
+        for key in ("answer_field", "id_field", "subset"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"data.{key} must be a non-empty string or null, got {value!r}")
+        check_template(self.template, "data.template")
+        if self.max_prompts is not None and (not isinstance(self.max_prompts, int) or self.max_prompts <= 0):
+            raise ConfigError(f"data.max_prompts must be a positive integer or null, got {self.max_prompts!r}")
+        if not isinstance(self.shuffle_seed, int):
+            raise ConfigError(f"data.shuffle_seed must be an integer, got {self.shuffle_seed!r}")
+
+
+@dataclass
+class PromptItem:
+    """One prompt: ``prompt`` is the template applied to ``question`` (no chat template yet)."""
+
+    id: str
+    question: str
+    answer: str | None
+    prompt: str
+
+
+# ---------------------------------------------------------------- raw rows
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    rows = []
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path} line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{where} is not UTF-8; re-encode the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where} is not valid JSON ({err.msg}); fix or delete that line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where} is a JSON {type(row).__name__}, not an object; write one {{...}} per line")
+            rows.append((where, row))
+    return rows
+
+
+def _read_json(path: Path) -> list[tuple[str, dict]]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8; re-encode the file as UTF-8") from None
+    except json.JSONDecodeError as err:
+        hint = "; for one object per line name the file .jsonl" if err.msg == "Extra data" else ""
+        raise DataError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}){hint}") from None
+    if isinstance(data, dict):  # {"data": [...]}, or columns {"problem": [...], "answer": [...]}
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(data) == 1 and lists:
+            data = lists[0]
+        elif lists and len(lists) == len(data) and len({len(v) for v in lists}) == 1:
+            data = [dict(zip(data, values)) for values in zip(*data.values())]
+    if not isinstance(data, list):
+        raise DataError(f"{path} must hold a JSON list of objects (or one list of them); got a {type(data).__name__}")
+    rows = []
+    for i, row in enumerate(data, start=1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path} row {i} is a JSON {type(row).__name__}, not an object; make every row an object")
+        rows.append((f"{path} row {i}", row))
+    return rows
+
+
+def _read_csv(path: Path) -> list[tuple[str, dict]]:
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            return [(f"{path} row {i}", dict(row)) for i, row in enumerate(csv.DictReader(f), start=1)]
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8; re-encode the file as UTF-8") from None
+    except csv.Error as err:
+        raise DataError(f"{path} is not a readable CSV file ({err}); check its quoting") from None
+
+
+def _read_parquet(path: Path) -> list[tuple[str, dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for corrupt files
+        raise DataError(f"{path} is not a readable parquet file ({type(err).__name__}); rewrite it") from None
+    return [(f"{path} row {i}", row) for i, row in enumerate(table.to_pylist(), start=1)]
+
+
+def _rows_of(dataset: Any, name: str) -> list[tuple[str, dict]]:
+    return [(f"{name} row {i}", dict(row)) for i, row in enumerate(dataset, start=1)]
+
+
+def _read_dataset_dir(path: Path, split: str) -> list[tuple[str, dict]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except FileNotFoundError:  # not a save_to_disk folder: let load_dataset read its files
+        try:
+            ds = datasets.load_dataset(str(path), split=split)
+        except Exception as err:
+            raise DataError(f"{path} is not a dataset folder datasets can read ({type(err).__name__}: {err})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"{path} has no split {split!r}; set data.split to one of {sorted(ds)}")
+        ds = ds[split]
+    return _rows_of(ds, f"{path}[{split}]")
+
+
+def _read_hub(name: str, subset: str | None, split: str) -> list[tuple[str, dict]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, subset, split=split)
+    except Exception as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(
+            f"cannot load hub dataset {name!r} split {split!r} ({msg}); check the name, data.subset and "
+            "data.split, or point data.path at a local .jsonl/.parquet file"
+        ) from None
+    return _rows_of(ds, f"{name}[{split}]")
+
+
+def load_rows(path: str, split: str = "train", subset: str | None = None) -> list[tuple[str, dict]]:
+    """Read raw rows as ``(where, row)`` pairs; ``where`` names the file and row for error messages."""
+    if not path:
+        raise DataError("no data path given; set data.path to a .jsonl/.json/.parquet/.csv file, a folder or owner/name")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        rows = _read_dataset_dir(p, split)
+    elif p.is_file():
+        readers = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
+        reader = readers.get(p.suffix.lower())
+        if reader is None:
+            raise DataError(f"{path} has an unknown file type; use one of {', '.join(FILE_SUFFIXES)}")
+        rows = reader(p)
+    elif _HUB_NAME.fullmatch(path) and not path.lower().endswith(FILE_SUFFIXES):
+        rows = _read_hub(path, subset, split)
+    else:
+        raise DataError(f"{path} does not exist; give an existing file or folder, or a hub dataset name owner/name")
+    if not rows:
+        raise DataError(f"{path} has no rows; point data.path at a non-empty data set")
+    return rows
+
+
+# ---------------------------------------------------------------- items
+
+
+def _text(value: Any, where: str, field: str, fix: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, int, float)):
+        return str(value[0])
+    raise DataError(f"{where}: field {field!r} is a {type(value).__name__}, not text; {fix}")
+
+
+def _missing(where: str, field: str, row: dict, key: str) -> DataError:
+    fields = ", ".join(sorted(map(str, row))) or "none"
+    return DataError(f"{where} has no field {field!r} (fields: {fields}); set {key} to the right field name")
+
+
+def rows_to_items(
+    rows: list[tuple[str, dict]],
+    prompt_field: str,
+    answer_field: str | None,
+    id_field: str | None,
+    template: str,
+    key_prefix: str = "data",
+) -> list[PromptItem]:
+    """Map raw rows to `PromptItem`s with the field mapping and template (see module doc)."""
+    names = check_template(template, f"{key_prefix}.template")
+    items, seen = [], {}
+    for index, (where, row) in enumerate(rows):
+        if prompt_field not in row or row[prompt_field] is None:
+            raise _missing(where, prompt_field, row, f"{key_prefix}.prompt_field")
+        question = _text(row[prompt_field], where, prompt_field, f"set {key_prefix}.prompt_field to a text field")
+        if not question.strip():
+            raise DataError(f"{where}: field {prompt_field!r} is empty; remove the row or fill in the prompt")
+        answer = None
+        if answer_field is not None:
+            if answer_field not in row or row[answer_field] is None:
+                err = _missing(where, answer_field, row, f"{key_prefix}.answer_field")
+                raise DataError(f"{err} (or {key_prefix}.answer_field=null for data without answers)")
+            answer = _text(row[answer_field], where, answer_field, f"set {key_prefix}.answer_field to a text field")
+        if id_field is None:
+            item_id = str(index)
+        else:
+            if id_field not in row or row[id_field] is None:
+                raise _missing(where, id_field, row, f"{key_prefix}.id_field")
+            item_id = _text(row[id_field], where, id_field, f"set {key_prefix}.id_field to a text or integer field")
+            if item_id in seen:
+                raise DataError(f"{where}: id {item_id!r} repeats {seen[item_id]}; make {key_prefix}.id_field unique or set it to null")
+            seen[item_id] = where
+        values = {n: row.get(n) for n in names if n != "problem"}
+        for n, v in values.items():
+            if v is None:
+                raise DataError(f"{where} has no field {n!r} used by {key_prefix}.template; fix the template or the data")
+        values["problem"] = question
+        items.append(PromptItem(id=item_id, question=question, answer=answer, prompt=template.format(**values)))
+    return items
+
+
+def subsample(items: list, max_items: int | None, seed: int) -> list:
+    """A seeded random subset of ``max_items`` items, kept in their original order."""
+    if max_items is None or max_items >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), max_items))
+    return [items[i] for i in keep]
+
+
+def load_prompts(cfg: DataConfig) -> list[PromptItem]:
+    """Load, map and subsample the prompts described by ``cfg`` (see module doc)."""
+    rows = load_rows(cfg.path, cfg.split, cfg.subset)
+    items = rows_to_items(rows, cfg.prompt_field, cfg.answer_field, cfg.id_field, cfg.template)
+    return subsample(items, cfg.max_prompts, cfg.shuffle_seed)
