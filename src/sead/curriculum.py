@@ -1,0 +1,343 @@
+"""Prompt samplers: which prompts each optimiser step trains on (uniform or a difficulty curriculum).
+
+The trainer builds one sampler with `build_sampler`, then at each 0-based optimiser step calls
+``indices = sampler.next_batch(step, batch_size)``, rolls out ``prompts[i] for i in indices``,
+calls ``sampler.update(indices, pass_fractions)`` with the verifier pass fraction of each prompt's
+rollouts (skip it when there is no verifier), and logs ``sampler.metrics()``. ``state_dict()`` is
+JSON-serialisable; restoring it makes a resumed run draw the same batches.
+
+Samplers (``CurriculumConfig.sampler``):
+- ``uniform``: seeded shuffle per epoch, without replacement within an epoch.
+- ``competence``: prompts with difficulty d_i <= c(step + 1) (`sead.schedule.competence` at the
+  1-based step number, so c = 1 and every prompt is eligible on the last step) are eligible;
+  batches are drawn at random from the eligible prompts not yet drawn this epoch (an epoch restarts
+  once every eligible prompt was drawn). **[choice]** When fewer than ``batch_size`` prompts are
+  eligible (none, early on a hard data set), the ``batch_size`` easiest prompts are eligible instead.
+- ``sorted`` (the paper's experiments): one pass easy to hard ordered by d_i + N(0, noise_sigma^2);
+  if the run has more steps than one pass, a new pass with fresh noise follows.
+- ``refreshing``: ``competence`` whose difficulties follow the training verdicts:
+  d_i <- m d_i + (1 - m)(1 - pass_i) with m = ``refresh_momentum`` for every prompt in a batch, and
+  a fraction ``explore_frac`` of each batch is taken from the easiest not-yet-eligible prompts, so
+  the difficulties just above the competence line are re-measured for free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from sead.data import PromptItem
+from sead.errors import CheckpointError, ConfigError, DataError
+from sead.schedule import competence
+
+__all__ = [
+    "CurriculumConfig",
+    "PromptSampler",
+    "UniformSampler",
+    "CompetenceSampler",
+    "SortedSampler",
+    "RefreshingSampler",
+    "build_sampler",
+    "load_difficulties",
+]
+
+SAMPLERS = ("uniform", "competence", "sorted", "refreshing")
+
+
+@dataclass
+class CurriculumConfig:
+    """Prompt order: uniform, or a curriculum over per-prompt difficulties (see module doc)."""
+
+    sampler: str = "uniform"  # uniform | competence | sorted | refreshing
+    difficulty_path: str | None = None  # JSONL written by `sead difficulty`
+    c0: float = 0.25
+    p: float = 2.0
+    noise_sigma: float = 0.02
+    refresh_momentum: float = 0.5
+    explore_frac: float = 0.125
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"curriculum.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if not 0 < self.c0 <= 1:
+            raise ConfigError(f"curriculum.c0 must be in (0, 1], got {self.c0!r}; the default is 0.25")
+        if not self.p > 0:
+            raise ConfigError(f"curriculum.p must be > 0, got {self.p!r}; the default is 2.0")
+        if not self.noise_sigma >= 0:
+            raise ConfigError(f"curriculum.noise_sigma must be >= 0, got {self.noise_sigma!r}; the default is 0.02")
+        if not 0 <= self.refresh_momentum < 1:
+            raise ConfigError(f"curriculum.refresh_momentum must be in [0, 1), got {self.refresh_momentum!r}")
+        if not 0 <= self.explore_frac < 1:
+            raise ConfigError(f"curriculum.explore_frac must be in [0, 1), got {self.explore_frac!r}")
+        if not isinstance(self.seed, int):
+            raise ConfigError(f"curriculum.seed must be an integer, got {self.seed!r}")
+
+
+def _rng_state(rng: random.Random) -> list:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(rng: random.Random, state: list) -> None:
+    rng.setstate((state[0], tuple(state[1]), state[2]))
+
+
+class PromptSampler:
+    """Base class: draws prompt indices per step; subclasses implement `_draw`."""
+
+    kind = "base"
+
+    def __init__(self, num_prompts: int, total_steps: int, difficulties: list[float] | None, seed: int = 0):
+        if num_prompts <= 0:
+            raise DataError("the prompt set is empty; point data.path at a data set with prompts")
+        if total_steps <= 0:
+            raise ConfigError(f"the sampler needs total_steps > 0, got {total_steps}; set train.steps")
+        if difficulties is not None and len(difficulties) != num_prompts:
+            raise DataError(f"{len(difficulties)} difficulties for {num_prompts} prompts; re-run `sead difficulty` on this data")
+        self.num_prompts = num_prompts
+        self.total_steps = total_steps
+        self.difficulties = None if difficulties is None else [float(d) for d in difficulties]
+        self.rng = random.Random(seed)
+        self._last: dict[str, float] = {}
+
+    def next_batch(self, step: int, batch_size: int) -> list[int]:
+        """Indices into the prompt list for 0-based optimiser step ``step``."""
+        if batch_size <= 0:
+            raise ConfigError(f"batch size must be > 0, got {batch_size}")
+        indices = self._draw(step, batch_size)
+        if self.difficulties is not None:
+            self._last["curriculum/batch_difficulty"] = sum(self.difficulties[i] for i in indices) / len(indices)
+        return indices
+
+    def _draw(self, step: int, batch_size: int) -> list[int]:
+        raise NotImplementedError
+
+    def update(self, indices: list[int], passed: list[float]) -> None:
+        """Record the verifier pass fraction of each drawn prompt's rollouts (free training signal)."""
+        if len(indices) != len(passed):
+            raise ValueError(f"update got {len(indices)} indices but {len(passed)} pass fractions")
+        if passed:
+            self._last["curriculum/batch_pass_rate"] = sum(map(float, passed)) / len(passed)
+
+    def metrics(self) -> dict[str, float]:
+        """Curriculum metrics of the last batch (keys per docs/FORMATS.md)."""
+        return dict(self._last)
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "num_prompts": self.num_prompts, "rng": _rng_state(self.rng), "last": self._last}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != self.kind or state.get("num_prompts") != self.num_prompts:
+            raise CheckpointError(
+                f"sampler state is for {state.get('kind')} over {state.get('num_prompts')} prompts, this run uses "
+                f"{self.kind} over {self.num_prompts}; resume with the same data and curriculum config"
+            )
+        _set_rng_state(self.rng, state["rng"])
+        self._last = dict(state.get("last", {}))
+
+
+class UniformSampler(PromptSampler):
+    """Seeded shuffle per epoch; without replacement within an epoch."""
+
+    kind = "uniform"
+
+    def __init__(self, num_prompts, total_steps, difficulties=None, seed=0):
+        super().__init__(num_prompts, total_steps, difficulties, seed)
+        self.order: list[int] = []
+        self.pos = 0
+        self.epoch = -1
+
+    def _draw(self, step, batch_size):
+        out = []
+        while len(out) < batch_size:
+            if self.pos >= len(self.order):
+                self.order = list(range(self.num_prompts))
+                self.rng.shuffle(self.order)
+                self.pos, self.epoch = 0, self.epoch + 1
+            take = self.order[self.pos : self.pos + batch_size - len(out)]
+            out += take
+            self.pos += len(take)
+        self._last["curriculum/epoch"] = float(self.epoch)
+        return out
+
+    def state_dict(self):
+        return {**super().state_dict(), "order": self.order, "pos": self.pos, "epoch": self.epoch}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.order, self.pos, self.epoch = list(state["order"]), state["pos"], state["epoch"]
+
+
+class SortedSampler(UniformSampler):
+    """Easy to hard by d_i + N(0, sigma^2), one pass without replacement; then a fresh pass."""
+
+    kind = "sorted"
+
+    def __init__(self, num_prompts, total_steps, difficulties, seed=0, noise_sigma=0.02):
+        super().__init__(num_prompts, total_steps, difficulties, seed)
+        self.noise_sigma = noise_sigma
+
+    def _draw(self, step, batch_size):
+        if self.pos >= len(self.order):  # new pass: fresh noise (the base loop then never reshuffles)
+            keys = [d + self.rng.gauss(0.0, self.noise_sigma) for d in self.difficulties]
+            self.order = sorted(range(self.num_prompts), key=lambda i: (keys[i], i))
+            self.pos, self.epoch = 0, self.epoch + 1
+        out = []
+        while len(out) < batch_size:
+            if self.pos >= len(self.order):
+                out += self._draw(step, batch_size - len(out))
+                break
+            take = self.order[self.pos : self.pos + batch_size - len(out)]
+            out += take
+            self.pos += len(take)
+        self._last["curriculum/epoch"] = float(self.epoch)
+        return out
+
+
+class CompetenceSampler(PromptSampler):
+    """Draw at random from prompts with d_i <= c(step), each once per epoch over the eligible set."""
+
+    kind = "competence"
+
+    def __init__(self, num_prompts, total_steps, difficulties, seed=0, c0=0.25, p=2.0):
+        super().__init__(num_prompts, total_steps, difficulties, seed)
+        self.c0, self.p = c0, p
+        self.drawn: set[int] = set()  # drawn in the current epoch
+
+    def competence(self, step: int) -> float:
+        """c at 0-based ``step``, evaluated at the 1-based step number so the last step admits all."""
+        return competence(step + 1, self.total_steps, self.c0, self.p)
+
+    def eligible(self, step: int, batch_size: int) -> list[int]:
+        """Prompts with d_i <= c(step); at least the ``batch_size`` easiest ones (module doc)."""
+        c = self.competence(step)
+        d = self.difficulties
+        chosen = [i for i in range(self.num_prompts) if d[i] <= c + 1e-12]
+        if len(chosen) < min(batch_size, self.num_prompts):
+            chosen = sorted(sorted(range(self.num_prompts), key=lambda i: (d[i], i))[:batch_size])
+        return chosen
+
+    def _sample(self, pool: list[int], n: int) -> list[int]:
+        """``n`` prompts of ``pool`` not drawn this epoch; starts a new epoch when they run out."""
+        out: list[int] = []
+        while len(out) < n:
+            taken = set(out)
+            fresh = [i for i in pool if i not in self.drawn and i not in taken]
+            if not fresh:
+                if taken.issuperset(pool):  # the pool is smaller than the batch: repeats are unavoidable
+                    fresh = list(pool)
+                else:  # every eligible prompt was drawn this epoch: start a new epoch over the pool
+                    self.drawn = (self.drawn - set(pool)) | taken
+                    continue
+            take = self.rng.sample(fresh, min(n - len(out), len(fresh)))
+            out += take
+            self.drawn.update(take)
+        return out
+
+    def _draw(self, step, batch_size):
+        pool = self.eligible(step, batch_size)
+        self._last["curriculum/competence"] = self.competence(step)
+        self._last["curriculum/eligible"] = len(pool) / self.num_prompts
+        return self._sample(pool, batch_size)
+
+    def state_dict(self):
+        return {**super().state_dict(), "drawn": sorted(self.drawn)}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.drawn = set(state["drawn"])
+
+
+class RefreshingSampler(CompetenceSampler):
+    """`CompetenceSampler` whose difficulties follow training verdicts, plus exploration (module doc)."""
+
+    kind = "refreshing"
+
+    def __init__(self, num_prompts, total_steps, difficulties, seed=0, c0=0.25, p=2.0, momentum=0.5, explore_frac=0.125):
+        super().__init__(num_prompts, total_steps, difficulties, seed, c0, p)
+        self.momentum, self.explore_frac = momentum, explore_frac
+        self.updates = 0
+
+    def _draw(self, step, batch_size):
+        pool = self.eligible(step, batch_size)
+        in_pool = set(pool)
+        upcoming = sorted((i for i in range(self.num_prompts) if i not in in_pool), key=lambda i: (self.difficulties[i], i))
+        n_explore = min(math.floor(self.explore_frac * batch_size), len(upcoming))
+        self._last["curriculum/competence"] = self.competence(step)
+        self._last["curriculum/eligible"] = len(pool) / self.num_prompts
+        if n_explore:  # the easiest not-yet-eligible prompts, one batch's worth to choose from
+            explore = self.rng.sample(upcoming[: max(batch_size, n_explore)], n_explore)
+            return self._sample(pool, batch_size - n_explore) + explore
+        return self._sample(pool, batch_size)
+
+    def update(self, indices, passed):
+        super().update(indices, passed)
+        m = self.momentum
+        for i, ok in zip(indices, passed):
+            self.difficulties[i] = m * self.difficulties[i] + (1.0 - m) * (1.0 - float(ok))
+        self.updates += len(indices)
+        self._last["curriculum/mean_difficulty"] = sum(self.difficulties) / self.num_prompts
+
+    def state_dict(self):
+        return {**super().state_dict(), "difficulties": self.difficulties, "updates": self.updates}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.difficulties, self.updates = [float(d) for d in state["difficulties"]], state["updates"]
+
+
+def build_sampler(
+    cfg: CurriculumConfig, num_prompts: int, total_steps: int, difficulties: list[float] | None = None
+) -> PromptSampler:
+    """The sampler ``cfg.sampler`` over ``num_prompts`` prompts for a run of ``total_steps`` steps."""
+    if cfg.sampler == "uniform":
+        return UniformSampler(num_prompts, total_steps, difficulties, cfg.seed)
+    if difficulties is None:
+        raise ConfigError(
+            f"curriculum.sampler={cfg.sampler} needs prompt difficulties; run `sead difficulty` and set "
+            "curriculum.difficulty_path to its output"
+        )
+    if cfg.sampler == "sorted":
+        return SortedSampler(num_prompts, total_steps, difficulties, cfg.seed, cfg.noise_sigma)
+    if cfg.sampler == "competence":
+        return CompetenceSampler(num_prompts, total_steps, difficulties, cfg.seed, cfg.c0, cfg.p)
+    return RefreshingSampler(
+        num_prompts, total_steps, difficulties, cfg.seed, cfg.c0, cfg.p, cfg.refresh_momentum, cfg.explore_frac
+    )
+
+
+def load_difficulties(path: str, items: list[PromptItem]) -> list[float]:
+    """Difficulties aligned with ``items``, matched by id, from a `sead difficulty` JSONL file.
+
+    Each line is ``{"id": str, "pass_rate": float, "difficulty": float}``; ``difficulty`` wins,
+    else ``1 - pass_rate``. Later lines for the same id replace earlier ones.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"difficulty file {path} does not exist; run `sead difficulty` or fix curriculum.difficulty_path")
+    by_id: dict[str, float] = {}
+    with p.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path} line {lineno}"
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+                value = row["difficulty"] if row.get("difficulty") is not None else 1.0 - float(row["pass_rate"])
+                key, value = str(row["id"]), float(value)
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                raise DataError(f'{where} is not {{"id", "pass_rate", "difficulty"}} JSON; fix the line or re-run `sead difficulty`') from None
+            if not 0.0 <= value <= 1.0:
+                raise DataError(f"{where}: difficulty {value} is outside [0, 1]; re-run `sead difficulty`")
+            by_id[key] = value
+    missing = [it.id for it in items if it.id not in by_id]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of {len(items)} prompts have no difficulty in {path} (first id {missing[0]!r}); "
+            "re-run `sead difficulty` with the same data config (it resumes)"
+        )
+    return [by_id[it.id] for it in items]
