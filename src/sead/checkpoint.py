@@ -1,0 +1,99 @@
+"""Atomic checkpoints: written to a temporary folder, marked complete, then renamed into place.
+
+A checkpoint ``RUN/checkpoints/step-N`` holds accelerate's state (model, optimiser, scheduler,
+RNG states of every process) plus ``trainer_state.json`` (step, sampler state, ...). Only a
+folder with the ``COMPLETE`` marker is ever picked as the latest, so a crash mid-write never
+leaves a half checkpoint in use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from sead.errors import CheckpointError
+
+__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "list_checkpoints"]
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+MARKER = "COMPLETE"
+STATE = "trainer_state.json"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    found = []
+    if root.is_dir():
+        for child in root.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and (child / MARKER).exists() and (child / STATE).exists():
+                found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: dict, keep: int = 2) -> Path:
+    """Save on every process (accelerate needs all of them), publish atomically on the main one."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            (tmp / STATE).write_text(json.dumps(trainer_state), encoding="utf-8")
+            (tmp / MARKER).write_text(str(step), encoding="utf-8")
+            _fsync_dir(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(root)
+    except OSError as err:
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"could not write checkpoint step-{step} in {root} ({err.strerror or err}); "
+            "free disk space or fix permissions, then resume with train.resume=true"
+        ) from None
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and keep > 0:
+        for _, old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(accelerator, path: str | Path) -> dict:
+    """Restore accelerate's state from ``path`` and return its trainer state."""
+    path = Path(path)
+    try:
+        state = json.loads((path / STATE).read_text(encoding="utf-8"))
+        accelerator.load_state(str(path))
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or incomplete ({type(err).__name__}: {str(err)[:120]}); "
+            "delete it to resume from the previous one"
+        ) from None
+    return state

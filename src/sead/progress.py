@@ -1,0 +1,49 @@
+"""Console progress for training: a rich progress bar with ETA and the step's key figures."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["StepProgress", "summary_line"]
+
+_KEYS = (("loss/total", "loss", "{:.4f}"), ("loss/fkl", "fkl", "{:.3f}"), ("entropy/student_mean", "H_s", "{:.3f}"),
+         ("zones/frac_b", "B", "{:.2f}"), ("reward/mean", "reward", "{:.2f}"), ("perf/tokens_per_s", "tok/s", "{:.0f}"))
+
+
+def summary_line(record: dict) -> str:
+    parts = []
+    for key, label, fmt in _KEYS:
+        value = record.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            parts.append(f"{label} {fmt.format(value)}")
+    return "  ".join(parts)
+
+
+class StepProgress:
+    """A progress bar over optimiser steps; a no-op on non-main processes or when disabled."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True):
+        self.total, self.start, self.enabled = total, start, enabled
+        self._progress = None
+        self._task = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("train", total=self.total, completed=self.start, info="")
+        return self
+
+    def update(self, step: int, record: dict) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, info=summary_line(record))
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+        return False

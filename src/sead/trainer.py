@@ -1,0 +1,338 @@
+"""`sead train`: set up models, data and optimiser through accelerate, run steps, log, checkpoint.
+
+The loop itself is ``Trainer.train``; one optimiser step is ``sead.step.distill_step``. Every step
+appends a line to ``metrics.jsonl`` (durably, after the update), every ``logging.samples_every``
+steps a few rollouts go to ``samples.jsonl``, and every ``train.save_every`` steps an atomic
+checkpoint is written. ``train.resume=true`` restores the latest complete checkpoint (weights,
+optimiser, scheduler, RNG states, sampler) and continues as if the run had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from sead.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sead.config import RunConfig, config_to_dict, save_config
+from sead.errors import ConfigError, SeadError
+from sead.metrics import MetricsWriter
+from sead.models import check_shared_vocab, head_rows, load_model, load_tokenizer
+
+__all__ = ["Trainer", "lr_lambda", "train_main"]
+
+# Settings that may change between a run and its resumption without changing the result.
+_RESUME_FREE = {("train", "resume"), ("train", "force_resume"), ("logging", "progress"), ("train", "torch_threads")}
+
+
+def lr_lambda(optim_cfg, total_steps: int):
+    """LR multiplier: linear warmup over ``warmup_steps``, then cosine/linear/constant decay."""
+    warmup, floor = optim_cfg.warmup_steps, optim_cfg.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if optim_cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if optim_cfg.schedule == "cosine" else 1 - progress
+        return floor + (1 - floor) * shape
+
+    return factor
+
+
+class _Stop(Exception):
+    """Raised from a signal handler so the loop can checkpoint before exiting."""
+
+
+class Trainer:
+    """Owns the models, optimiser, sampler and run directory of one training run."""
+
+    def __init__(self, cfg: RunConfig, accelerator=None):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.train.output_dir)
+        self.accelerator = accelerator
+        self.step = 0  # completed optimiser steps
+
+    # ----------------------------------------------------------------- setup
+    def setup(self) -> "Trainer":
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        cfg = self.cfg
+        if cfg.objective.method in ("grpo", "opsd"):
+            raise ConfigError(f"objective.method={cfg.objective.method} is not available in this version; use opd, rkl, fkl, jsd, eopd or sead")
+        if cfg.train.torch_threads:
+            torch.set_num_threads(cfg.train.torch_threads)
+        if self.accelerator is None:
+            self.accelerator = Accelerator(
+                mixed_precision=cfg.train.mixed_precision,
+                log_with=cfg.logging.trackers or None,
+                project_dir=str(self.run_dir),
+            )
+        acc = self.accelerator
+        if cfg.train.batch_size % acc.num_processes:
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} does not split over {acc.num_processes} processes; "
+                "make it a multiple of the process count"
+            )
+        self._prepare_run_dir()
+        set_seed(cfg.train.seed)
+        self._load_models()
+        self._load_data()
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.student.parameters() if p.requires_grad],
+            lr=cfg.optim.lr,
+            betas=tuple(cfg.optim.betas),
+            eps=cfg.optim.eps,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim, cfg.train.steps))
+        self.student, self.optimizer, self.scheduler = acc.prepare(self.student, self.optimizer, self.scheduler)
+        self.teacher.to(acc.device)
+        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        if cfg.logging.trackers:
+            acc.init_trackers(cfg.logging.project, config=config_to_dict(cfg))
+        if cfg.train.resume:
+            self._resume()
+        return self
+
+    def _prepare_run_dir(self) -> None:
+        acc, cfg = self.accelerator, self.cfg
+        if acc.is_main_process:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                probe = self.run_dir / ".write-test"
+                probe.write_text("ok")
+                probe.unlink()
+            except OSError as err:
+                raise ConfigError(
+                    f"train.output_dir={str(self.run_dir)!r} is not writable ({err.strerror}); choose another directory"
+                ) from None
+            saved = self.run_dir / "config.yaml"
+            if saved.exists() and not cfg.train.resume and latest_checkpoint(self.run_dir) is not None:
+                raise ConfigError(
+                    f"{self.run_dir} already holds a run with checkpoints; resume it with train.resume=true "
+                    "or pick a new train.output_dir"
+                )
+            if cfg.train.resume and saved.exists():
+                self._check_resume_config(saved)
+            save_config(cfg, saved)
+        acc.wait_for_everyone()
+
+    def _check_resume_config(self, saved: Path) -> None:
+        import yaml
+
+        old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        new = config_to_dict(self.cfg)
+        changed = [
+            f"{section}.{key}"
+            for section, values in new.items()
+            if isinstance(values, dict)
+            for key, value in values.items()
+            if (section, key) not in _RESUME_FREE and (old.get(section) or {}).get(key, value) != value
+        ]
+        if changed and not self.cfg.train.force_resume:
+            raise ConfigError(
+                f"resuming with a changed config ({', '.join(changed[:4])}); restore those values "
+                "or pass train.force_resume=true to continue anyway"
+            )
+
+    def _load_models(self) -> None:
+        m = self.cfg.model
+        self.tokenizer = load_tokenizer(m.tokenizer or m.student, m.gguf_file if not m.tokenizer else None,
+                                        key="model.tokenizer" if m.tokenizer else "model.student",
+                                        trust_remote_code=m.trust_remote_code)
+        self.student = load_model(m.student, m.dtype, m.gguf_file, "model.student", m.trust_remote_code)
+        self.teacher = load_model(m.teacher, m.teacher_dtype or m.dtype, m.teacher_gguf_file, "model.teacher",
+                                  m.trust_remote_code)
+        teacher_tok = None
+        if m.teacher != (m.tokenizer or m.student):
+            try:
+                teacher_tok = load_tokenizer(m.teacher, m.teacher_gguf_file, "model.teacher", m.trust_remote_code)
+            except SeadError:
+                teacher_tok = None  # a teacher folder without a tokenizer uses the student's
+        self.vocab = check_shared_vocab(self.tokenizer, teacher_tok, head_rows(self.student), head_rows(self.teacher))
+        self.teacher.eval().requires_grad_(False)
+        self.student.train()
+        if getattr(self.student.config, "use_cache", None) is not None:
+            self.student.config.use_cache = False
+
+    def _load_data(self) -> None:
+        from sead.curriculum import build_sampler, load_difficulties
+        from sead.data import load_prompts
+        from sead.verifier import build_verifier
+
+        cfg = self.cfg
+        if not cfg.data.path:
+            raise ConfigError("data.path is empty; set data.path to a JSONL/JSON/parquet/CSV file, a dataset folder or a hub name")
+        self.items = load_prompts(cfg.data)
+        if not self.items:
+            raise ConfigError(f"data.path={cfg.data.path!r} holds no prompts; check the file and data.split")
+        use_curriculum = cfg.objective.curriculum and cfg.curriculum.sampler != "uniform"
+        if cfg.objective.curriculum and cfg.curriculum.sampler == "uniform":
+            raise ConfigError("objective.curriculum=true needs curriculum.sampler=competence|sorted|refreshing")
+        difficulties = None
+        if use_curriculum:
+            if not cfg.curriculum.difficulty_path:
+                raise ConfigError("objective.curriculum=true needs curriculum.difficulty_path (run `sead difficulty` first)")
+            difficulties = load_difficulties(cfg.curriculum.difficulty_path, self.items)
+        sampler_cfg = cfg.curriculum if use_curriculum else type(cfg.curriculum)(seed=cfg.curriculum.seed)
+        self.sampler = build_sampler(sampler_cfg, len(self.items), cfg.train.steps, difficulties)
+        has_answers = any(item.answer is not None for item in self.items)
+        self.verifier = build_verifier(cfg.verifier) if has_answers else None
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            self.accelerator.print(f"no complete checkpoint in {self.run_dir}; starting from step 0")
+            return
+        state = load_checkpoint(self.accelerator, path)
+        self.step = int(state["step"])
+        self.sampler.load_state_dict(state["sampler"])
+        if self.accelerator.is_main_process:
+            self.metrics.truncate_after(self.step)
+            samples = self.run_dir / "samples.jsonl"
+            if samples.exists():
+                kept = [line for line in samples.read_text(encoding="utf-8").splitlines()
+                        if _step_of(line) is not None and _step_of(line) <= self.step]
+                samples.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+        self.accelerator.print(f"resumed from {path} at step {self.step}")
+
+    # ------------------------------------------------------------------ loop
+    def _rewards(self, indices):
+        if self.verifier is None:
+            return None
+        answers = [self.items[i].answer for i in indices for _ in range(self.cfg.train.samples_per_prompt)]
+
+        def score(rollout):
+            return [float(self.verifier(text, ans)) for text, ans in zip(rollout.response_texts, answers)]
+
+        return score
+
+    def train(self) -> Path:
+        from sead.progress import StepProgress
+        from sead.step import distill_step
+
+        cfg, acc = self.cfg, self.accelerator
+        bad_streak = 0
+        progress = StepProgress(cfg.train.steps, start=self.step, enabled=cfg.logging.progress and acc.is_main_process)
+        stop = {"signal": None}
+
+        def on_signal(signum, frame):
+            stop["signal"] = signum
+            raise _Stop()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with progress:
+                while self.step < cfg.train.steps:
+                    t_step = time.perf_counter()
+                    indices = self.sampler.next_batch(self.step, cfg.train.batch_size)
+                    share = len(indices) // acc.num_processes
+                    mine = indices[acc.process_index * share : (acc.process_index + 1) * share]
+                    want_samples = cfg.logging.samples_every > 0 and (self.step + 1) % cfg.logging.samples_every == 0
+                    result = distill_step(
+                        cfg=cfg, accelerator=acc, student=self.student, teacher=self.teacher,
+                        tokenizer=self.tokenizer, optimizer=self.optimizer, scheduler=self.scheduler,
+                        prompts=[self.items[i].prompt for i in mine], step=self.step, vocab=self.vocab,
+                        rewards_fn=self._rewards(mine), want_samples=want_samples,
+                    )
+                    rewards = result.metrics.pop("_rewards", None)
+                    if rewards is not None:
+                        self._update_sampler(indices, mine, rewards)
+                    bad_streak = 0 if result.finite else bad_streak + 1
+                    self.step += 1
+                    record = self._record(result, t_step, bad_streak)
+                    if acc.is_main_process:
+                        self.metrics.write(record)
+                        if result.samples:
+                            with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as fh:
+                                fh.writelines(json.dumps(s) + "\n" for s in result.samples)
+                    if cfg.logging.trackers:
+                        acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
+                    progress.update(self.step, record)
+                    if bad_streak >= cfg.train.max_bad_steps:
+                        self.save()
+                        raise SeadError(
+                            f"{bad_streak} consecutive steps had non-finite loss or gradients (last at step {self.step}); "
+                            "lower optim.lr, check the models' dtype, or raise train.max_bad_steps"
+                        )
+                    if self.step % cfg.train.save_every == 0 and self.step < cfg.train.steps:
+                        self.save()
+        except _Stop:
+            self.save()
+            raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {self.step}; checkpoint saved") from None
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        self.save()
+        final = self.save_final()
+        if cfg.logging.trackers:
+            acc.end_training()
+        return final
+
+    def _update_sampler(self, indices, mine, rewards_local) -> None:
+        from accelerate.utils import gather_object
+
+        spp = self.cfg.train.samples_per_prompt
+        per_prompt = [sum(rewards_local[i * spp:(i + 1) * spp]) / spp for i in range(len(mine))]
+        if self.accelerator.num_processes > 1:
+            per_prompt = gather_object(per_prompt)
+        self.sampler.update(list(indices), list(per_prompt))
+
+    def _record(self, result, t_step: float, bad_streak: int) -> dict:
+        record = {"step": self.step}
+        record.update(result.metrics)
+        record.update(self.sampler.metrics())
+        elapsed = time.perf_counter() - t_step
+        record["time/step_s"] = elapsed
+        tokens = record.get("zones/tokens", 0.0)
+        record["perf/tokens_per_s"] = tokens / elapsed if elapsed > 0 else 0.0
+        record["health/skipped_step"] = 0.0 if result.finite else 1.0
+        record["health/bad_streak"] = float(bad_streak)
+        return record
+
+    # ----------------------------------------------------------- checkpoints
+    def save(self) -> Path:
+        state = {"step": self.step, "sampler": self.sampler.state_dict()}
+        return save_checkpoint(self.accelerator, self.run_dir, self.step, state, self.cfg.train.keep_checkpoints)
+
+    def save_final(self) -> Path:
+        acc = self.accelerator
+        final = self.run_dir / "final"
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            tmp = self.run_dir / ".final-tmp"
+            acc.unwrap_model(self.student).save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            if final.exists():
+                import shutil
+
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        acc.wait_for_everyone()
+        return final
+
+
+def _step_of(line: str):
+    try:
+        return int(json.loads(line).get("step"))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def train_main(config_path: str | None, overrides: list[str]) -> Path:
+    """Entry point of ``sead train``: returns the final model directory."""
+    from sead.config import load_config
+
+    cfg = load_config(config_path, overrides)
+    trainer = Trainer(cfg).setup()
+    final = trainer.train()
+    trainer.accelerator.print(f"done: {trainer.step} steps; metrics in {trainer.run_dir / 'metrics.jsonl'}; model in {final}")
+    return final
