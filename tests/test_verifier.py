@@ -34,6 +34,9 @@ def math_verifier():
         ("The total is 42 apples", "42"),
         ("\\boxed{\\text{(B)}}", "(B)"),
         ("\\boxed{-2}", "-2"),
+        ("\\boxed{\\$5}", "5"),
+        ("\\boxed{x = 3}", "3"),
+        ("\\boxed{50\\%}", "50"),
     ],
 )
 def test_math_accepts_equivalent(math_verifier, response, answer):

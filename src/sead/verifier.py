@@ -94,7 +94,7 @@ def extract_final_answer(response: str) -> str | None:
 def normalize_answer(text: str) -> str:
     """Canonical string form: no spaces, ``$``, ``\\text{}``, trailing dot or thousands commas;
     lower case; numbers in a canonical decimal form (``2.0`` -> ``2``, ``0.50`` -> ``0.5``)."""
-    s = text.replace("$", "").strip()
+    s = text.replace("\\$", "").replace("$", "").strip()
     s = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", s)
     s = re.sub(r"\\[,;:! ]|\s+", "", s)
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)
