@@ -1,0 +1,388 @@
+"""Figures of ``sead report`` and the numbers they show, all from data read by
+:func:`sead.report.load_run`.
+
+- numbers: per-zone share of the forward KL against the share of tokens, top-20% entropy Jaccard;
+- rollouts rendered as HTML text, each token's background coloured by zone;
+- matplotlib figures, drawn with the object API on the Agg canvas (no pyplot, no global backend
+  switch); each returns a ``Figure`` or None when the run has nothing to draw. matplotlib is
+  imported on use.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sead.report import PAPER_FAIR_SHARE, ZONE_COLORS, ZONE_NAMES, RunData, Sample
+
+__all__ = [
+    "ZoneShare", "zone_fair_share", "fair_share_from_metrics", "top_fraction_jaccard", "pooled_tokens",
+    "render_rollout", "rollout_legend", "to_png", "training_curves", "zone_figure", "token_figure",
+    "entropy_collapse",
+]
+
+_KEY_COLORS = {"loss/total": "k", "loss/zone_b": ZONE_COLORS[1], "loss/zone_c": ZONE_COLORS[2]}
+_MAX_POINTS = 20000  # per scatter: more points are thinned evenly (the ranks stay exact)
+
+
+# ---------------------------------------------------------------- numbers (pure, tested on known cases)
+@dataclass
+class ZoneShare:
+    tokens: int
+    token_share: float
+    loss_share: float
+
+    @property
+    def ratio(self) -> float:
+        """Loss share as a multiple of the fair (token) share; 1.0 means proportional."""
+        return self.loss_share / self.token_share if self.token_share > 0 else math.nan
+
+
+def zone_fair_share(fkl: Sequence[float], zone: Sequence[int]) -> dict[int, ZoneShare]:
+    """Per zone (0, 1, 2): its share of tokens and of the forward-KL sum. Zoneless (-1) tokens and
+    non-finite values are left out; empty dict when no zoned token remains."""
+    pairs = [(float(f), int(z)) for f, z in zip(fkl, zone) if z in (0, 1, 2) and math.isfinite(f)]
+    if not pairs:
+        return {}
+    total = sum(f for f, _ in pairs)
+    out = {}
+    for z in (0, 1, 2):
+        vals = [f for f, zz in pairs if zz == z]
+        out[z] = ZoneShare(len(vals), len(vals) / len(pairs), sum(vals) / total if total > 0 else math.nan)
+    return out
+
+
+def fair_share_from_metrics(run: RunData) -> dict[int, tuple[list[int], list[float]]]:
+    """Per zone, the per-step ratio kl/fkl_share_z / zones/frac_z over the steps that logged both."""
+    out = {}
+    for z, letter in ((0, "a"), (1, "b"), (2, "c")):
+        pts = [(r["step"], r[f"kl/fkl_share_{letter}"] / r[f"zones/frac_{letter}"]) for r in run.metrics
+               if isinstance(r.get(f"kl/fkl_share_{letter}"), (int, float))
+               and isinstance(r.get(f"zones/frac_{letter}"), (int, float)) and r[f"zones/frac_{letter}"] > 0]
+        if pts:
+            out[z] = ([s for s, _ in pts], [v for _, v in pts])
+    return out
+
+
+def top_fraction_jaccard(teacher: Sequence[float], student: Sequence[float], frac: float = 0.2) -> float:
+    """Jaccard overlap |T & S| / |T | S| of the round(frac * N) highest-teacher-entropy tokens (T) and
+    the round(frac * N) highest-student-entropy tokens (S); ties go to the earlier token. NaN if N = 0."""
+    idx = [i for i, (t, s) in enumerate(zip(teacher, student)) if math.isfinite(t) and math.isfinite(s)]
+    if not idx:
+        return math.nan
+    k = min(len(idx), max(1, math.floor(frac * len(idx) + 0.5)))  # round half up, at least one token
+    top_t = set(sorted(idx, key=lambda i: -teacher[i])[:k])
+    top_s = set(sorted(idx, key=lambda i: -student[i])[:k])
+    return len(top_t & top_s) / len(top_t | top_s)
+
+
+def pooled_tokens(samples: Sequence[Sample]) -> dict[str, list]:
+    """Per-token lists concatenated over ``samples`` (keys zone, fkl, loss, teacher_entropy, student_entropy)."""
+    keys = ("zone", "fkl", "loss", "teacher_entropy", "student_entropy")
+    return {k: [v for s in samples for v in getattr(s, k)] for k in keys}
+
+
+# ---------------------------------------------------------------- rollouts as HTML text
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def render_rollout(sample: Sample, max_tokens: int = 1500, scale: float | None = None) -> str:
+    """A rollout as HTML: each token's background coloured by zone, opacity by |per-token loss|."""
+    losses = [abs(x) for x in sample.loss if math.isfinite(x)]
+    scale = scale or (max(losses) if losses and max(losses) > 0 else 1.0)
+    spans = []
+    for i, tok in enumerate(sample.tokens[:max_tokens]):
+        z, loss = sample.zone[i], sample.loss[i]
+        alpha = 0.12 + 0.78 * min(1.0, abs(loss) / scale) if math.isfinite(loss) else 0.12
+        c = ZONE_COLORS.get(z, ZONE_COLORS[-1])
+        rgba = f"rgba({int(c[1:3], 16)},{int(c[3:5], 16)},{int(c[5:7], 16)},{alpha:.2f})"
+        tip = (f"zone {ZONE_NAMES.get(z, z)} | loss {loss:.4g} | fkl {sample.fkl[i]:.4g} | "
+               f"H_teacher {sample.teacher_entropy[i]:.3g} | H_student {sample.student_entropy[i]:.3g}")
+        spans.append(f'<span class="tok" style="background:{rgba}" title="{_e(tip)}">{_e(tok)}</span>')
+    more = len(sample.tokens) - max_tokens
+    tail = f'<span class="more"> … {more} more tokens not shown</span>' if more > 0 else ""
+    reward = "–" if sample.reward is None else f"{sample.reward:g}"
+    return (f'<div class="rollout"><div class="meta">step {sample.step} · method {_e(sample.method or "?")} · '
+            f"{len(sample.tokens)} tokens · reward {reward}</div>"
+            f"<details><summary>prompt</summary><pre>{_e(sample.prompt)}</pre></details>"
+            f'<div class="text">{"".join(spans)}{tail}</div></div>')
+
+
+def rollout_legend() -> str:
+    sw = "".join(f'<span class="tok" style="background:{ZONE_COLORS[z]}">&nbsp;{n}&nbsp;</span> '
+                 for z, n in ((0, "Zone A (skipped)"), (1, "Zone B (reverse KL)"), (2, "Zone C (forward KL)"),
+                              (-1, "no zone")))
+    return (f'<p class="legend">{sw} — opacity grows with the token\'s |loss| (faint = small, solid = the '
+            f"largest loss in the rollout). Hover a token for its numbers.</p>")
+
+
+# ---------------------------------------------------------------- matplotlib figures
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig
+
+
+def to_png(fig, dpi: int = 110) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _smooth(values: list[float]) -> list[float]:
+    """Centred running mean over about 1/25 of the steps (the input itself when that is one step)."""
+    h = len(values) // 50
+    if h == 0:
+        return values
+    prefix = [0.0]
+    for v in values:
+        prefix.append(prefix[-1] + v)
+    n = len(values)
+    return [(prefix[min(n, i + h + 1)] - prefix[max(0, i - h)]) / (min(n, i + h + 1) - max(0, i - h)) for i in range(n)]
+
+
+def _plot(ax, steps, values, label, color=None, style="-"):
+    """Raw values faint plus a running mean when there are many steps."""
+    if len(steps) == 1:
+        return ax.plot(steps, values, "o", label=label, color=color)[0]
+    sm = _smooth(values)
+    if sm is not values:
+        line = ax.plot(steps, sm, style, label=label, color=color, lw=1.6)[0]
+        ax.plot(steps, values, style, color=line.get_color(), alpha=0.25, lw=0.8)
+        return line
+    return ax.plot(steps, values, style, label=label, color=color, lw=1.4)[0]
+
+
+def _zlabel(z: int) -> str:
+    return f"zone {ZONE_NAMES[z]}" if z in (0, 1, 2) else "no zone (-1)"
+
+
+def _empty(ax, text="not logged"):
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#999")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def training_curves(run: RunData):
+    """Loss, KL to the teacher (all tokens), reward/eval accuracy, lr + alpha, response length, grad norm."""
+    if not run.metrics:
+        return None
+    fig = _figure(12, 6.2)
+    axes = fig.subplots(2, 3).ravel()
+    evals = sorted(k for k in run.metric_keys() if k.startswith("eval/") and k.endswith("pass@1"))
+    panels = [
+        ("Loss (optimised)", [("loss/total", "total"), ("loss/zone_b", "zone B"), ("loss/zone_c", "zone C")]),
+        ("KL to teacher, all tokens", [("loss/fkl", "forward KL"), ("loss/rkl", "reverse KL")]),
+        ("Reward / eval accuracy", [("reward/mean", "reward/mean")] + [(k, k[5:]) for k in evals]),
+        ("Learning rate", [("optim/lr", "optim/lr")]),
+        ("Response length (tokens)", [("rollout/response_len_mean", "mean")]),
+        ("Gradient norm", [("optim/grad_norm", "optim/grad_norm")]),
+    ]
+    for ax, (title, keys) in zip(axes, panels):
+        ax.set_title(title, fontsize=10)
+        drawn = 0
+        for key, label in keys:
+            steps, vals = run.series(key)
+            if steps:
+                if key.startswith("eval/"):
+                    ax.plot(steps, vals, "o--", label=label, ms=4)
+                else:
+                    _plot(ax, steps, vals, label, _KEY_COLORS.get(key))
+                drawn += 1
+        if not drawn:
+            _empty(ax)
+            continue
+        if title == "Learning rate":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+            steps, alpha = run.series("sched/alpha")
+            if steps:
+                tw = ax.twinx()
+                tw.plot(steps, alpha, color="#c2410c", lw=1.2, label="sched/alpha")
+                tw.set_ylabel("alpha (FKL weight)", color="#c2410c", fontsize=9)
+        if drawn > 1 or title.startswith("Reward"):
+            ax.legend(fontsize=8)
+        ax.set_xlabel("step", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{run.name} ({run.method})", fontsize=11)
+    return fig
+
+
+def _by_step_from_samples(run: RunData):
+    """Per logged step: zone token fractions and FKL-share / token-share ratios from samples.jsonl."""
+    groups = defaultdict(list)
+    for s in run.samples:
+        groups[s.step].append(s)
+    out = {}
+    for step in sorted(groups):
+        tok = pooled_tokens(groups[step])
+        shares = zone_fair_share(tok["fkl"], tok["zone"])
+        if shares:
+            out[step] = shares
+    return out
+
+
+def zone_figure(run: RunData, shares: dict[int, ZoneShare], ratios: dict[int, tuple[list[int], list[float]]]):
+    """Zone fractions over training, fair-share ratio over training, pooled fair-share bars."""
+    fig = _figure(12, 3.6)
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    per_step = None
+    steps, fa = run.series("zones/frac_a")
+    fb, fc = run.series("zones/frac_b")[1], run.series("zones/frac_c")[1]
+    source = "metrics"
+    if not (steps and len(fa) == len(fb) == len(fc)):
+        per_step = _by_step_from_samples(run)
+        steps = list(per_step)
+        fa, fb, fc = ([per_step[s][z].token_share for s in steps] for z in (0, 1, 2))
+        source = "samples"
+    if steps:
+        ax1.stackplot(steps, fa, fb, fc, colors=[ZONE_COLORS[z] for z in (0, 1, 2)], alpha=0.85,
+                      labels=[f"zone {ZONE_NAMES[z]}" for z in (0, 1, 2)])
+        ax1.set_ylim(0, 1)
+        ax1.set_xlim(steps[0], steps[-1] if len(steps) > 1 else steps[0] + 1)
+        ax1.legend(fontsize=8, loc="lower left")
+        ax1.set_xlabel("step", fontsize=9)
+    else:
+        _empty(ax1)
+    ax1.set_title(f"Token fraction per zone ({source})", fontsize=10)
+
+    source = "metrics"
+    if not ratios:
+        per_step = per_step if per_step is not None else _by_step_from_samples(run)
+        ratios = {z: (list(per_step), [per_step[s][z].ratio for s in per_step]) for z in (0, 1, 2)} if per_step else {}
+        source = "samples"
+    for z, (st, vals) in ratios.items():
+        _plot(ax2, st, vals, f"zone {ZONE_NAMES[z]}", ZONE_COLORS[z])
+    if ratios:
+        ax2.axhline(1.0, color="k", lw=0.8, ls=":")
+        top = max((v for _, vals in ratios.values() for v in vals if math.isfinite(v)), default=1.0)
+        ax2.set_ylim(0, max(top, 1.0) * 1.3)
+        ax2.legend(fontsize=8, loc="upper left", ncol=3)
+        ax2.set_xlabel("step", fontsize=9)
+        ax2.grid(alpha=0.3)
+    else:
+        _empty(ax2)
+    ax2.set_title(f"Forward-KL share ÷ token share (from {source})", fontsize=10)
+
+    if shares:
+        zs = [0, 1, 2]
+        vals = [shares[z].ratio if math.isfinite(shares[z].ratio) else 0.0 for z in zs]
+        ax3.bar([f"zone {ZONE_NAMES[z]}\n{v:.2f}×" for z, v in zip(zs, vals)], vals, color=[ZONE_COLORS[z] for z in zs])
+        ax3.plot(range(3), [PAPER_FAIR_SHARE[z] for z in zs], "k_", ms=28, mew=2, label="paper (OLMo-3-7B)")
+        ax3.axhline(1.0, color="k", lw=0.8, ls=":")
+        ax3.set_ylim(0, max(vals + [PAPER_FAIR_SHARE[2]]) * 1.18)
+        ax3.legend(fontsize=8, loc="upper left")
+    else:
+        _empty(ax3, "no samples with zones")
+    ax3.set_title("Loss concentration, all logged samples", fontsize=10)
+    fig.suptitle(f"{run.name} ({run.method})", fontsize=11)
+    return fig
+
+
+def _thin(n: int) -> list[int]:
+    if n <= _MAX_POINTS:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (_MAX_POINTS - 1)) for i in range(_MAX_POINTS)})
+
+
+def token_figure(run: RunData, tok: dict[str, list], jaccard: float):
+    """Sorted per-token forward KL coloured by zone (with cumulative share) and the entropy scatter."""
+    import numpy as np
+
+    fkl = np.asarray(tok["fkl"], dtype=float)
+    zone = np.asarray(tok["zone"], dtype=int)
+    ht, hs = np.asarray(tok["teacher_entropy"], dtype=float), np.asarray(tok["student_entropy"], dtype=float)
+    from matplotlib.lines import Line2D
+
+    fig = _figure(12, 4.6)
+    left, right = fig.subfigures(1, 2)
+    ok = np.isfinite(fkl)
+    order = np.argsort(-fkl[ok], kind="stable")
+    f_sorted, z_sorted = fkl[ok][order], zone[ok][order]
+    n, zones = len(f_sorted), sorted(set(zone[ok].tolist()))
+    zoned = any(z >= 0 for z in zones)
+    ax1, strip = left.subplots(2, 1, sharex=True, height_ratios=[4, 1]) if zoned else (left.subplots(), None)
+    if n:
+        keep = np.random.default_rng(0).permutation(np.asarray(_thin(n)))  # mixed draw order: no zone hides another
+        x = np.arange(n) / max(n - 1, 1)
+        floor = max(f_sorted[f_sorted > 0].min() if (f_sorted > 0).any() else 1e-6, 1e-8)
+        ax1.scatter(x[keep], np.maximum(f_sorted[keep], floor), s=5, lw=0, rasterized=True,
+                    c=[ZONE_COLORS.get(z, "#555") for z in z_sorted[keep].tolist()])
+        ax1.set_yscale("log")
+        total = f_sorted.sum()
+        if total > 0:
+            tw = ax1.twinx()
+            tw.plot(x, np.cumsum(f_sorted) / total, color="k", lw=1.0)
+            tw.set_ylim(0, 1.02)
+            tw.set_ylabel("cumulative share of forward KL (line)", fontsize=9)
+        handles = [Line2D([], [], ls="", marker="o", color=ZONE_COLORS.get(z, "#555"), label=_zlabel(z)) for z in zones]
+        ax1.legend(handles=handles, fontsize=8, loc="lower left")
+        ax1.set_ylabel("forward KL (nats)", fontsize=9)
+        bottom_ax = strip if strip is not None else ax1
+        bottom_ax.set_xlabel(f"token rank (fraction of {n} tokens, highest forward KL first)", fontsize=9)
+        if strip is not None:  # zone composition of each rank bin
+            bins = min(50, n)
+            edges = np.linspace(0, n, bins + 1).astype(int)
+            acc = np.zeros(bins)
+            for z in zones:
+                frac = np.array([(z_sorted[a:b] == z).mean() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
+                strip.bar(edges[:-1] / max(n - 1, 1), frac, width=np.diff(edges) / max(n - 1, 1), bottom=acc,
+                          align="edge", color=ZONE_COLORS.get(z, "#555"), lw=0)
+                acc += frac
+            strip.set_ylim(0, 1)
+            strip.set_ylabel("zone mix", fontsize=8)
+            strip.tick_params(labelsize=8)
+    else:
+        _empty(ax1, "no finite fkl values")
+    ax1.set_title("Sorted per-token forward KL" + (", coloured by zone" if zoned else " (run without zones)"), fontsize=10)
+    ax2 = right.subplots()
+
+    ok = np.isfinite(ht) & np.isfinite(hs)
+    if ok.any():
+        keep = np.asarray(_thin(int(ok.sum())))
+        t, s, z = ht[ok][keep], hs[ok][keep], zone[ok][keep]
+        for zz in sorted(set(z.tolist())):
+            m = z == zz
+            ax2.scatter(t[m], s[m], s=6, alpha=0.6, color=ZONE_COLORS.get(zz, "#555"),
+                        label=_zlabel(zz), rasterized=True, lw=0)
+        ax2.axvline(np.quantile(ht[ok], 0.8), color="#c2410c", ls="--", lw=0.9, label="top 20% teacher")
+        ax2.axhline(np.quantile(hs[ok], 0.8), color="#1d4ed8", ls="--", lw=0.9, label="top 20% student")
+        lim = max(ht[ok].max(), hs[ok].max()) * 1.05 or 1.0
+        ax2.plot([0, lim], [0, lim], color="#999", lw=0.7, ls=":")
+        ax2.set_xlim(0, lim)
+        ax2.set_ylim(0, lim)
+        ax2.legend(fontsize=8, loc="upper left", markerscale=2)
+        ax2.set_xlabel("teacher entropy (nats)", fontsize=9)
+        ax2.set_ylabel("student entropy (nats)", fontsize=9)
+    else:
+        _empty(ax2, "no entropies")
+    jac = "–" if not math.isfinite(jaccard) else f"{100 * jaccard:.1f}%"
+    ax2.set_title(f"Teacher vs student entropy (top-20% Jaccard {jac})", fontsize=10)
+    fig.suptitle(f"{run.name} ({run.method})", fontsize=11)
+    return fig
+
+
+def entropy_collapse(runs: list[RunData]):
+    """Mean student entropy over training, every run on one plot."""
+    series = [(r, *r.series("entropy/student_mean")) for r in runs]
+    series = [(r, s, v) for r, s, v in series if s]
+    if not series:
+        return None
+    fig = _figure(8, 4)
+    ax = fig.subplots()
+    for r, steps, vals in series:
+        _plot(ax, steps, vals, f"{r.name} ({r.method})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean student entropy (nats)")
+    ax.set_title("Student entropy over training (entropy collapse)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
