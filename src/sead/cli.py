@@ -24,6 +24,28 @@ def _not_yet(name: str):
     return run
 
 
+def _quiet_libraries() -> None:
+    """Keep the console to our own progress bar: no per-file load bars or hub chatter."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sead.trainer import train_main
+
+    _quiet_libraries()
+    train_main(args.config, args.overrides)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sead",
@@ -34,12 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=_not_yet(name))
+        if name == "train":
+            p.add_argument("--config", help="YAML config (see configs/); omitted: defaults + overrides")
+            p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. objective.method=eopd optim.lr=1e-6")
+            p.set_defaults(func=_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, _ = parser.parse_known_args(argv)
+    args = parser.parse_args(argv)
     if args.version:
         from sead import __version__
 

@@ -46,10 +46,6 @@ def lr_lambda(optim_cfg, total_steps: int):
     return factor
 
 
-class _Stop(Exception):
-    """Raised from a signal handler so the loop can checkpoint before exiting."""
-
-
 class Trainer:
     """Owns the models, optimiser, sampler and run directory of one training run."""
 
@@ -58,6 +54,7 @@ class Trainer:
         self.run_dir = Path(cfg.train.output_dir)
         self.accelerator = accelerator
         self.step = 0  # completed optimiser steps
+        self.bad_streak = 0  # consecutive skipped (non-finite) steps
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> "Trainer":
@@ -217,57 +214,33 @@ class Trainer:
 
     def train(self) -> Path:
         from sead.progress import StepProgress
-        from sead.step import distill_step
 
         cfg, acc = self.cfg, self.accelerator
-        bad_streak = 0
         progress = StepProgress(cfg.train.steps, start=self.step, enabled=cfg.logging.progress and acc.is_main_process)
         stop = {"signal": None}
 
         def on_signal(signum, frame):
-            stop["signal"] = signum
-            raise _Stop()
+            if stop["signal"] is not None:  # a second signal: give up at once
+                raise KeyboardInterrupt(f"signal {signum} again; exiting without a checkpoint")
+            stop["signal"] = signum  # finish the step in flight, then checkpoint and exit
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             with progress:
                 while self.step < cfg.train.steps:
-                    t_step = time.perf_counter()
-                    indices = self.sampler.next_batch(self.step, cfg.train.batch_size)
-                    share = len(indices) // acc.num_processes
-                    mine = indices[acc.process_index * share : (acc.process_index + 1) * share]
-                    want_samples = cfg.logging.samples_every > 0 and (self.step + 1) % cfg.logging.samples_every == 0
-                    result = distill_step(
-                        cfg=cfg, accelerator=acc, student=self.student, teacher=self.teacher,
-                        tokenizer=self.tokenizer, optimizer=self.optimizer, scheduler=self.scheduler,
-                        prompts=[self.items[i].prompt for i in mine], step=self.step, vocab=self.vocab,
-                        rewards_fn=self._rewards(mine), want_samples=want_samples,
-                    )
-                    rewards = result.metrics.pop("_rewards", None)
-                    if rewards is not None:
-                        self._update_sampler(indices, mine, rewards)
-                    bad_streak = 0 if result.finite else bad_streak + 1
-                    self.step += 1
-                    record = self._record(result, t_step, bad_streak)
-                    if acc.is_main_process:
-                        self.metrics.write(record)
-                        if result.samples:
-                            with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as fh:
-                                fh.writelines(json.dumps(s) + "\n" for s in result.samples)
-                    if cfg.logging.trackers:
-                        acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
-                    progress.update(self.step, record)
-                    if bad_streak >= cfg.train.max_bad_steps:
+                    self._one_step(progress)
+                    if self.bad_streak >= cfg.train.max_bad_steps:
                         self.save()
                         raise SeadError(
-                            f"{bad_streak} consecutive steps had non-finite loss or gradients (last at step {self.step}); "
-                            "lower optim.lr, check the models' dtype, or raise train.max_bad_steps"
+                            f"{self.bad_streak} consecutive steps had non-finite loss or gradients (last at step "
+                            f"{self.step}); lower optim.lr, check the models' dtype, or raise train.max_bad_steps"
                         )
+                    if stop["signal"] is not None:
+                        path = self.save()
+                        raise KeyboardInterrupt(f"stopped by signal {stop['signal']} after step {self.step}; "
+                                                f"checkpoint {path} saved, resume with train.resume=true")
                     if self.step % cfg.train.save_every == 0 and self.step < cfg.train.steps:
                         self.save()
-        except _Stop:
-            self.save()
-            raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {self.step}; checkpoint saved") from None
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -276,6 +249,36 @@ class Trainer:
         if cfg.logging.trackers:
             acc.end_training()
         return final
+
+    def _one_step(self, progress) -> None:
+        from sead.step import distill_step
+
+        cfg, acc = self.cfg, self.accelerator
+        t_step = time.perf_counter()
+        indices = self.sampler.next_batch(self.step, cfg.train.batch_size)
+        share = len(indices) // acc.num_processes
+        mine = indices[acc.process_index * share : (acc.process_index + 1) * share]
+        want_samples = cfg.logging.samples_every > 0 and (self.step + 1) % cfg.logging.samples_every == 0
+        result = distill_step(
+            cfg=cfg, accelerator=acc, student=self.student, teacher=self.teacher,
+            tokenizer=self.tokenizer, optimizer=self.optimizer, scheduler=self.scheduler,
+            prompts=[self.items[i].prompt for i in mine], step=self.step, vocab=self.vocab,
+            rewards_fn=self._rewards(mine), want_samples=want_samples,
+        )
+        rewards = result.metrics.pop("_rewards", None)
+        if rewards is not None:
+            self._update_sampler(indices, mine, rewards)
+        self.bad_streak = 0 if result.finite else self.bad_streak + 1
+        self.step += 1
+        record = self._record(result, t_step, self.bad_streak)
+        if acc.is_main_process:
+            self.metrics.write(record)
+            if result.samples:
+                with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as fh:
+                    fh.writelines(json.dumps(s) + "\n" for s in result.samples)
+        if cfg.logging.trackers:
+            acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
+        progress.update(self.step, record)
 
     def _update_sampler(self, indices, mine, rewards_local) -> None:
         from accelerate.utils import gather_object
