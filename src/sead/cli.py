@@ -46,6 +46,38 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _difficulty(args: argparse.Namespace) -> int:
+    from sead.config import load_config
+    from sead.difficulty import difficulty_from_config
+
+    _quiet_libraries()
+    cfg = load_config(args.config, args.overrides)
+    difficulty_from_config(cfg, k=args.k, out_path=args.out)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from sead.config import load_config
+    from sead.evaluate import eval_main
+
+    _quiet_libraries()
+    cfg = load_config(args.config, args.overrides)
+    eval_main(args.model, data=args.data or None, out_dir=args.out, cfg=cfg.eval, verifier_cfg=cfg.verifier,
+              tag=args.tag, dtype=cfg.model.dtype)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sead.report import report_main
+
+    return report_main(args)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (see configs/); omitted: defaults + overrides")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. objective.method=eopd optim.lr=1e-6")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sead",
@@ -57,9 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=_not_yet(name))
         if name == "train":
-            p.add_argument("--config", help="YAML config (see configs/); omitted: defaults + overrides")
-            p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. objective.method=eopd optim.lr=1e-6")
+            _add_config_args(p)
             p.set_defaults(func=_train)
+        elif name == "difficulty":
+            _add_config_args(p)
+            p.add_argument("--k", type=int, default=8, help="student rollouts per prompt (default 8)")
+            p.add_argument("--out", help="output JSONL (default: curriculum.difficulty_path)")
+            p.set_defaults(func=_difficulty)
+        elif name == "eval":
+            p.add_argument("--model", required=True, help="model directory (e.g. RUN/final) or hub name")
+            p.add_argument("--data", action="append", default=[], metavar="[NAME=]PATH",
+                           help="benchmark file or dataset; repeat for several")
+            p.add_argument("--out", default=".", help="directory that receives eval/<tag>.json")
+            p.add_argument("--tag", help="result name (default: the model folder's name)")
+            _add_config_args(p)
+            p.set_defaults(func=_eval)
+        elif name == "report":
+            from sead.report import add_report_arguments
+
+            add_report_arguments(p)
+            p.set_defaults(func=_report)
     return parser
 
 

@@ -182,7 +182,12 @@ class Trainer:
         sampler_cfg = cfg.curriculum if use_curriculum else type(cfg.curriculum)(seed=cfg.curriculum.seed)
         self.sampler = build_sampler(sampler_cfg, len(self.items), cfg.train.steps, difficulties)
         has_answers = any(item.answer is not None for item in self.items)
-        self.verifier = build_verifier(cfg.verifier) if has_answers else None
+        self.verifier = build_verifier(cfg.verifier) if has_answers or cfg.eval.every else None
+        self.eval_benchmarks = None
+        if cfg.eval.every and cfg.eval.data:
+            from sead.evaluate import load_benchmarks
+
+            self.eval_benchmarks = load_benchmarks(cfg.eval)
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)
@@ -203,7 +208,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _rewards(self, indices):
-        if self.verifier is None:
+        if self.verifier is None or all(self.items[i].answer is None for i in indices):
             return None
         answers = [self.items[i].answer for i in indices for _ in range(self.cfg.train.samples_per_prompt)]
 
@@ -271,6 +276,14 @@ class Trainer:
         self.bad_streak = 0 if result.finite else self.bad_streak + 1
         self.step += 1
         record = self._record(result, t_step, self.bad_streak)
+        if self.eval_benchmarks is not None and acc.is_main_process:
+            from sead.evaluate import evaluate_during_training, should_evaluate
+
+            if should_evaluate(cfg.eval, self.step):
+                t0 = time.perf_counter()
+                record.update(evaluate_during_training(acc.unwrap_model(self.student), self.tokenizer, cfg.eval,
+                                                       self.verifier, self.step, benchmarks=self.eval_benchmarks))
+                record["time/eval_s"] = time.perf_counter() - t0
         if acc.is_main_process:
             self.metrics.write(record)
             if result.samples:
