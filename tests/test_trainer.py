@@ -14,7 +14,7 @@ from sead.metrics import read_metrics
 from sead.trainer import Trainer
 from tiny import save_tiny_pair
 
-METHODS = ["opd", "rkl", "fkl", "jsd", "eopd", "sead"]
+METHODS = ["opd", "rkl", "fkl", "jsd", "eopd", "sead", "opsd"]
 REQUIRED_KEYS = [
     "step", "loss/total", "loss/fkl", "loss/rkl", "zones/frac_a", "zones/frac_b", "zones/frac_c",
     "entropy/teacher_mean", "entropy/student_mean", "entropy/teacher_zone_b", "entropy/student_zone_c",
@@ -71,6 +71,15 @@ def test_every_method_runs_and_logs(assets, tmp_path, method):
     final = AutoModelForCausalLM.from_pretrained(tmp_path / method / "final")
     unwrapped = trainer.accelerator.unwrap_model(trainer.student)
     assert torch.equal(final.model.embed_tokens.weight, unwrapped.model.embed_tokens.weight)
+
+
+def test_grpo_runs_without_a_teacher(assets, tmp_path):
+    trainer = run(assets, tmp_path / "grpo", method="grpo", **{"objective.group_size": 4, "train.batch_size": 2,
+                                                                "model.teacher": "/does/not/matter"})
+    assert trainer.teacher is None
+    rec = read_metrics(tmp_path / "grpo" / "metrics.jsonl")[-1]
+    for key in ("loss/total", "reward/mean", "reward/std", "optim/grad_norm", "entropy/student_mean"):
+        assert key in rec
 
 
 def test_sead_zone_a_loss_is_zero_and_loss_parts_add_up(assets, tmp_path):

@@ -82,6 +82,14 @@ class ObjectiveConfig:
     beta: float = 0.5  # JSD
     clip_eps: float = 0.2  # OPD / GRPO policy-gradient clip
     top_k: int | None = None  # teacher top-k support (+ tail bucket); None = full vocabulary
+    # GRPO: G rollouts per prompt (overrides train.samples_per_prompt), asymmetric clip, KL to the initial policy.
+    group_size: int = 8
+    clip_eps_high: float | None = None  # default: clip_eps
+    kl_coef: float = 0.0
+    # OPSD: the student is its own teacher, with privileged information in the teacher's context.
+    opsd_teacher: str = "initial"  # initial (frozen copy) | current (live weights, no grad)
+    opsd_divergence: str = "rkl"  # rkl | fkl | jsd | sead (zones)
+    opsd_template: str = "{prompt}\n\nReference answer (for you only): {answer}"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -106,6 +114,18 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.top_k must be >= 1 or null, got {self.top_k}")
         if self.lam < 0:
             raise ConfigError(f"objective.lam must be >= 0, got {self.lam}")
+        if self.group_size < 2:
+            raise ConfigError(f"objective.group_size must be >= 2 for group-normalised advantages, got {self.group_size}")
+        if self.clip_eps_high is not None and not 0 < self.clip_eps_high < 10:
+            raise ConfigError(f"objective.clip_eps_high must be > 0, got {self.clip_eps_high}")
+        if self.kl_coef < 0:
+            raise ConfigError(f"objective.kl_coef must be >= 0, got {self.kl_coef}")
+        if self.opsd_teacher not in ("initial", "current"):
+            raise ConfigError(f"objective.opsd_teacher must be initial or current, got {self.opsd_teacher!r}")
+        if self.opsd_divergence not in ("rkl", "fkl", "jsd", "sead"):
+            raise ConfigError(f"objective.opsd_divergence must be rkl, fkl, jsd or sead, got {self.opsd_divergence!r}")
+        if "{prompt}" not in self.opsd_template or "{answer}" not in self.opsd_template:
+            raise ConfigError("objective.opsd_template must contain {prompt} and {answer}")
 
 
 @dataclass

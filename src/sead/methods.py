@@ -24,9 +24,14 @@ def alpha_at(cfg: ObjectiveConfig, step: int, total_steps: int) -> float:
     return cfg.alpha_start
 
 
+def _divergence_kind(cfg: ObjectiveConfig) -> str:
+    """The per-token divergence: the method's own, or OPSD's ``opsd_divergence``."""
+    return cfg.opsd_divergence if cfg.method == "opsd" else cfg.method
+
+
 def uses_zone_loss(cfg: ObjectiveConfig) -> bool:
-    """True when the loss itself depends on zones (SEAD with T on)."""
-    return cfg.method == "sead" and cfg.zones
+    """True when the loss itself depends on zones (SEAD, or OPSD with SEAD zones, with T on)."""
+    return _divergence_kind(cfg) == "sead" and cfg.zones
 
 
 def normalizer_mask(cfg: ObjectiveConfig, mask: torch.Tensor, zones: torch.Tensor) -> torch.Tensor:
@@ -52,7 +57,7 @@ def token_losses(
     alpha: float,
 ) -> torch.Tensor:
     """Per-token loss (B, R) for ``cfg.method``; zero on masked (and, for zoned SEAD, Zone A) tokens."""
-    method = cfg.method
+    method = _divergence_kind(cfg)
     if method == "opd":
         logprobs = sampled_logprobs(student_logits, targets)
         teacher_lp = sampled_logprobs(teacher_logits, targets)
@@ -61,7 +66,7 @@ def token_losses(
         return divergence_token_losses(student_logits, teacher_logits, mask, method, cfg.beta, cfg.top_k)
     if method == "eopd":
         return eopd_token_losses(student_logits, teacher_logits, mask, cfg.tau, cfg.top_k)
-    if method in ("sead", "opsd"):
+    if method == "sead":
         if cfg.zones:
             return sead_token_losses(
                 student_logits, teacher_logits, zones, alpha, cfg.lam, cfg.zone_c_mix, cfg.top_k

@@ -101,6 +101,26 @@ def _scatter_zones(zones_flat: torch.Tensor, masks: list[torch.Tensor]) -> list[
     return out
 
 
+def _teacher_inputs(tokenizer, cfg, mb: MicroBatch, rollout: Rollout, teacher_prompts):
+    """(input_ids, attention_mask, prompt_len) the teacher scores: the student's own, or with its context."""
+    if teacher_prompts is None:
+        return mb.input_ids, mb.attention_mask, mb.prompt_len
+    from sead.rollout import format_prompts
+
+    rows = [teacher_prompts[i] for i in rollout.prompt_index[mb.rows]]
+    texts, templated = format_prompts(tokenizer, rows, cfg.rollout.chat_template)
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not templated)
+    finally:
+        tokenizer.padding_side = old_side
+    device = mb.input_ids.device
+    ids = torch.cat([enc["input_ids"].to(device), mb.targets], dim=1)
+    att = torch.cat([enc["attention_mask"].to(device), mb.mask.long()], dim=1)
+    return ids, att, enc["input_ids"].shape[1]
+
+
 def _student_forward(student, mb: MicroBatch, vocab: int) -> torch.Tensor:
     return response_logits(student, mb.input_ids, mb.attention_mask, mb.prompt_len, vocab)
 
@@ -119,11 +139,14 @@ def distill_step(
     vocab: int,
     rewards_fn=None,
     want_samples: bool = False,
+    teacher_prompts: list[str] | None = None,
 ) -> StepResult:
     """One optimiser step of on-policy distillation on this process's ``prompts``.
 
     ``step`` is 0-based (the schedule position); ``rewards_fn(rollout) -> list[float]`` optionally
     scores the rollouts with the verifier (logged, not trained on, for distillation methods).
+    ``teacher_prompts`` (OPSD) gives the teacher its own context per prompt (e.g. with the reference
+    answer), followed by the same response tokens the student sampled.
     """
     obj, timings = cfg.objective, {}
     device = accelerator.device
@@ -134,7 +157,9 @@ def distill_step(
     mbs = split_micro_batches(rollout, cfg.train.micro_batch_size)
 
     t0 = time.perf_counter()
-    teacher_logits = [score_teacher(teacher, mb.input_ids, mb.attention_mask, mb.prompt_len, vocab) for mb in mbs]
+    teacher_logits = [
+        score_teacher(teacher, *_teacher_inputs(tokenizer, cfg, mb, rollout, teacher_prompts), vocab) for mb in mbs
+    ]
     teacher_ent = [entropy(t, top_k=obj.top_k) for t in teacher_logits]
     timings["time/teacher_s"] = time.perf_counter() - t0
 
@@ -158,7 +183,7 @@ def distill_step(
     s_flat = torch.cat([e[m] for e, m in zip(student_ent, masks)])
     t_global, offset = _gather_flat(accelerator, t_flat)
     s_global, _ = _gather_flat(accelerator, s_flat)
-    if obj.method == "sead" and obj.zones and obj.zone_mode == "threshold":
+    if uses_zone_loss(obj) and obj.zone_mode == "threshold":
         zones_global = assign_zones_threshold(
             t_global, s_global, torch.ones_like(t_global, dtype=torch.bool), obj.teacher_threshold, obj.student_threshold
         )
@@ -233,7 +258,7 @@ def _step_metrics(cfg, accelerator, zones, masks, teacher_ent, student_ent, fkl_
     z, te, se, fkl, rkl, tl = gathered
     metrics = zone_statistics(z.long(), te, se, fkl, rkl)
     metrics["loss/total"] = total_loss
-    if cfg.objective.method == "sead":
+    if uses_zone_loss(cfg.objective):
         denom = max(normalizer, 1.0)
         metrics["loss/zone_b"] = float(tl[z == 1].sum()) / denom
         metrics["loss/zone_c"] = float(tl[z == 2].sum()) / denom

@@ -62,8 +62,6 @@ class Trainer:
         from accelerate.utils import set_seed
 
         cfg = self.cfg
-        if cfg.objective.method in ("grpo", "opsd"):
-            raise ConfigError(f"objective.method={cfg.objective.method} is not available in this version; use opd, rkl, fkl, jsd, eopd or sead")
         if cfg.train.torch_threads:
             torch.set_num_threads(cfg.train.torch_threads)
         if self.accelerator is None:
@@ -91,7 +89,11 @@ class Trainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim, cfg.train.steps))
         self.student, self.optimizer, self.scheduler = acc.prepare(self.student, self.optimizer, self.scheduler)
-        self.teacher.to(acc.device)
+        if cfg.objective.method == "opsd" and self.teacher is None:
+            self.teacher = acc.unwrap_model(self.student)
+        for frozen in (self.teacher, self.reference):
+            if frozen is not None:
+                frozen.to(acc.device)
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
         if cfg.logging.trackers:
             acc.init_trackers(cfg.logging.project, config=config_to_dict(cfg))
@@ -146,6 +148,12 @@ class Trainer:
                                         key="model.tokenizer" if m.tokenizer else "model.student",
                                         trust_remote_code=m.trust_remote_code)
         self.student = load_model(m.student, m.dtype, m.gguf_file, "model.student", m.trust_remote_code)
+        self.reference = None
+        method = self.cfg.objective.method
+        if method in ("grpo", "opsd"):
+            # No separate teacher: GRPO has none, OPSD's is the student itself (a frozen initial copy or live).
+            self._load_self_teacher()
+            return
         self.teacher = load_model(m.teacher, m.teacher_dtype or m.dtype, m.teacher_gguf_file, "model.teacher",
                                   m.trust_remote_code)
         teacher_tok = None
@@ -159,6 +167,19 @@ class Trainer:
         self.student.train()
         if getattr(self.student.config, "use_cache", None) is not None:
             self.student.config.use_cache = False
+
+    def _load_self_teacher(self) -> None:
+        import copy
+
+        obj = self.cfg.objective
+        self.vocab = check_shared_vocab(self.tokenizer, None, head_rows(self.student), head_rows(self.student))
+        frozen = obj.method == "opsd" and obj.opsd_teacher == "initial" or obj.method == "grpo" and obj.kl_coef > 0
+        copy_of_initial = copy.deepcopy(self.student).eval().requires_grad_(False) if frozen else None
+        if obj.method == "grpo":
+            self.teacher, self.reference = None, copy_of_initial
+        else:
+            self.teacher = copy_of_initial  # None means "the live student", bound after accelerate.prepare
+        self.student.train()
 
     def _load_data(self) -> None:
         from sead.curriculum import build_sampler, load_difficulties
@@ -182,6 +203,11 @@ class Trainer:
         sampler_cfg = cfg.curriculum if use_curriculum else type(cfg.curriculum)(seed=cfg.curriculum.seed)
         self.sampler = build_sampler(sampler_cfg, len(self.items), cfg.train.steps, difficulties)
         has_answers = any(item.answer is not None for item in self.items)
+        if cfg.objective.method in ("grpo", "opsd") and not all(item.answer is not None for item in self.items):
+            raise ConfigError(
+                f"objective.method={cfg.objective.method} needs a reference answer for every prompt; "
+                "set data.answer_field to the answer column"
+            )
         self.verifier = build_verifier(cfg.verifier) if has_answers or cfg.eval.every else None
         self.eval_benchmarks = None
         if cfg.eval.every and cfg.eval.data:
@@ -264,15 +290,27 @@ class Trainer:
         share = len(indices) // acc.num_processes
         mine = indices[acc.process_index * share : (acc.process_index + 1) * share]
         want_samples = cfg.logging.samples_every > 0 and (self.step + 1) % cfg.logging.samples_every == 0
-        result = distill_step(
-            cfg=cfg, accelerator=acc, student=self.student, teacher=self.teacher,
-            tokenizer=self.tokenizer, optimizer=self.optimizer, scheduler=self.scheduler,
-            prompts=[self.items[i].prompt for i in mine], step=self.step, vocab=self.vocab,
-            rewards_fn=self._rewards(mine), want_samples=want_samples,
-        )
+        prompts = [self.items[i].prompt for i in mine]
+        common = dict(cfg=cfg, accelerator=acc, student=self.student, tokenizer=self.tokenizer,
+                      optimizer=self.optimizer, scheduler=self.scheduler, prompts=prompts, step=self.step,
+                      vocab=self.vocab, want_samples=want_samples)
+        if cfg.objective.method == "grpo":
+            from sead.grpo import grpo_step
+
+            result = grpo_step(**common, reference=self.reference, answers=[self.items[i].answer for i in mine],
+                               verifier=self.verifier)
+            group = 1  # grpo_step already reports one pass fraction per prompt
+        else:
+            teacher_prompts = None
+            if cfg.objective.method == "opsd":
+                teacher_prompts = [cfg.objective.opsd_template.format(prompt=self.items[i].prompt,
+                                                                      answer=self.items[i].answer) for i in mine]
+            result = distill_step(**common, teacher=self.teacher, rewards_fn=self._rewards(mine),
+                                  teacher_prompts=teacher_prompts)
+            group = cfg.train.samples_per_prompt
         rewards = result.metrics.pop("_rewards", None)
         if rewards is not None:
-            self._update_sampler(indices, mine, rewards)
+            self._update_sampler(indices, mine, rewards, group)
         self.bad_streak = 0 if result.finite else self.bad_streak + 1
         self.step += 1
         record = self._record(result, t_step, self.bad_streak)
@@ -293,10 +331,9 @@ class Trainer:
             acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
         progress.update(self.step, record)
 
-    def _update_sampler(self, indices, mine, rewards_local) -> None:
+    def _update_sampler(self, indices, mine, rewards_local, spp: int) -> None:
         from accelerate.utils import gather_object
 
-        spp = self.cfg.train.samples_per_prompt
         per_prompt = [sum(rewards_local[i * spp:(i + 1) * spp]) / spp for i in range(len(mine))]
         if self.accelerator.num_processes > 1:
             per_prompt = gather_object(per_prompt)
