@@ -67,6 +67,13 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from sead.demo import demo_main
+
+    _quiet_libraries()
+    return demo_main(args)
+
+
 def _report(args: argparse.Namespace) -> int:
     from sead.report import report_main
 
@@ -104,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--tag", help="result name (default: the model folder's name)")
             _add_config_args(p)
             p.set_defaults(func=_eval)
+        elif name == "demo":
+            from sead.demo import add_demo_arguments
+
+            add_demo_arguments(p)
+            p.set_defaults(func=_demo)
         elif name == "report":
             from sead.report import add_report_arguments
 

@@ -295,6 +295,7 @@ def eval_main(
     tag: str | None = None,
     dtype: str = "float32",
     progress: bool = True,
+    show_table: bool = True,
 ) -> dict:
     """``sead eval``: load a checkpoint, evaluate on ``data`` (overrides ``cfg.data``), write
     ``OUT/eval/<tag>.json`` and ``OUT/eval/<tag>.samples.jsonl``, print a table; returns the JSON.
@@ -321,5 +322,6 @@ def eval_main(
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     write_samples(records, out / f"{tag}.samples.jsonl")
-    print_table(result)
+    if show_table:
+        print_table(result)
     return result
