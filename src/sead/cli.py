@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
 
             add_demo_arguments(p)
             p.set_defaults(func=_demo)
+        elif name == "compare":
+            from sead.compare import add_compare_arguments, compare_main
+
+            add_compare_arguments(p)
+            p.set_defaults(func=compare_main)
         elif name == "report":
             from sead.report import add_report_arguments
 

@@ -59,6 +59,9 @@ class CurriculumConfig:
     refresh_momentum: float = 0.5
     explore_frac: float = 0.125
     seed: int = 0
+    # With no file at difficulty_path, `sead train` estimates it first (K student rollouts per prompt).
+    auto_estimate: bool = True
+    estimate_k: int = 8
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -75,6 +78,8 @@ class CurriculumConfig:
             raise ConfigError(f"curriculum.explore_frac must be in [0, 1), got {self.explore_frac!r}")
         if not isinstance(self.seed, int):
             raise ConfigError(f"curriculum.seed must be an integer, got {self.seed!r}")
+        if self.estimate_k < 1:
+            raise ConfigError(f"curriculum.estimate_k must be >= 1, got {self.estimate_k!r}; the default is 8")
 
 
 def _rng_state(rng: random.Random) -> list:

@@ -80,6 +80,7 @@ class Trainer:
         set_seed(cfg.train.seed)
         self._load_models()
         self._load_data()
+        set_seed(cfg.train.seed)  # the same stream whether or not difficulty estimation just ran
         self.optimizer = torch.optim.AdamW(
             [p for p in self.student.parameters() if p.requires_grad],
             lr=cfg.optim.lr,
@@ -199,6 +200,8 @@ class Trainer:
         if use_curriculum:
             if not cfg.curriculum.difficulty_path:
                 raise ConfigError("objective.curriculum=true needs curriculum.difficulty_path (run `sead difficulty` first)")
+            if not Path(cfg.curriculum.difficulty_path).exists() and cfg.curriculum.auto_estimate:
+                self._estimate_difficulty()
             difficulties = load_difficulties(cfg.curriculum.difficulty_path, self.items)
         sampler_cfg = cfg.curriculum if use_curriculum else type(cfg.curriculum)(seed=cfg.curriculum.seed)
         self.sampler = build_sampler(sampler_cfg, len(self.items), cfg.train.steps, difficulties)
@@ -214,6 +217,21 @@ class Trainer:
             from sead.evaluate import load_benchmarks
 
             self.eval_benchmarks = load_benchmarks(cfg.eval)
+
+    def _estimate_difficulty(self) -> None:
+        """Write the difficulty file the curriculum needs (main process; the others wait)."""
+        from sead.difficulty import estimate_difficulty
+        from sead.verifier import build_verifier
+
+        cfg, acc = self.cfg, self.accelerator
+        if acc.is_main_process:
+            acc.print(f"estimating prompt difficulty ({cfg.curriculum.estimate_k} rollouts per prompt) "
+                      f"into {cfg.curriculum.difficulty_path}")
+            self.student.to(acc.device)
+            estimate_difficulty(self.student, self.tokenizer, self.items, build_verifier(cfg.verifier), cfg.rollout,
+                                k=cfg.curriculum.estimate_k, out_path=cfg.curriculum.difficulty_path,
+                                progress=cfg.logging.progress, seed=cfg.train.seed)
+        acc.wait_for_everyone()
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)
