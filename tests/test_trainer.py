@@ -39,7 +39,7 @@ def overrides(assets, out, method="sead", **extra):
         "data.prompt_field": "question", "data.template": "{problem}", "verifier.kind": "exact",
         "objective.method": method, "train.steps": 2, "train.batch_size": 4, "train.micro_batch_size": 4,
         "train.save_every": 100, "rollout.max_new_tokens": 6, "rollout.batch_size": 8, "train.output_dir": str(out),
-        "logging.samples_every": 1, "logging.progress": False, "optim.lr": 1e-3, "optim.schedule": "constant",
+        "logging.samples_every": 1, "logging.progress": False, "train.torch_threads": 1, "optim.lr": 1e-3, "optim.schedule": "constant",
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
