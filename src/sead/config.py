@@ -82,6 +82,10 @@ class ObjectiveConfig:
     beta: float = 0.5  # JSD
     clip_eps: float = 0.2  # OPD / GRPO policy-gradient clip
     top_k: int | None = None  # teacher top-k support (+ tail bucket); None = full vocabulary
+    # Chunked loss from hidden states (no full logits; no backward work on Zone A) where the method
+    # and the models allow it; otherwise materialised logits, with the reason printed.
+    fused: bool = True
+    chunk_size: int = 1024
     # GRPO: G rollouts per prompt (overrides train.samples_per_prompt), asymmetric clip, KL to the initial policy.
     group_size: int = 8
     clip_eps_high: float | None = None  # default: clip_eps
@@ -114,6 +118,8 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.top_k must be >= 1 or null, got {self.top_k}")
         if self.lam < 0:
             raise ConfigError(f"objective.lam must be >= 0, got {self.lam}")
+        if self.chunk_size < 1:
+            raise ConfigError(f"objective.chunk_size must be >= 1, got {self.chunk_size}")
         if self.group_size < 2:
             raise ConfigError(f"objective.group_size must be >= 2 for group-normalised advantages, got {self.group_size}")
         if self.clip_eps_high is not None and not 0 < self.clip_eps_high < 10:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from sead.config import RunConfig
-from sead.divergence import entropy, forward_kl, reverse_kl, topk_mass
-from sead.methods import alpha_at, normalizer_mask, token_losses, uses_zone_loss
+from sead.divergence import topk_mass
+from sead.methods import alpha_at, normalizer_mask, uses_zone_loss
 from sead.metrics import zone_statistics
 from sead.rollout import Rollout, generate_rollouts
-from sead.teacher import response_logits, score_teacher
+from sead.scoring import LogitsBackend
 from sead.zones import MASKED, assign_zones, assign_zones_threshold
 
 __all__ = ["MicroBatch", "split_micro_batches", "StepResult", "distill_step"]
@@ -121,10 +121,6 @@ def _teacher_inputs(tokenizer, cfg, mb: MicroBatch, rollout: Rollout, teacher_pr
     return ids, att, enc["input_ids"].shape[1]
 
 
-def _student_forward(student, mb: MicroBatch, vocab: int) -> torch.Tensor:
-    return response_logits(student, mb.input_ids, mb.attention_mask, mb.prompt_len, vocab)
-
-
 def distill_step(
     *,
     cfg: RunConfig,
@@ -140,13 +136,15 @@ def distill_step(
     rewards_fn=None,
     want_samples: bool = False,
     teacher_prompts: list[str] | None = None,
+    backend=None,
 ) -> StepResult:
     """One optimiser step of on-policy distillation on this process's ``prompts``.
 
     ``step`` is 0-based (the schedule position); ``rewards_fn(rollout) -> list[float]`` optionally
     scores the rollouts with the verifier (logged, not trained on, for distillation methods).
     ``teacher_prompts`` (OPSD) gives the teacher its own context per prompt (e.g. with the reference
-    answer), followed by the same response tokens the student sampled.
+    answer), followed by the same response tokens the student sampled. ``backend`` is a
+    ``sead.scoring`` backend (materialised logits by default, or fused hidden states).
     """
     obj, timings = cfg.objective, {}
     device = accelerator.device
@@ -156,11 +154,10 @@ def distill_step(
     timings["time/rollout_s"] = time.perf_counter() - t0
     mbs = split_micro_batches(rollout, cfg.train.micro_batch_size)
 
+    backend = backend or LogitsBackend(obj, vocab)
     t0 = time.perf_counter()
-    teacher_logits = [
-        score_teacher(teacher, *_teacher_inputs(tokenizer, cfg, mb, rollout, teacher_prompts), vocab) for mb in mbs
-    ]
-    teacher_ent = [entropy(t, top_k=obj.top_k) for t in teacher_logits]
+    teacher_views = [backend.teacher(teacher, *_teacher_inputs(tokenizer, cfg, mb, rollout, teacher_prompts))
+                     for mb in mbs]
     timings["time/teacher_s"] = time.perf_counter() - t0
 
     # Zoned SEAD needs every process's entropies before any loss: with one micro-batch keep its
@@ -168,15 +165,19 @@ def distill_step(
     keep_graph = len(mbs) == 1
     t0 = time.perf_counter()
     graphs: list[torch.Tensor | None] = [None] * len(mbs)
-    student_ent = []
+    stats = []
     for i, mb in enumerate(mbs):
         if keep_graph:
-            graphs[i] = _student_forward(student, mb, vocab)
-            student_ent.append(entropy(graphs[i].detach()))
+            graphs[i] = backend.student(student, mb)
+            stats.append(backend.stats(graphs[i].detach(), teacher_views[i], mb.mask))
         else:
             with torch.no_grad():
-                student_ent.append(entropy(_student_forward(student, mb, vocab)))
+                stats.append(backend.stats(backend.student(student, mb), teacher_views[i], mb.mask))
     timings["time/student_s"] = time.perf_counter() - t0
+    teacher_ent = [st.teacher_entropy for st in stats]
+    student_ent = [st.student_entropy for st in stats]
+    fkl_list = [st.fkl for st in stats]
+    rkl_list = [st.rkl for st in stats]
 
     masks = [mb.mask for mb in mbs]
     t_flat = torch.cat([e[m] for e, m in zip(teacher_ent, masks)])
@@ -196,28 +197,24 @@ def distill_step(
     alpha = alpha_at(obj, step, cfg.train.steps)
 
     t_bwd = 0.0
-    token_loss_list, fkl_list, rkl_list = [], [], []
+    token_loss_list = []
     loss_sum = torch.zeros((), device=device)
     for i, mb in enumerate(mbs):
         last = i == len(mbs) - 1
         ctx = accelerator.no_sync(student) if not last else contextlib.nullcontext()
         with ctx:
             t0 = time.perf_counter()
-            logits = graphs[i] if graphs[i] is not None else _student_forward(student, mb, vocab)
-            tl = token_losses(obj, logits, teacher_logits[i], mb.targets, mb.mask, zones[i], alpha)
-            # DDP averages gradients over processes; scale so the result is sum / global count.
-            loss = tl.sum() / max(normalizer, 1.0) * world
+            view = graphs[i] if graphs[i] is not None else backend.student(student, mb)
+            # DDP averages gradients over processes; divide by global count / world so the
+            # update is (sum over the global batch) / (global count).
+            loss, tl = backend.losses(view, teacher_views[i], mb, zones[i], alpha, max(normalizer, 1.0) / world)
             timings["time/student_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             accelerator.backward(loss)
             t_bwd += time.perf_counter() - t0
-        with torch.no_grad():
-            detached = logits.detach()
-            token_loss_list.append(tl.detach())
-            fkl_list.append(forward_kl(detached, teacher_logits[i]))
-            rkl_list.append(reverse_kl(detached, teacher_logits[i]))
-            loss_sum += tl.detach().sum()
-        graphs[i] = None
+        token_loss_list.append(tl)
+        loss_sum += tl.sum()
+        graphs[i] = view = None
     timings["time/backward_s"] = t_bwd
 
     t0 = time.perf_counter()
@@ -234,7 +231,7 @@ def distill_step(
 
     metrics = _step_metrics(
         cfg, accelerator, zones, masks, teacher_ent, student_ent, fkl_list, rkl_list, token_loss_list,
-        normalizer, total_loss, grad_norm, alpha, lr, rollout, teacher_logits,
+        normalizer, total_loss, grad_norm, alpha, lr, rollout, teacher_views if backend.name == "logits" else None,
     )
     metrics.update(timings)
     if rewards_fn is not None:
@@ -269,7 +266,7 @@ def _step_metrics(cfg, accelerator, zones, masks, teacher_ent, student_ent, fkl_
     metrics["rollout/response_len_mean"] = _sum_processes(accelerator, float(lengths.sum())) / _sum_processes(
         accelerator, float(lengths.numel())
     )
-    if cfg.objective.top_k is not None:
+    if cfg.objective.top_k is not None and teacher_logits is not None:
         mass = torch.cat([topk_mass(t, cfg.objective.top_k)[m] for t, m in zip(teacher_logits, masks)])
         metrics["teacher/topk_mass"] = float(_gather_flat(accelerator, mass)[0].mean())
     return metrics

@@ -95,12 +95,39 @@ class Trainer:
         for frozen in (self.teacher, self.reference):
             if frozen is not None:
                 frozen.to(acc.device)
+        self.backend = self._choose_backend()
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
         if cfg.logging.trackers:
             acc.init_trackers(cfg.logging.project, config=config_to_dict(cfg))
         if cfg.train.resume:
             self._resume()
         return self
+
+    def _choose_backend(self):
+        """Fused hidden-state loss where the method and both models allow it, else logits."""
+        from sead.scoring import FusedBackend, LogitsBackend, _logit_transform, fused_kind_ok, fused_support
+
+        obj = self.cfg.objective
+        if obj.method == "grpo":
+            return None
+        fallback = LogitsBackend(obj, self.vocab)
+        if not obj.fused:
+            return fallback
+        ok, reason = fused_kind_ok(obj)
+        if not ok:
+            return fallback  # methods the kernel does not cover use logits by design
+        student = self.accelerator.unwrap_model(self.student)
+        for name, model in (("student", student), ("teacher", self.teacher)):
+            ok, why = fused_support(model, self.vocab)
+            if not ok:
+                reason = f"{name}: {why}"
+                break
+        if ok and _logit_transform(student) != _logit_transform(self.teacher):
+            ok, reason = False, "student and teacher scale or soft-cap their logits differently"
+        if not ok:
+            self.accelerator.print(f"fused loss off ({reason}); using materialised logits")
+            return fallback
+        return FusedBackend(obj, self.vocab, student, self.teacher, obj.chunk_size)
 
     def _prepare_run_dir(self) -> None:
         acc, cfg = self.accelerator, self.cfg
@@ -324,7 +351,7 @@ class Trainer:
                 teacher_prompts = [cfg.objective.opsd_template.format(prompt=self.items[i].prompt,
                                                                       answer=self.items[i].answer) for i in mine]
             result = distill_step(**common, teacher=self.teacher, rewards_fn=self._rewards(mine),
-                                  teacher_prompts=teacher_prompts)
+                                  teacher_prompts=teacher_prompts, backend=self.backend)
             group = cfg.train.samples_per_prompt
         rewards = result.metrics.pop("_rewards", None)
         if rewards is not None:

@@ -1,0 +1,196 @@
+"""How a step turns models into per-token quantities: materialised logits or fused hidden states.
+
+Both backends offer the same four operations on a micro-batch, so ``sead.step`` does not care
+which one runs:
+
+* ``teacher(mb)``: the teacher's view of the response positions (no grad);
+* ``student(mb)``: the student's view, with grad when grad is enabled;
+* ``stats(s, t, mask)``: per-token teacher/student entropy and forward/reverse KL, no grad;
+* ``losses(s, t, mb, zones, alpha)``: per-token loss (B, R) and its scalar divided by ``denom``.
+
+``LogitsBackend`` keeps (B, R, V) logits: every method works on it. ``FusedBackend`` keeps
+(B, R, H) last hidden states and the heads, and computes everything in row chunks of
+``chunk_size`` through ``sead.fused``: no (tokens x vocab) tensor is ever whole, and Zone A
+tokens cost no backward compute. It serves the full-vocabulary methods (sead, rkl, fkl, eopd, and
+opsd with one of those divergences).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sead.config import ObjectiveConfig
+from sead.divergence import entropy, forward_kl, reverse_kl
+from sead.methods import _divergence_kind, token_losses, uses_zone_loss
+from sead.rollout import position_ids_from_mask
+from sead.teacher import response_logits
+
+__all__ = [
+    "TokenStats", "LogitsBackend", "FusedBackend", "fused_support", "fused_kind_ok", "response_hidden", "token_stats",
+]
+
+FUSED_KINDS = ("sead", "rkl", "fkl", "eopd")
+
+
+@dataclass
+class TokenStats:
+    """Per-token float32 quantities of a micro-batch, each (B, R); 0 on masked positions."""
+
+    teacher_entropy: torch.Tensor
+    student_entropy: torch.Tensor
+    fkl: torch.Tensor
+    rkl: torch.Tensor
+
+
+@torch.no_grad()
+def token_stats(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                top_k: int | None = None) -> TokenStats:
+    """Entropies (teacher's over its top-k when ``top_k``) and full-vocabulary KLs: (B, R, V) -> (B, R)."""
+    s, t = student_logits.detach(), teacher_logits.detach()
+    zero = lambda x: torch.where(mask, x, torch.zeros_like(x))  # noqa: E731
+    return TokenStats(zero(entropy(t, top_k=top_k)), zero(entropy(s)), zero(forward_kl(s, t)), zero(reverse_kl(s, t)))
+
+
+def response_hidden(model, input_ids, attention_mask, prompt_len: int) -> torch.Tensor:
+    """Last hidden state at the positions that predict each response token: (B, P + R) -> (B, R, H)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    return out.hidden_states[-1][:, prompt_len - 1 : -1]
+
+
+def _logit_transform(model) -> tuple[float, float | None]:
+    """(logit_scale, softcap) a model applies after its LM head, read from its config."""
+    cfg = model.config
+    scale = float(getattr(cfg, "logit_scale", None) or 1.0)
+    if getattr(cfg, "logits_scaling", None):
+        scale /= float(cfg.logits_scaling)
+    softcap = getattr(cfg, "final_logit_softcapping", None)
+    return scale, (float(softcap) if softcap else None)
+
+
+@torch.no_grad()
+def fused_support(model, vocab: int) -> tuple[bool, str]:
+    """Whether ``hidden @ head.T`` (with the config's scale/soft-cap) reproduces the model's logits."""
+    head = model.get_output_embeddings()
+    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor) or getattr(head, "bias", None) is not None:
+        return False, "the model has no plain linear output embedding"
+    from sead.fused import transform_logits
+
+    device = head.weight.device
+    ids = torch.arange(min(vocab, 8), device=device).unsqueeze(0) % vocab
+    att = torch.ones_like(ids)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False)
+    finally:
+        model.train(was_training)
+    scale, softcap = _logit_transform(model)
+    rebuilt = transform_logits(out.hidden_states[-1].float() @ head.weight[:vocab].float().T, scale, softcap)
+    err = (rebuilt - out.logits[..., :vocab].float()).abs().max().item()
+    tol = 1e-3 * max(1.0, out.logits.float().abs().max().item())
+    if err > tol:
+        return False, f"the last hidden state times the output embedding differs from the logits by {err:.3g}"
+    return True, ""
+
+
+class LogitsBackend:
+    """Materialised (B, R, V) logits; the reference path and the one every method supports."""
+
+    name = "logits"
+
+    def __init__(self, cfg: ObjectiveConfig, vocab: int):
+        self.cfg, self.vocab = cfg, vocab
+
+    def teacher(self, teacher, input_ids, attention_mask, prompt_len):
+        device = next(teacher.parameters()).device
+        with torch.no_grad():
+            logits = response_logits(teacher, input_ids.to(device), attention_mask.to(device), prompt_len, self.vocab)
+        return logits.float().to(input_ids.device)
+
+    def student(self, student, mb):
+        return response_logits(student, mb.input_ids, mb.attention_mask, mb.prompt_len, self.vocab)
+
+    def stats(self, s, t, mask) -> TokenStats:
+        return token_stats(s, t, mask, self.cfg.top_k)
+
+    def losses(self, s, t, mb, zones, alpha, denom: float):
+        tl = token_losses(self.cfg, s, t, mb.targets, mb.mask, zones, alpha)
+        return tl.sum() / max(denom, 1e-12), tl.detach()
+
+
+class FusedBackend:
+    """Hidden states plus heads, chunked through ``sead.fused`` (see the module doc)."""
+
+    name = "fused"
+
+    def __init__(self, cfg: ObjectiveConfig, vocab: int, student_model, teacher_model, chunk_size: int):
+        self.cfg, self.vocab, self.chunk = cfg, vocab, chunk_size
+        self.student_model, self.teacher_model = student_model, teacher_model  # unwrapped, for their heads
+        self.s_scale, self.s_cap = _logit_transform(student_model)
+        self.t_scale, self.t_cap = _logit_transform(teacher_model)
+
+    def _heads(self):
+        s_head = self.student_model.get_output_embeddings().weight[: self.vocab]
+        t_head = self.teacher_model.get_output_embeddings().weight[: self.vocab].detach()
+        return s_head, t_head
+
+    def teacher(self, teacher, input_ids, attention_mask, prompt_len):
+        device = next(teacher.parameters()).device
+        with torch.no_grad():
+            hidden = response_hidden(teacher, input_ids.to(device), attention_mask.to(device), prompt_len)
+        return hidden.to(input_ids.device)
+
+    def student(self, student, mb):
+        return response_hidden(student, mb.input_ids, mb.attention_mask, mb.prompt_len)
+
+    @torch.no_grad()
+    def stats(self, s, t, mask) -> TokenStats:
+        """One chunked pass over the valid rows: both logits per chunk, never the whole (N, V)."""
+        from sead.fused import transform_logits
+
+        s_head, t_head = self._heads()
+        s_N_H, t_N_H = s.detach().reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
+        rows = mask.reshape(-1).nonzero().squeeze(-1)
+        out = torch.zeros(4, mask.numel(), device=s.device)
+        for start in range(0, rows.numel(), self.chunk):
+            idx = rows[start : start + self.chunk]
+            zs = transform_logits(s_N_H[idx].float() @ s_head.float().T, self.s_scale, self.s_cap)
+            zt = transform_logits(t_N_H[idx].float() @ t_head.float().T, self.t_scale, self.t_cap)
+            for i, value in enumerate((entropy(zt), entropy(zs), forward_kl(zs, zt), reverse_kl(zs, zt))):
+                out[i, idx] = value
+        t_ent, s_ent, fkl, rkl = (x.reshape(mask.shape) for x in out)
+        return TokenStats(t_ent, s_ent, fkl, rkl)
+
+    def _weights(self, mask, zones, alpha):
+        from sead.fused import sead_weights
+
+        cfg, valid = self.cfg, mask.float()
+        kind = _divergence_kind(cfg)
+        if kind == "sead":
+            if uses_zone_loss(cfg):
+                return sead_weights(zones, alpha, cfg.lam, cfg.zone_c_mix)
+            return valid, alpha * cfg.lam * valid
+        return {"rkl": (valid, 0 * valid), "fkl": (0 * valid, valid), "eopd": (valid, valid)}[kind]
+
+    def losses(self, s, t, mb, zones, alpha, denom: float):
+        from sead.fused import fused_divergence
+
+        if self.s_scale != self.t_scale or self.s_cap != self.t_cap:
+            raise ValueError("fused path needs the same logit transform for student and teacher")
+        s_head, t_head = self._heads()
+        w_rkl, w_fkl = self._weights(mb.mask, zones, alpha)
+        gate = self.cfg.tau if _divergence_kind(self.cfg) == "eopd" else None
+        return fused_divergence(s, s_head, t, t_head, w_rkl, w_fkl, denom, self.chunk, gate, self.s_scale, self.s_cap)
+
+
+def fused_kind_ok(cfg: ObjectiveConfig) -> tuple[bool, str]:
+    """Whether the method can run fused; the reason when not."""
+    if _divergence_kind(cfg) not in FUSED_KINDS:
+        return False, f"{cfg.method} needs sampled-token or JSD terms the fused kernel does not compute"
+    if cfg.top_k is not None:
+        return False, "objective.top_k is set (the fused kernel is full-vocabulary)"
+    return True, ""
+
