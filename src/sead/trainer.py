@@ -18,16 +18,17 @@ from pathlib import Path
 
 import torch
 
-from sead.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sead.checkpoint import _SafetensorError, latest_checkpoint, load_checkpoint, save_checkpoint
 from sead.config import RunConfig, config_to_dict, save_config
-from sead.errors import ConfigError, SeadError
+from sead.errors import CheckpointError, ConfigError, DataError, SeadError
 from sead.metrics import MetricsWriter
 from sead.models import check_shared_vocab, head_rows, load_model, load_tokenizer
 
 __all__ = ["Trainer", "lr_lambda", "train_main"]
 
 # Settings that may change between a run and its resumption without changing the result.
-_RESUME_FREE = {("train", "resume"), ("train", "force_resume"), ("logging", "progress"), ("train", "torch_threads")}
+_RESUME_FREE = {("train", "resume"), ("train", "force_resume"), ("logging", "progress"), ("train", "torch_threads"),
+                ("train", "max_bad_steps")}
 
 
 def lr_lambda(optim_cfg, total_steps: int):
@@ -101,6 +102,8 @@ class Trainer:
             acc.init_trackers(cfg.logging.project, config=config_to_dict(cfg))
         if cfg.train.resume:
             self._resume()
+        else:
+            self._drop_records_after(0)  # a fresh run rewrites any step lines left in the folder
         return self
 
     def _choose_backend(self):
@@ -220,6 +223,7 @@ class Trainer:
         self.items = load_prompts(cfg.data)
         if not self.items:
             raise ConfigError(f"data.path={cfg.data.path!r} holds no prompts; check the file and data.split")
+        self._check_prompt_lengths()
         use_curriculum = cfg.objective.curriculum and cfg.curriculum.sampler != "uniform"
         if cfg.objective.curriculum and cfg.curriculum.sampler == "uniform":
             raise ConfigError("objective.curriculum=true needs curriculum.sampler=competence|sorted|refreshing")
@@ -260,22 +264,45 @@ class Trainer:
                                 progress=cfg.logging.progress, seed=cfg.train.seed)
         acc.wait_for_everyone()
 
+    def _check_prompt_lengths(self) -> None:
+        """Fail before the first step, naming the prompt, when one exceeds rollout.max_prompt_tokens."""
+        from sead.rollout import format_prompts
+
+        limit = self.cfg.rollout.max_prompt_tokens
+        texts, templated = format_prompts(self.tokenizer, [it.prompt for it in self.items], self.cfg.rollout.chat_template)
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=not templated)["input_ids"]]
+        for item, n in zip(self.items, lengths):
+            if n > limit:
+                raise DataError(
+                    f"prompt {item.id!r} of data.path={self.cfg.data.path!r} has {n} tokens, more than "
+                    f"rollout.max_prompt_tokens={limit}; raise rollout.max_prompt_tokens or remove the long prompts"
+                )
+
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)
         if path is None:
             self.accelerator.print(f"no complete checkpoint in {self.run_dir}; starting from step 0")
+            self._drop_records_after(0)  # lines of a run killed before its first checkpoint are redone
             return
         state = load_checkpoint(self.accelerator, path)
         self.step = int(state["step"])
+        self.bad_streak = int(state.get("bad_streak", 0))
         self.sampler.load_state_dict(state["sampler"])
+        self._drop_records_after(self.step)
+        self.accelerator.print(f"resumed from {path} at step {self.step}")
+
+    def _drop_records_after(self, step: int) -> None:
+        """Remove metrics and sample lines past ``step`` (and torn lines): those steps are run again."""
         if self.accelerator.is_main_process:
-            self.metrics.truncate_after(self.step)
+            self.metrics.truncate_after(step)
             samples = self.run_dir / "samples.jsonl"
             if samples.exists():
                 kept = [line for line in samples.read_text(encoding="utf-8").splitlines()
-                        if _step_of(line) is not None and _step_of(line) <= self.step]
-                samples.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
-        self.accelerator.print(f"resumed from {path} at step {self.step}")
+                        if _step_of(line) is not None and _step_of(line) <= step]
+                tmp = samples.with_suffix(".jsonl.tmp")
+                tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+                os.replace(tmp, samples)
+        self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ loop
     def _rewards(self, indices):
@@ -398,7 +425,7 @@ class Trainer:
 
     # ----------------------------------------------------------- checkpoints
     def save(self) -> Path:
-        state = {"step": self.step, "sampler": self.sampler.state_dict()}
+        state = {"step": self.step, "bad_streak": self.bad_streak, "sampler": self.sampler.state_dict()}
         return save_checkpoint(self.accelerator, self.run_dir, self.step, state, self.cfg.train.keep_checkpoints)
 
     def save_final(self) -> Path:
@@ -406,14 +433,21 @@ class Trainer:
         final = self.run_dir / "final"
         acc.wait_for_everyone()
         if acc.is_main_process:
-            tmp = self.run_dir / ".final-tmp"
-            acc.unwrap_model(self.student).save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
-            if final.exists():
-                import shutil
+            import shutil
 
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            tmp = self.run_dir / ".final-tmp"
+            try:
+                acc.unwrap_model(self.student).save_pretrained(tmp, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+            except (OSError, RuntimeError, _SafetensorError) as err:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise CheckpointError(
+                    f"could not write the final model to {final} ({getattr(err, 'strerror', None) or err}); the "
+                    f"last checkpoint is saved: free disk space, then rerun with train.resume=true to write it"
+                ) from None
         acc.wait_for_everyone()
         return final
 
