@@ -4,6 +4,11 @@ A checkpoint ``RUN/checkpoints/step-N`` holds accelerate's state (model, optimis
 RNG states of every process) plus ``trainer_state.json`` (step, sampler state, ...). Only a
 folder with the ``COMPLETE`` marker is ever picked as the latest, so a crash mid-write never
 leaves a half checkpoint in use.
+
+Test hook: with ``SEAD_TEST_PAUSE_IN_CHECKPOINT=N`` in the environment, the write of checkpoint
+``step-N`` stops after accelerate's state is in ``.tmp-step-N`` and before it is marked complete,
+drops a ``PAUSED`` file there and sleeps (up to 10 minutes), so a test can kill the process in
+the middle of a checkpoint write (``tests/kill_resume.py``). Unset, it costs nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ from pathlib import Path
 from sead.errors import CheckpointError
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "list_checkpoints"]
+
+try:
+    from safetensors import SafetensorError as _SafetensorError
+except ImportError:  # pragma: no cover - safetensors comes with transformers
+    _SafetensorError = OSError
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 MARKER = "COMPLETE"
@@ -51,6 +61,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _test_pause(tmp: Path, step: int) -> None:
+    """The ``SEAD_TEST_PAUSE_IN_CHECKPOINT`` hook (module doc): pause a chosen write half-way."""
+    if os.environ.get("SEAD_TEST_PAUSE_IN_CHECKPOINT") == str(step):
+        import time
+
+        (tmp / "PAUSED").write_text(str(os.getpid()), encoding="utf-8")
+        time.sleep(600)
+
+
 def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: dict, keep: int = 2) -> Path:
     """Save on every process (accelerate needs all of them), publish atomically on the main one."""
     root = Path(run_dir) / "checkpoints"
@@ -63,6 +82,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
+        _test_pause(tmp, step)
         if accelerator.is_main_process:
             (tmp / STATE).write_text(json.dumps(trainer_state), encoding="utf-8")
             (tmp / MARKER).write_text(str(step), encoding="utf-8")
@@ -71,12 +91,18 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(root)
-    except OSError as err:
+    except (OSError, RuntimeError, _SafetensorError) as err:
+        # A full disk shows up as OSError, as torch.save's RuntimeError or as a safetensors error.
         if accelerator.is_main_process and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(err, "strerror", None) or f"{type(err).__name__}: {str(err).strip()[:120]}"
+        try:
+            free = f"; {shutil.disk_usage(root).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = ""
         raise CheckpointError(
-            f"could not write checkpoint step-{step} in {root} ({err.strerror or err}); "
-            "free disk space or fix permissions, then resume with train.resume=true"
+            f"could not write checkpoint step-{step} in {root} ({reason}{free}); the previous checkpoints are "
+            "untouched: free disk space or fix permissions, then resume with train.resume=true"
         ) from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and keep > 0:
@@ -91,7 +117,7 @@ def load_checkpoint(accelerator, path: str | Path) -> dict:
     try:
         state = json.loads((path / STATE).read_text(encoding="utf-8"))
         accelerator.load_state(str(path))
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except Exception as err:  # noqa: BLE001 - torch.load, pickle and safetensors raise many types on bad files
         raise CheckpointError(
             f"checkpoint {path} is corrupt or incomplete ({type(err).__name__}: {str(err)[:120]}); "
             "delete it to resume from the previous one"

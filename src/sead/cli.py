@@ -36,6 +36,10 @@ def _quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
+    import logging
+
+    # accelerate warns on every checkpoint that tied embeddings are saved once; that is expected.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -145,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except SeadError as err:
         print(f"sead {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"sead {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        detail = f": {err}" if str(err) else ""  # e.g. which checkpoint was saved and how to resume
+        print(f"sead {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
 
 
