@@ -177,9 +177,11 @@ class TrainConfig:
     torch_threads: int | None = None
 
     def __post_init__(self):
-        for key in ("steps", "batch_size", "samples_per_prompt", "micro_batch_size", "save_every"):
+        for key in ("steps", "batch_size", "samples_per_prompt", "micro_batch_size", "save_every", "max_bad_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.keep_checkpoints < 0:
+            raise ConfigError(f"train.keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if not self.output_dir:
