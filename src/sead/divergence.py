@@ -144,7 +144,12 @@ def generalized_jsd(
         return _kl_from_logp(t_logp, s_logp)
     if beta == 1.0:
         return _kl_from_logp(s_logp, t_logp)
-    mix_logp = torch.logaddexp(s_logp + math.log1p(-beta), t_logp + math.log(beta))
+    # Entries where both distributions are 0 (a vocabulary masked in both) stay out of the
+    # mixture: logaddexp(-inf, -inf) has a NaN gradient, which would poison the whole row.
+    both = (s_logp == float("-inf")) & (t_logp == float("-inf"))
+    mix_logp = torch.logaddexp(
+        s_logp.masked_fill(both, 0.0) + math.log1p(-beta), t_logp.masked_fill(both, 0.0) + math.log(beta)
+    ).masked_fill(both, float("-inf"))
     return beta * _kl_from_logp(t_logp, mix_logp) + (1.0 - beta) * _kl_from_logp(s_logp, mix_logp)
 
 

@@ -73,9 +73,15 @@ def sead_token_losses(
     c_idx = (zones_N == Zone.C).nonzero().squeeze(-1)
     loss_b = reverse_kl(_rows(student_logits, b_idx), _rows(teacher_logits, b_idx), top_k=top_k)
     s_c, t_c = _rows(student_logits, c_idx), _rows(teacher_logits, c_idx)
-    loss_c = alpha * lam * forward_kl(s_c, t_c, top_k=top_k)
-    if zone_c_mix == "interpolate":
-        loss_c = loss_c + (1.0 - alpha) * lam * reverse_kl(s_c, t_c, top_k=top_k)
+    # A term whose weight is 0 (alpha = 0 at the end of annealing) is skipped rather than
+    # multiplied by 0: no compute, and no 0 * inf = NaN when that divergence is infinite.
+    w_fkl = alpha * lam
+    w_rkl = (1.0 - alpha) * lam if zone_c_mix == "interpolate" else 0.0
+    loss_c = s_c.new_zeros(c_idx.shape, dtype=torch.float32)
+    if w_fkl != 0.0:
+        loss_c = loss_c + w_fkl * forward_kl(s_c, t_c, top_k=top_k)
+    if w_rkl != 0.0:
+        loss_c = loss_c + w_rkl * reverse_kl(s_c, t_c, top_k=top_k)
     index = torch.cat([b_idx, c_idx])
     return _scatter_rows(torch.cat([loss_b, loss_c]), index, zones.shape, student_logits.device)
 
@@ -154,8 +160,12 @@ def eopd_token_losses(
     """Per-position EOPD loss ``(...)``: RKL(t) + 1[H(p_t) > tau] * FKL(t) on valid positions."""
     idx = mask.reshape(-1).bool().nonzero().squeeze(-1)
     s, t = _rows(student_logits, idx), _rows(teacher_logits, idx)
-    gate = (entropy(t.detach()) > tau).float()
-    values = reverse_kl(s, t, top_k=top_k) + gate * forward_kl(s, t, top_k=top_k)
+    values = reverse_kl(s, t, top_k=top_k)
+    # Forward KL only on the gated rows (no compute elsewhere, and no 0 * inf = NaN when the
+    # forward KL of an ungated row is infinite).
+    gated = (entropy(t.detach()) > tau).nonzero().squeeze(-1)
+    fkl = forward_kl(s.index_select(0, gated), t.index_select(0, gated), top_k=top_k)
+    values = values.index_add(0, gated, fkl)
     return _scatter_rows(values, idx, mask.shape, student_logits.device)
 
 
@@ -179,10 +189,14 @@ def opd_token_losses(
     loss_t = -min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) on valid tokens, 0 elsewhere.
     With one update per rollout (old = current weights) r = 1 and the gradient is -A grad log p.
     """
-    advantage = -(old_logprobs.float() - teacher_logprobs.float()).detach()
-    ratio = torch.exp(logprobs.float() - old_logprobs.float().detach())
+    valid = mask.bool()
+    old = old_logprobs.float().detach()
+    # Padding values are replaced *before* the arithmetic: a -inf or NaN log-prob at a masked
+    # position would otherwise turn the (discarded) surrogate's gradient into NaN there.
+    advantage = torch.where(valid, teacher_logprobs.float().detach() - old, 0.0)
+    ratio = torch.exp(torch.where(valid, logprobs.float() - old, 0.0))
     surrogate = torch.minimum(ratio * advantage, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * advantage)
-    return torch.where(mask.bool(), -surrogate, torch.zeros_like(surrogate))
+    return torch.where(valid, -surrogate, torch.zeros_like(surrogate))
 
 
 def opd_loss(logprobs, old_logprobs, teacher_logprobs, mask, clip_eps=0.2, normalizer=None) -> torch.Tensor:
