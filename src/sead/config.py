@@ -371,6 +371,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value; e.g. optim.lr=1e-6")
         key, raw = item.split("=", 1)
+        if not all(part.strip() for part in key.split(".")):
+            raise ConfigError(f"override {item!r} has an empty key; write section.key=value, e.g. optim.lr=1e-6")
         value = _Override(raw)
         try:
             value.parsed = yaml.safe_load(raw) if raw != "" else ""
