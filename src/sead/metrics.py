@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from sead.errors import SeadError
 from sead.zones import Zone
 
 __all__ = ["MetricsWriter", "zone_statistics", "read_metrics"]
@@ -72,10 +73,16 @@ class MetricsWriter:
 
     def write(self, record: dict) -> None:
         line = json.dumps({k: _clean(v) for k, v in record.items()})
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:  # a torn line is skipped by read_metrics and dropped on resume
+            raise SeadError(
+                f"could not append step {record.get('step')} to {self.path} ({err.strerror or err}); "
+                "free disk space or fix permissions, then resume with train.resume=true"
+            ) from None
 
 
 def read_metrics(path: str | Path) -> list[dict]:
