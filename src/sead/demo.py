@@ -18,32 +18,55 @@ from sead.errors import SeadError
 
 __all__ = ["add_demo_arguments", "demo_main", "demo_config", "run_demo"]
 
-PRESETS = ("tiny",)
+PRESETS = {
+    # preset: (steps, training prompts, difficulty rollouts) defaults
+    "tiny": (40, 1024, 4),
+    "smollm2": (3, 32, 2),
+}
 
 
-def demo_config(out: Path, method: str, steps: int, seed: int, max_prompts: int, difficulty_path: Path) -> dict:
-    """The resolved config dict of one demo run (also a template for users' own YAML)."""
+def _preset_settings(preset: str) -> dict:
+    """What differs between presets: models, data, decoding and the optimiser's scale."""
+    if preset == "smollm2":
+        from sead.smollm2 import prepare_smollm2, smollm2_data, smollm2_prompt
+
+        teacher, student = prepare_smollm2()
+        train, heldout = smollm2_data()
+        return dict(student=student, teacher=teacher, train=train, heldout=heldout, template=smollm2_prompt(),
+                    verifier="math", max_new_tokens=32, gen_batch=8, chat_template="auto", tau=1.0,
+                    optim={"lr": 1e-5, "schedule": "constant"}, batch_size=4, eval_prompts=16, eval_batch=16)
     from sead.toy import MAX_NEW_TOKENS, demo_asset_dir, demo_data_paths
 
     root = demo_asset_dir()
     train, heldout = demo_data_paths()
-    fields = {"prompt_field": "question", "answer_field": "answer", "id_field": "id", "template": "{problem}"}
+    return dict(student=root / "student", teacher=root / "teacher", train=train, heldout=heldout,
+                template="{problem}", verifier="sead.toy:verify", max_new_tokens=MAX_NEW_TOKENS, gen_batch=64,
+                chat_template="off", tau=0.5, optim={"lr": 1e-3, "warmup_steps": 2, "schedule": "cosine"},
+                batch_size=32, eval_prompts=None, eval_batch=100)
+
+
+def demo_config(out: Path, method: str, steps: int, seed: int, max_prompts: int, difficulty_path: Path,
+                preset: str = "tiny") -> dict:
+    """The resolved config dict of one demo run (also a template for users' own YAML)."""
+    p = _preset_settings(preset)
+    fields = {"prompt_field": "question", "answer_field": "answer", "id_field": "id", "template": p["template"]}
     sead_on = method == "sead"
+    decoding = {"max_new_tokens": p["max_new_tokens"], "chat_template": p["chat_template"]}
     return {
-        "name": f"demo-{method}",
-        "model": {"student": str(root / "student"), "teacher": str(root / "teacher")},
-        "data": {"path": str(train), "max_prompts": max_prompts, "shuffle_seed": seed, **fields},
-        "verifier": {"kind": "sead.toy:verify"},
-        "rollout": {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0.7, "batch_size": 64, "chat_template": "off"},
-        "objective": {"method": method, "zones": sead_on, "anneal": sead_on, "curriculum": sead_on, "tau": 0.5},
+        "name": f"demo-{preset}-{method}",
+        "model": {"student": str(p["student"]), "teacher": str(p["teacher"])},
+        "data": {"path": str(p["train"]), "max_prompts": max_prompts, "shuffle_seed": seed, **fields},
+        "verifier": {"kind": p["verifier"]},
+        "rollout": {"temperature": 0.7, "batch_size": p["gen_batch"], **decoding},
+        "objective": {"method": method, "zones": sead_on, "anneal": sead_on, "curriculum": sead_on, "tau": p["tau"]},
         "curriculum": {"sampler": "competence" if sead_on else "uniform", "difficulty_path": str(difficulty_path),
                        "seed": seed},
-        "optim": {"lr": 1e-3, "warmup_steps": 2, "schedule": "cosine", "max_grad_norm": 1.0},
-        "train": {"steps": steps, "batch_size": 32, "micro_batch_size": 32, "seed": seed, "save_every": steps,
-                  "keep_checkpoints": 1, "output_dir": str(out / "runs" / method)},
+        "optim": {"max_grad_norm": 1.0, **p["optim"]},
+        "train": {"steps": steps, "batch_size": p["batch_size"], "micro_batch_size": p["batch_size"], "seed": seed,
+                  "save_every": steps, "keep_checkpoints": 1, "output_dir": str(out / "runs" / method)},
         "logging": {"samples_every": max(1, steps // 5), "num_samples": 4},
-        "eval": {"data": [f"heldout={heldout}"], "k": 0, "greedy": True, "max_new_tokens": MAX_NEW_TOKENS,
-                 "batch_size": 100, "chat_template": "off", "split": "train", **fields},
+        "eval": {"data": [f"heldout={p['heldout']}"], "k": 0, "greedy": True, "max_prompts": p["eval_prompts"],
+                 "batch_size": p["eval_batch"], "split": "train", **decoding, **fields},
     }
 
 
@@ -55,7 +78,8 @@ def _evaluate(model_path: str, cfg, out_dir: Path, tag: str) -> float:
     return float(result["benchmarks"]["heldout"]["pass@1"])
 
 
-def run_demo(out: Path, methods: list[str], steps: int, seed: int, max_prompts: int, k: int) -> dict:
+def run_demo(out: Path, methods: list[str], steps: int, seed: int, max_prompts: int, k: int,
+             preset: str = "tiny") -> dict:
     """Run the whole demo into ``out``; returns the results table as a dict."""
     from sead.config import config_from_dict
     from sead.difficulty import difficulty_from_config
@@ -65,16 +89,16 @@ def run_demo(out: Path, methods: list[str], steps: int, seed: int, max_prompts: 
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     difficulty_path = out / "difficulty.jsonl"
-    base = config_from_dict(demo_config(out, "sead", steps, seed, max_prompts, difficulty_path))
+    base = config_from_dict(demo_config(out, "sead", steps, seed, max_prompts, difficulty_path, preset))
     print(f"[1/4] prompt difficulty: {k} student rollouts for each of {max_prompts} training prompts")
     difficulty_from_config(base, k=k, out_path=str(difficulty_path), progress=False)
     print("[2/4] evaluating the student and the teacher before training (greedy, held-out set)")
     before = _evaluate(base.model.student, base, out, "student-before")
     teacher = _evaluate(base.model.teacher, base, out, "teacher")
-    results = {"seed": seed, "steps": steps, "before": before, "teacher": teacher, "after": {}, "time_s": {}}
+    results = {"preset": preset, "seed": seed, "steps": steps, "before": before, "teacher": teacher, "after": {}, "time_s": {}}
     for i, method in enumerate(methods, 1):
         print(f"[3/4] training {method} ({i}/{len(methods)}): {steps} steps from the same student, seed {seed}")
-        cfg = config_from_dict(demo_config(out, method, steps, seed, max_prompts, difficulty_path))
+        cfg = config_from_dict(demo_config(out, method, steps, seed, max_prompts, difficulty_path, preset))
         run_dir = Path(cfg.train.output_dir)
         if run_dir.exists():
             shutil.rmtree(run_dir)  # a demo always starts clean
@@ -122,22 +146,28 @@ def _print_table(results: dict, methods: list[str]) -> None:
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--preset", default="tiny", choices=PRESETS, help="which embedded default to run")
-    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--methods", default="opd,eopd,sead", help="comma-separated methods (default opd,eopd,sead)")
-    parser.add_argument("--steps", type=int, default=40, help="optimiser steps per method (default 40)")
+    parser.add_argument("--preset", default="tiny", choices=list(PRESETS),
+                        help="tiny: shipped tiny models (default); smollm2: real SmolLM2-135M teacher")
+    parser.add_argument("--out", default=None, help="output folder (default runs/demo or runs/demo-smollm2)")
+    parser.add_argument("--methods", default=None, help="comma-separated methods (default opd,eopd,sead; smollm2: opd,sead)")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps per method (tiny 40, smollm2 3)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--prompts", type=int, default=1024, help="training prompts used (default 1024)")
-    parser.add_argument("--k", type=int, default=4, help="rollouts per prompt for difficulty (default 4)")
+    parser.add_argument("--prompts", type=int, default=None, help="training prompts used (tiny 1024, smollm2 32)")
+    parser.add_argument("--k", type=int, default=None, help="rollouts per prompt for difficulty (tiny 4, smollm2 2)")
     return parser
 
 
 def demo_main(args: argparse.Namespace) -> int:
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    steps, prompts, k = PRESETS[args.preset]
+    steps, prompts, k = args.steps or steps, args.prompts or prompts, args.k or k
+    default_methods = "opd,eopd,sead" if args.preset == "tiny" else "opd,sead"
+    methods = [m.strip() for m in (args.methods or default_methods).split(",") if m.strip()]
     if not methods:
         raise SeadError("--methods is empty; e.g. --methods opd,sead")
-    if args.steps < 1 or args.prompts < 32:
-        raise SeadError("--steps must be >= 1 and --prompts >= 32 (one batch)")
-    results = run_demo(Path(args.out), methods, args.steps, args.seed, args.prompts, args.k)
+    batch = 32 if args.preset == "tiny" else 4
+    if steps < 1 or prompts < batch:
+        raise SeadError(f"--steps must be >= 1 and --prompts >= {batch} (one batch)")
+    out = Path(args.out or ("runs/demo" if args.preset == "tiny" else f"runs/demo-{args.preset}"))
+    results = run_demo(out, methods, steps, args.seed, prompts, k, args.preset)
     _print_table(results, methods)
     return 0

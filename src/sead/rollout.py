@@ -13,7 +13,7 @@ import torch
 
 from sead.errors import ConfigError
 
-__all__ = ["RolloutConfig", "Rollout", "format_prompts", "generate_rollouts", "position_ids_from_mask"]
+__all__ = ["RolloutConfig", "Rollout", "format_prompts", "encode_prompts", "generate_rollouts", "position_ids_from_mask"]
 
 
 @dataclass
@@ -88,6 +88,17 @@ def format_prompts(tokenizer, prompts: list[str], chat_template: str = "auto") -
     return texts, True
 
 
+def encode_prompts(tokenizer, prompts: list[str], chat_template: str = "auto") -> dict:
+    """Format (chat template when asked/available) and tokenize, left-padded: ids and mask (B, P)."""
+    texts, templated = format_prompts(tokenizer, prompts, chat_template)
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not templated)
+    finally:
+        tokenizer.padding_side = old_side
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as ``generate`` uses: (B, T) -> (B, T)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
@@ -126,17 +137,11 @@ def generate_rollouts(
     """
     from transformers import GenerationConfig
 
-    texts, templated = format_prompts(tokenizer, prompts, cfg.chat_template)
     pad_id = _pad_id(tokenizer)
     eos_id = tokenizer.eos_token_id
-    rows = [t for t in texts for _ in range(num_samples)]
-    index = [i for i in range(len(texts)) for _ in range(num_samples)]
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(rows, return_tensors="pt", padding=True, add_special_tokens=not templated)
-    finally:
-        tokenizer.padding_side = old_side
+    rows = [p for p in prompts for _ in range(num_samples)]
+    index = [i for i in range(len(prompts)) for _ in range(num_samples)]
+    enc = encode_prompts(tokenizer, rows, cfg.chat_template)
     prompt_len = enc["input_ids"].shape[1]
     if prompt_len > cfg.max_prompt_tokens:
         raise ConfigError(
@@ -177,5 +182,4 @@ def generate_rollouts(
     response_texts = [
         tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(response_ids, response_mask)
     ]
-    row_prompts = [prompts[i] for i in index]
-    return Rollout(input_ids, attention_mask.long(), full_mask, prompt_len, row_prompts, response_texts, index)
+    return Rollout(input_ids, attention_mask.long(), full_mask, prompt_len, rows, response_texts, index)

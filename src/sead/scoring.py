@@ -6,7 +6,8 @@ which one runs:
 * ``teacher(mb)``: the teacher's view of the response positions (no grad);
 * ``student(mb)``: the student's view, with grad when grad is enabled;
 * ``stats(s, t, mask)``: per-token teacher/student entropy and forward/reverse KL, no grad;
-* ``losses(s, t, mb, zones, alpha)``: per-token loss (B, R) and its scalar divided by ``denom``.
+* ``losses(s, t, mb, zones, alpha, denom, stats)``: the loss (sum of per-token losses / ``denom``)
+  and the detached per-token losses (B, R).
 
 ``LogitsBackend`` keeps (B, R, V) logits: every method works on it. ``FusedBackend`` keeps
 (B, R, H) last hidden states and the heads, and computes everything in row chunks of
@@ -116,7 +117,7 @@ class LogitsBackend:
     def stats(self, s, t, mask) -> TokenStats:
         return token_stats(s, t, mask, self.cfg.top_k)
 
-    def losses(self, s, t, mb, zones, alpha, denom: float):
+    def losses(self, s, t, mb, zones, alpha, denom: float, stats: TokenStats):
         tl = token_losses(self.cfg, s, t, mb.targets, mb.mask, zones, alpha)
         return tl.sum() / max(denom, 1e-12), tl.detach()
 
@@ -164,7 +165,8 @@ class FusedBackend:
         t_ent, s_ent, fkl, rkl = (x.reshape(mask.shape) for x in out)
         return TokenStats(t_ent, s_ent, fkl, rkl)
 
-    def _weights(self, mask, zones, alpha):
+    def _weights(self, mask, zones, alpha, stats: TokenStats):
+        """Per-token (w_rkl, w_fkl) of the method; a token with both 0 costs nothing."""
         from sead.fused import sead_weights
 
         cfg, valid = self.cfg, mask.float()
@@ -173,17 +175,17 @@ class FusedBackend:
             if uses_zone_loss(cfg):
                 return sead_weights(zones, alpha, cfg.lam, cfg.zone_c_mix)
             return valid, alpha * cfg.lam * valid
-        return {"rkl": (valid, 0 * valid), "fkl": (0 * valid, valid), "eopd": (valid, valid)}[kind]
+        if kind == "eopd":  # forward KL only where the teacher is unsure (the pass-1 entropy)
+            return valid, valid * (stats.teacher_entropy > cfg.tau).float()
+        return {"rkl": (valid, 0 * valid), "fkl": (0 * valid, valid)}[kind]
 
-    def losses(self, s, t, mb, zones, alpha, denom: float):
+    def losses(self, s, t, mb, zones, alpha, denom: float, stats: TokenStats):
         from sead.fused import fused_divergence
 
-        if self.s_scale != self.t_scale or self.s_cap != self.t_cap:
-            raise ValueError("fused path needs the same logit transform for student and teacher")
         s_head, t_head = self._heads()
-        w_rkl, w_fkl = self._weights(mb.mask, zones, alpha)
-        gate = self.cfg.tau if _divergence_kind(self.cfg) == "eopd" else None
-        return fused_divergence(s, s_head, t, t_head, w_rkl, w_fkl, denom, self.chunk, gate, self.s_scale, self.s_cap)
+        w_rkl, w_fkl = self._weights(mb.mask, zones, alpha, stats)
+        return fused_divergence(s, s_head, t, t_head, w_rkl, w_fkl, normalizer=denom, chunk_size=self.chunk,
+                                logit_scale=self.s_scale, softcap=self.s_cap)
 
 
 def fused_kind_ok(cfg: ObjectiveConfig) -> tuple[bool, str]:

@@ -105,16 +105,10 @@ def _teacher_inputs(tokenizer, cfg, mb: MicroBatch, rollout: Rollout, teacher_pr
     """(input_ids, attention_mask, prompt_len) the teacher scores: the student's own, or with its context."""
     if teacher_prompts is None:
         return mb.input_ids, mb.attention_mask, mb.prompt_len
-    from sead.rollout import format_prompts
+    from sead.rollout import encode_prompts
 
     rows = [teacher_prompts[i] for i in rollout.prompt_index[mb.rows]]
-    texts, templated = format_prompts(tokenizer, rows, cfg.rollout.chat_template)
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not templated)
-    finally:
-        tokenizer.padding_side = old_side
+    enc = encode_prompts(tokenizer, rows, cfg.rollout.chat_template)
     device = mb.input_ids.device
     ids = torch.cat([enc["input_ids"].to(device), mb.targets], dim=1)
     att = torch.cat([enc["attention_mask"].to(device), mb.mask.long()], dim=1)
@@ -207,7 +201,8 @@ def distill_step(
             view = graphs[i] if graphs[i] is not None else backend.student(student, mb)
             # DDP averages gradients over processes; divide by global count / world so the
             # update is (sum over the global batch) / (global count).
-            loss, tl = backend.losses(view, teacher_views[i], mb, zones[i], alpha, max(normalizer, 1.0) / world)
+            loss, tl = backend.losses(view, teacher_views[i], mb, zones[i], alpha, max(normalizer, 1.0) / world,
+                                      stats[i])
             timings["time/student_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             accelerator.backward(loss)
