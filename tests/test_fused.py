@@ -161,6 +161,18 @@ def test_logit_scale_and_softcap(logit_scale, softcap):
     assert_close(got, ref, grads(got, *inputs[:2]), grads(ref, *inputs[:2]))
 
 
+def test_teacher_transform_differs_from_student():
+    inputs = make(n=27, seed=47)
+    s_hidden, s_head, t_hidden, t_head, mask = inputs
+    s = fused.transform_logits(s_hidden @ s_head.T, 0.9)
+    t = fused.transform_logits(t_hidden @ t_head.T, 1.3, 2.0)
+    zones = assign_zones(entropy(t), entropy(s.detach()), mask)
+    ref = sead_loss(s, t, zones, 0.5)
+    loss, got = fused.sead_loss_from_hidden(*inputs, alpha=0.5, chunk_size=4, logit_scale=0.9, teacher_transform=(1.3, 2.0))
+    assert torch.equal(got, zones)
+    assert_close(loss, ref, grads(loss, s_hidden, s_head), grads(ref, s_hidden, s_head))
+
+
 @pytest.mark.parametrize("name", ["rkl", "fkl", "eopd"])
 @pytest.mark.parametrize("normalizer", [None, 77])
 def test_full_vocab_objectives_match(name, normalizer):

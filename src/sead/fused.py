@@ -25,9 +25,10 @@ float32 whatever the input dtype; the projections run in the input dtype (like t
 reference), the head gradient accumulates in float32 and is cast to the head's dtype at the end.
 
 Logits of both models: ``softcap * tanh(logit_scale * h W^T / softcap)`` (``logit_scale * h W^T``
-without softcap). The teacher head may have extra (padding) rows: only its first V rows are used,
-V = student vocabulary. The teacher gets no gradient. Hidden states may be ``(N, H)`` or
-``(..., H)`` with ``mask`` shaped ``(...)``.
+without softcap); ``teacher_transform=(logit_scale, softcap)`` gives the teacher its own. The
+teacher head may have extra (padding) rows: only its first V rows are used, V = student
+vocabulary. The teacher gets no gradient. Hidden states may be ``(N, H)`` or ``(..., H)`` with
+``mask`` shaped ``(...)``.
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ def _head_rows(head: torch.Tensor, hidden_N_H: torch.Tensor, vocab: int | None, 
         raise ValueError(f"{name} has {head.shape[0]} rows but the student vocabulary has {vocab}; "
                          "the teacher head must cover the student vocabulary (extra rows are ignored)")  # fmt: skip
     return head[:vocab]
+
+
+def _teacher_transform(logit_scale, softcap, teacher_transform, chunk_size) -> tuple[float, float | None]:
+    """The teacher's (logit_scale, softcap): ``teacher_transform`` if given, else the student's."""
+    scale, cap = (logit_scale, softcap) if teacher_transform is None else teacher_transform
+    _check_transform(scale, cap, chunk_size)
+    return float(scale), cap
 
 
 def _check_transform(logit_scale: float, softcap: float | None, chunk_size: int) -> None:
@@ -188,6 +196,7 @@ class _Opts:
     chunk_size: int
     logit_scale: float
     softcap: float | None
+    teacher_transform: tuple[float, float | None]  # (logit_scale, softcap) of the teacher
     inv_norm: float | None  # None: 1 / |B u C| counted by the zone rule, applied after the pass
     rule: _ZoneRule | None
     need_hidden_grad: bool
@@ -206,7 +215,7 @@ def _chunk(bufs, hs, s_head, ht, t_head, w_r, w_f, opts: _Opts):
     tanh = bufs[3][:n] if (opts.softcap is not None and want_grad) else None
     _project(a, hs, s_head, opts.logit_scale, opts.softcap, tanh_out=tanh)
     _log_softmax_(a, c)  # a = log p_s
-    _project(b, ht, t_head, opts.logit_scale, opts.softcap)
+    _project(b, ht, t_head, *opts.teacher_transform)
     _log_softmax_(b, c)  # b = log p_t, c = p_t
     ent_t = ent_s = in_zone = None
     if opts.rule is not None:
@@ -289,16 +298,17 @@ class _FusedDivergence(torch.autograd.Function):
 
 
 def _run(student_hidden, student_head, teacher_hidden, teacher_head, weight_shape, w_rkl_N, w_fkl_N, rows_M,
-         normalizer, chunk_size, logit_scale, softcap, rule=None):  # fmt: skip
+         normalizer, chunk_size, logit_scale, softcap, teacher_transform, rule=None):  # fmt: skip
     """Checks shapes, builds the options and applies the autograd function (all public paths)."""
     _check_transform(logit_scale, softcap, chunk_size)
+    teacher_transform = _teacher_transform(logit_scale, softcap, teacher_transform, chunk_size)
     s_hidden_N_H = _flat(student_hidden, weight_shape, "student_hidden")
     t_hidden_N_H = _flat(teacher_hidden, weight_shape, "teacher_hidden").detach()
     s_head_V_H = _head_rows(student_head, s_hidden_N_H, None, "student_head")
     t_head_V_H = _head_rows(teacher_head.detach(), t_hidden_N_H, s_head_V_H.shape[0], "teacher_head")
     inv_norm = None if normalizer is None else 1.0 / max(float(normalizer), 1.0)
     grad_on = torch.is_grad_enabled()
-    opts = _Opts(chunk_size, float(logit_scale), softcap, inv_norm, rule,
+    opts = _Opts(chunk_size, float(logit_scale), softcap, teacher_transform, inv_norm, rule,
                  grad_on and s_hidden_N_H.requires_grad, grad_on and s_head_V_H.requires_grad)  # fmt: skip
     w_r_M, w_f_M = w_rkl_N.index_select(0, rows_M), w_fkl_N.index_select(0, rows_M)
     loss, *per_position = _FusedDivergence.apply(s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_M,
@@ -327,16 +337,17 @@ def token_entropies_from_hidden(hidden, head, mask, chunk_size=1024, vocab_size=
 @torch.no_grad()
 def zones_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask,
                       fractions: Sequence[float] = (0.5, 0.4, 0.1), chunk_size=1024, logit_scale=1.0,
-                      softcap=None) -> torch.Tensor:  # fmt: skip
+                      softcap=None, teacher_transform=None) -> torch.Tensor:  # fmt: skip
     """Pass 1: ``assign_zones(H(p_t), H(p_s), mask, fractions)`` without materialised logits.
 
     Zone C depends on teacher entropy alone, so student entropies of C tokens (never ranked) are
     not computed. Returns a LongTensor shaped like ``mask`` (A=0, B=1, C=2, masked -1).
     """
-    args, vocab = (chunk_size, student_head.shape[0], logit_scale, softcap), student_head.shape[0]
-    t_ent = token_entropies_from_hidden(teacher_hidden, teacher_head, mask, *args)
+    vocab, t_scale_cap = student_head.shape[0], _teacher_transform(logit_scale, softcap, teacher_transform, chunk_size)
+    t_ent = token_entropies_from_hidden(teacher_hidden, teacher_head, mask, chunk_size, vocab, *t_scale_cap)
     only_c = assign_zones(t_ent, torch.zeros_like(t_ent), mask, fractions)
-    s_ent = token_entropies_from_hidden(student_hidden, student_head, mask.bool() & (only_c != Zone.C), *args)
+    s_mask = mask.bool() & (only_c != Zone.C)
+    s_ent = token_entropies_from_hidden(student_hidden, student_head, s_mask, chunk_size, vocab, logit_scale, softcap)
     return assign_zones(t_ent, s_ent, mask, fractions)
 
 
@@ -358,7 +369,7 @@ def _zone_c_weights(alpha: float, lam: float, zone_c_mix: str) -> tuple[float, f
 
 
 def fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head, rkl_weight, fkl_weight,
-                     normalizer=None, chunk_size=1024, logit_scale=1.0, softcap=None):  # fmt: skip
+                     normalizer=None, chunk_size=1024, logit_scale=1.0, softcap=None, teacher_transform=None):  # fmt: skip
     """The shared chunked core: ``(loss, token_losses)``.
 
     loss = sum_t [w_rkl(t) RKL(t) + w_fkl(t) FKL(t)] / max(normalizer, 1). Weights are shaped like
@@ -372,13 +383,13 @@ def fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head,
     rows_M = ((w_r_N != 0) | (w_f_N != 0)).nonzero().squeeze(-1)
     loss, tokens, _, _ = _run(student_hidden, student_head, teacher_hidden, teacher_head, rkl_weight.shape,
                               w_r_N, w_f_N, rows_M, rows_M.numel() if normalizer is None else normalizer,
-                              chunk_size, logit_scale, softcap)  # fmt: skip
+                              chunk_size, logit_scale, softcap, teacher_transform)  # fmt: skip
     return loss, tokens
 
 
 def sead_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, alpha, lam=1.0,
                           fractions: Sequence[float] = (0.5, 0.4, 0.1), chunk_size=1024, zone_c_mix="eq4",
-                          normalizer=None, zones=None, logit_scale=1.0, softcap=None):  # fmt: skip
+                          normalizer=None, zones=None, logit_scale=1.0, softcap=None, teacher_transform=None):  # fmt: skip
     """SEAD loss (paper Eq. 4) from hidden states: ``(loss, zones)``, equal to
     ``sead.objectives.sead_loss`` on materialised logits (value and gradients).
 
@@ -391,7 +402,7 @@ def sead_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_
     _zone_c_weights(alpha, lam, zone_c_mix)  # validate before the expensive pass
     if zones is None:
         zones = zones_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, fractions,
-                                  chunk_size, logit_scale, softcap)  # fmt: skip
+                                  chunk_size, logit_scale, softcap, teacher_transform)  # fmt: skip
     elif zones.shape != mask.shape:
         raise ValueError(f"zones {tuple(zones.shape)} must be shaped like mask {tuple(mask.shape)}")
     else:
@@ -399,43 +410,44 @@ def sead_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_
     w_rkl, w_fkl = sead_weights(zones, alpha, lam, zone_c_mix)
     count = int(((zones == Zone.B) | (zones == Zone.C)).sum())
     loss, _ = fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head, w_rkl, w_fkl,
-                               count if normalizer is None else normalizer, chunk_size, logit_scale, softcap)  # fmt: skip
+                               count if normalizer is None else normalizer, chunk_size, logit_scale, softcap,
+                               teacher_transform)  # fmt: skip
     return loss, zones
 
 
 def _full_vocab(kind, student_hidden, student_head, teacher_hidden, teacher_head, mask, normalizer, chunk_size,
-                logit_scale, softcap, tau=None) -> torch.Tensor:  # fmt: skip
+                logit_scale, softcap, teacher_transform, tau=None) -> torch.Tensor:  # fmt: skip
     valid_N = mask.reshape(-1).bool()
     rows_M, w_N = valid_N.nonzero().squeeze(-1), valid_N.float()
     normalizer = rows_M.numel() if normalizer is None else normalizer
     weights = {"rkl": (w_N, w_N * 0), "fkl": (w_N * 0, w_N), "eopd": (w_N, w_N)}[kind]
     rule = None if tau is None else _ZoneRule(float(tau), -math.inf, b=(1.0, 0.0), c=(1.0, 1.0))
     return _run(student_hidden, student_head, teacher_hidden, teacher_head, mask.shape, *weights, rows_M,
-                normalizer, chunk_size, logit_scale, softcap, rule)[0]  # fmt: skip
+                normalizer, chunk_size, logit_scale, softcap, teacher_transform, rule)[0]  # fmt: skip
 
 
 def rkl_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, normalizer=None,
-                         chunk_size=1024, logit_scale=1.0, softcap=None) -> torch.Tensor:  # fmt: skip
+                         chunk_size=1024, logit_scale=1.0, softcap=None, teacher_transform=None) -> torch.Tensor:  # fmt: skip
     """Full reverse KL(p_s || p_t), mean over valid positions (or / ``normalizer``); = ``objectives.rkl_loss``."""
     return _full_vocab("rkl", student_hidden, student_head, teacher_hidden, teacher_head, mask, normalizer,
-                       chunk_size, logit_scale, softcap)  # fmt: skip
+                       chunk_size, logit_scale, softcap, teacher_transform)  # fmt: skip
 
 
 def fkl_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, normalizer=None,
-                         chunk_size=1024, logit_scale=1.0, softcap=None) -> torch.Tensor:  # fmt: skip
+                         chunk_size=1024, logit_scale=1.0, softcap=None, teacher_transform=None) -> torch.Tensor:  # fmt: skip
     """Full forward KL(p_t || p_s), mean over valid positions (or / ``normalizer``); = ``objectives.fkl_loss``."""
     return _full_vocab("fkl", student_hidden, student_head, teacher_hidden, teacher_head, mask, normalizer,
-                       chunk_size, logit_scale, softcap)  # fmt: skip
+                       chunk_size, logit_scale, softcap, teacher_transform)  # fmt: skip
 
 
 def eopd_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, tau, normalizer=None,
-                          chunk_size=1024, logit_scale=1.0, softcap=None) -> torch.Tensor:  # fmt: skip
+                          chunk_size=1024, logit_scale=1.0, softcap=None, teacher_transform=None) -> torch.Tensor:  # fmt: skip
     """EOPD: mean over valid positions of RKL + 1[H(p_t) > tau] FKL; = ``objectives.eopd_loss``.
 
     The teacher-entropy gate is evaluated inside the chunk (one pass, no extra projection).
     """
     return _full_vocab("eopd", student_hidden, student_head, teacher_hidden, teacher_head, mask, normalizer,
-                       chunk_size, logit_scale, softcap, tau=tau)  # fmt: skip
+                       chunk_size, logit_scale, softcap, teacher_transform, tau=tau)  # fmt: skip
 
 
 def percentile_thresholds(teacher_entropy, student_entropy, mask, fractions=(0.5, 0.4, 0.1)) -> tuple[float, float]:
@@ -465,7 +477,7 @@ def percentile_thresholds(teacher_entropy, student_entropy, mask, fractions=(0.5
 
 def sead_loss_single_pass(student_hidden, student_head, teacher_hidden, teacher_head, mask, alpha, thresholds,
                           lam=1.0, chunk_size=1024, zone_c_mix="eq4", normalizer=None, logit_scale=1.0,
-                          softcap=None, fractions=(0.5, 0.4, 0.1)):  # fmt: skip
+                          softcap=None, fractions=(0.5, 0.4, 0.1), teacher_transform=None):  # fmt: skip
     """SEAD loss with zones from entropy ``thresholds = (teacher, student)``, in one chunked pass.
 
     C: H(p_t) > teacher; B: not C and H(p_s) > student; A: the rest (as ``assign_zones_threshold``).
@@ -477,17 +489,17 @@ def sead_loss_single_pass(student_hidden, student_head, teacher_hidden, teacher_
     """
     c_weights = _zone_c_weights(alpha, lam, zone_c_mix)
     if thresholds is None:  # first step: exact zones of this batch (two passes)
-        args = (chunk_size, student_head.shape[0], logit_scale, softcap)
-        ent_t = token_entropies_from_hidden(teacher_hidden, teacher_head, mask, *args)
-        ent_s = token_entropies_from_hidden(student_hidden, student_head, mask, *args)
+        vocab, t_scale_cap = student_head.shape[0], _teacher_transform(logit_scale, softcap, teacher_transform, chunk_size)
+        ent_t = token_entropies_from_hidden(teacher_hidden, teacher_head, mask, chunk_size, vocab, *t_scale_cap)
+        ent_s = token_entropies_from_hidden(student_hidden, student_head, mask, chunk_size, vocab, logit_scale, softcap)
         zones = assign_zones(ent_t, ent_s, mask, fractions)
         loss, _ = sead_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, alpha, lam,
-                                        chunk_size=chunk_size, zone_c_mix=zone_c_mix, normalizer=normalizer,
-                                        zones=zones, logit_scale=logit_scale, softcap=softcap)  # fmt: skip
+                                        chunk_size=chunk_size, zone_c_mix=zone_c_mix, normalizer=normalizer, zones=zones,
+                                        logit_scale=logit_scale, softcap=softcap, teacher_transform=teacher_transform)  # fmt: skip
         return loss, zones, ent_t, ent_s
     rule = _ZoneRule(float(thresholds[0]), float(thresholds[1]), b=(1.0, 0.0), c=c_weights)
     valid_N = mask.reshape(-1).bool()
     loss, _, ent_t, ent_s = _run(student_hidden, student_head, teacher_hidden, teacher_head, mask.shape,
                                  valid_N.float(), valid_N.float(), valid_N.nonzero().squeeze(-1), normalizer,
-                                 chunk_size, logit_scale, softcap, rule)  # fmt: skip
+                                 chunk_size, logit_scale, softcap, teacher_transform, rule)  # fmt: skip
     return loss, assign_zones_threshold(ent_t, ent_s, mask, rule.teacher, rule.student), ent_t, ent_s
