@@ -28,7 +28,7 @@ __all__ = ["Trainer", "lr_lambda", "train_main"]
 
 # Settings that may change between a run and its resumption without changing the result.
 _RESUME_FREE = {("train", "resume"), ("train", "force_resume"), ("logging", "progress"), ("train", "torch_threads"),
-                ("train", "max_bad_steps")}
+                ("train", "max_bad_steps"), ("train", "output_dir")}  # output_dir: a run folder may be moved
 
 
 def lr_lambda(optim_cfg, total_steps: int):
@@ -104,6 +104,8 @@ class Trainer:
             self._resume()
         else:
             self._drop_records_after(0)  # a fresh run rewrites any step lines left in the folder
+        if acc.is_main_process:  # written once setup succeeded: a failed start or resume changes nothing
+            save_config(cfg, self.run_dir / "config.yaml")
         return self
 
     def _choose_backend(self):
@@ -152,7 +154,6 @@ class Trainer:
                 )
             if cfg.train.resume and saved.exists():
                 self._check_resume_config(saved)
-            save_config(cfg, saved)
         acc.wait_for_everyone()
 
     def _check_resume_config(self, saved: Path) -> None:
