@@ -111,11 +111,21 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
     return final
 
 
+def _check_rng_state(path: Path, process_index: int) -> None:
+    """accelerate skips an unreadable RNG state file silently; an exact resume needs it, so fail instead."""
+    from accelerate.utils import load
+
+    states = load(path / f"random_states_{process_index}.pkl")
+    if not isinstance(states, dict) or "torch_manual_seed" not in states or "random_state" not in states:
+        raise ValueError(f"random_states_{process_index}.pkl holds no RNG states")
+
+
 def load_checkpoint(accelerator, path: str | Path) -> dict:
     """Restore accelerate's state from ``path`` and return its trainer state."""
     path = Path(path)
     try:
         state = json.loads((path / STATE).read_text(encoding="utf-8"))
+        _check_rng_state(path, accelerator.process_index)
         accelerator.load_state(str(path))
     except Exception as err:  # noqa: BLE001 - torch.load, pickle and safetensors raise many types on bad files
         raise CheckpointError(

@@ -360,7 +360,10 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     for part in parts[:-1]:
         nxt = node.setdefault(part, {})
         if not isinstance(nxt, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+            raise ConfigError(
+                f"cannot apply override {dotted!r}: {part!r} is {nxt!r}, not a section of settings; "
+                f"make {part!r} a mapping in the config file or fix the override"
+            )
         node = nxt
     node[parts[-1]] = value
 
@@ -398,6 +401,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}{where}: {problem}; fix the YAML syntax") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path} is not UTF-8 text; save the config as UTF-8") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path} must be a mapping of sections (train:, optim:, ...), got a YAML {type(data).__name__}; "
+                "see configs/ for examples"
+            )
     return config_from_dict(apply_overrides(data, list(overrides or [])))
 
 
