@@ -70,6 +70,9 @@ class Trainer:
                 mixed_precision=cfg.train.mixed_precision,
                 log_with=cfg.logging.trackers or None,
                 project_dir=str(self.run_dir),
+                # train.batch_size is the global batch: one LR step per optimiser step, not one per process
+                # (accelerate's default steps the scheduler num_processes times, so N processes ran N x fast).
+                step_scheduler_with_optimizer=False,
             )
         acc = self.accelerator
         if cfg.train.batch_size % acc.num_processes:
