@@ -87,15 +87,19 @@ class Proc:
         self.wait()
 
 
-_PRELOAD = ["torch", "transformers", "accelerate", "safetensors.torch", "sead.cli", "sead.trainer", "sead.step",
-            "sead.scoring", "sead.data", "sead.curriculum", "sead.verifier"]
+# Everything a `sead train` run imports (lazily or not), so a forked run starts at once; missing names are skipped.
+_PRELOAD = ["torch", "numpy", "sympy", "math_verify", "rich", "safetensors.torch", "tokenizers", "transformers",
+            "transformers.modeling_utils", "transformers.models.llama.modeling_llama", "transformers.generation.utils",
+            "transformers.tokenization_utils_tokenizers", "transformers.tokenization_utils_fast", "accelerate",
+            "accelerate.accelerator", "sead.cli", "sead.trainer", "sead.step", "sead.scoring", "sead.fused", "sead.data",
+            "sead.curriculum", "sead.verifier", "sead.evaluate", "sead.progress", "sead.checkpoint", "sead.metrics"]
 
 
-def _forked_train(args: list[str], log: str, env_extra: dict) -> None:
+def _forked_train(args: list[str], log: str, env_extra: dict, err_log: str | None = None) -> None:
     """Body of a forkserver child: exactly what ``python -m sead.cli train ARGS`` runs after its imports."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
-    os.dup2(fd, 2)
+    os.dup2(os.open(err_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if err_log else fd, 2)
     os.chdir(os.path.dirname(log))
     os.environ.pop("SEAD_TEST_PAUSE_IN_CHECKPOINT", None)
     os.environ.update(env_extra)
@@ -110,8 +114,9 @@ def _forked_train(args: list[str], log: str, env_extra: dict) -> None:
 _CONTEXT = None
 
 
-def launch(args: list[str], log: Path, env_extra: dict | None = None, fast: bool = False) -> Proc:
-    """``python -m sead.cli train ARGS`` in a new process, output to ``log``.
+def launch(args: list[str], log: Path, env_extra: dict | None = None, fast: bool = False,
+           err_log: Path | None = None) -> Proc:
+    """``python -m sead.cli train ARGS`` in a new process, output to ``log`` (stderr to ``err_log`` if given).
 
     ``fast=True`` forks the process from a multiprocessing forkserver that imported torch,
     transformers, accelerate and sead once, and runs ``sead.cli.main(["train", *ARGS])`` in it: the
@@ -124,15 +129,16 @@ def launch(args: list[str], log: Path, env_extra: dict | None = None, fast: bool
         if _CONTEXT is None:
             _CONTEXT = mp.get_context("forkserver")
             _CONTEXT.set_forkserver_preload(_PRELOAD)
-        process = _CONTEXT.Process(target=_forked_train, args=(list(args), str(log), dict(env_extra or {})))
+        process = _CONTEXT.Process(target=_forked_train, args=(list(args), str(log), dict(env_extra or {}),
+                                                               str(err_log) if err_log else None))
         process.start()
         return Proc(process=process)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     env.pop("SEAD_TEST_PAUSE_IN_CHECKPOINT", None)
     env.update(env_extra or {})
-    with open(log, "ab") as fh:
+    with open(log, "ab") as fh, open(err_log or os.devnull, "ab") as eh:
         popen = subprocess.Popen([sys.executable, "-m", "sead.cli", "train", *args], stdout=fh,
-                                 stderr=subprocess.STDOUT, env=env, cwd=str(log.parent))
+                                 stderr=eh if err_log else subprocess.STDOUT, env=env, cwd=str(log.parent))
     return Proc(popen=popen)
 
 
