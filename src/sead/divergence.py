@@ -40,18 +40,25 @@ def _plogq(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """Elementwise ``p * log q`` with the convention ``0 * log(anything) = 0``.
 
     The masked entries are replaced *before* multiplying so neither value nor gradient
-    sees ``0 * -inf`` (a ``where`` after the product would still leak NaN gradients).
+    sees ``0 * -inf`` (a ``where`` after the product would still leak NaN gradients). "0" is
+    ``p == 0`` in float32, which also covers a finite log-probability below about -104 whose
+    exponential underflows (against ``log q = -inf`` that would otherwise give NaN).
     """
-    zero = logp == float("-inf")
     p = logp.exp()
+    zero = p == 0
     return p * logq.masked_fill(zero, 0.0)
 
 
 def _kl_from_logp(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) from log-probabilities over the last axis: ``(..., K) -> (...)``."""
-    zero = logp == float("-inf")
+    """KL(p || q) from log-probabilities over the last axis: ``(..., K) -> (...)``.
+
+    Entries where p is 0 in float32 (``-inf`` or underflowed) contribute 0; where q is 0 and p is
+    not, the result is ``+inf`` (never NaN).
+    """
+    p = logp.exp()
+    zero = p == 0
     diff = (logp - logq.masked_fill(zero, 0.0)).masked_fill(zero, 0.0)
-    return (logp.exp() * diff).sum(-1)
+    return (p * diff).sum(-1)
 
 
 def _bucketed(logp: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
