@@ -402,7 +402,7 @@ class Trainer:
             self.metrics.write(record)
             if result.samples:
                 with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as fh:
-                    fh.writelines(json.dumps(s) + "\n" for s in result.samples)
+                    fh.writelines(json.dumps(_json_safe(s)) + "\n" for s in result.samples)
         if cfg.logging.trackers:
             acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
         progress.update(self.step, record)
@@ -454,6 +454,17 @@ class Trainer:
                 ) from None
         acc.wait_for_everyone()
         return final
+
+
+def _json_safe(value):
+    """NaN/inf (a skipped non-finite step) become null, as in metrics.jsonl: strict JSON for every reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _step_of(line: str):
