@@ -169,8 +169,9 @@ def test_nonfinite_step_is_skipped_and_counted(assets, tmp_path, monkeypatch, ki
     assert [r["health/skipped_step"] for r in records] == [0.0, 1.0, 0.0]
     assert [r["health/bad_streak"] for r in records] == [0.0, 1.0, 0.0]
     assert records[2]["optim/lr"] == records[1]["optim/lr"] < records[0]["optim/lr"]  # the skip did not advance the LR
-    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
-        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in metrics.jsonl"))
+    for name in ("metrics.jsonl", "samples.jsonl"):  # strict JSON: NaN and inf are written as null
+        for line in (tmp_path / "run" / name).read_text().splitlines():
+            json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in {name}"))
 
 
 def test_too_many_bad_steps_stop_the_run_with_a_checkpoint(assets, tmp_path, monkeypatch, capsys):
@@ -215,7 +216,7 @@ def test_assign_zones_tolerates_nan_and_inf_entropies():
 
 # =============================================================== 3. fuzzing the objectives
 
-FUZZ = settings(max_examples=150, deadline=None)
+FUZZ = settings(max_examples=100, deadline=None)
 SPECIAL = [-INF, -1e30, -1e4, -30.0, 0.0, 30.0, 1e4, 1e30]
 
 
