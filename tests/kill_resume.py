@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STEPS, SAVE_EVERY = 6, 2
+STEPS, SAVE_EVERY = 8, 2  # two checkpoints after moment 3, so the run cannot finish before it is killed
 PAUSE_STEP = 4  # checkpoint whose write is interrupted (moment 2)
 VOLATILE = ("time/", "perf/")  # wall-clock metrics: the only keys allowed to differ
 
@@ -242,7 +242,7 @@ def kill_resume_check(work: Path, assets: dict | None = None, fast: bool = False
 
     ``fast``: launch the runs from a pre-imported forkserver (see :func:`launch`).
     """
-    from sead.checkpoint import latest_checkpoint
+    from sead.checkpoint import latest_checkpoint, list_checkpoints
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -274,7 +274,7 @@ def kill_resume_check(work: Path, assets: dict | None = None, fast: bool = False
 
     # 3. mid-step after a later checkpoint
     proc = launch(resume, cut_log, fast=fast)
-    wait_until(lambda: latest_checkpoint(cut) == cut / "checkpoints" / f"step-{PAUSE_STEP}"
+    wait_until(lambda: (list_checkpoints(cut) or [(0, None)])[-1][0] >= PAUSE_STEP
                and len(metrics_lines(cut)) >= PAUSE_STEP + 1, proc, cut_log, "a step after the later checkpoint")
     sigkill(proc)
     moments.append({"moment": "mid-step after a checkpoint", "at_s": round(time.monotonic() - t0, 1),
@@ -285,8 +285,8 @@ def kill_resume_check(work: Path, assets: dict | None = None, fast: bool = False
     _finish(proc, cut_log)
     _finish(ref_proc, work / "ref.log")
     log = cut_log.read_text(errors="replace")
-    assert f"resumed from {cut / 'checkpoints' / f'step-{PAUSE_STEP - SAVE_EVERY}'}" in log, "moment 2 did not resume"
-    assert f"resumed from {cut / 'checkpoints' / f'step-{PAUSE_STEP}'}" in log, "moment 3 did not resume"
+    resumed = [line.split(" at step ")[-1] for line in log.splitlines() if line.startswith("resumed from ")]
+    assert len(resumed) == 2 and int(resumed[0]) == PAUSE_STEP - SAVE_EVERY and int(resumed[1]) >= PAUSE_STEP, resumed
     assert "Traceback" not in log, _tail(cut_log)
     summary = compare_runs(ref, cut)
     summary.update(moments=moments, seconds=round(time.monotonic() - t0, 1))
