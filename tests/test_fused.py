@@ -223,6 +223,18 @@ def test_batched_leading_dims_and_tied_head():
     assert_close(got, ref, torch.autograd.grad(got, head), torch.autograd.grad(ref, head))
 
 
+def test_workspace_reuse_gives_identical_results():
+    inputs = make(n=40, seed=53)
+    want, want_zones = fused.sead_loss_from_hidden(*inputs, alpha=0.5, chunk_size=6)
+    want_grads = grads(want, *inputs[:2])
+    for workspace in (torch.empty(10**5), torch.empty(3)):  # large enough, and too small (allocates its own)
+        for _ in range(2):  # reused across calls
+            loss, zones = fused.sead_loss_from_hidden(*inputs, alpha=0.5, chunk_size=6, workspace=workspace)
+            assert torch.equal(zones, want_zones) and torch.equal(loss, want)
+            for got, ref in zip(grads(loss, *inputs[:2]), want_grads):
+                assert torch.equal(got, ref)
+
+
 def test_no_grad_and_frozen_head():
     s_hidden, s_head, t_hidden, t_head, mask = inputs = make(n=21, seed=31)
     ref_loss, _, ref_grads = reference_sead(inputs, alpha=0.5)

@@ -80,20 +80,19 @@ def _head_rows(head: torch.Tensor, hidden_N_H: torch.Tensor, vocab: int | None, 
     return head[:vocab]
 
 
-def _teacher_transform(logit_scale, softcap, teacher_transform, chunk_size) -> tuple[float, float | None]:
+def _teacher_transform(logit_scale, softcap, teacher_transform) -> tuple[float, float | None]:
     """The teacher's (logit_scale, softcap): ``teacher_transform`` if given, else the student's."""
     scale, cap = (logit_scale, softcap) if teacher_transform is None else teacher_transform
-    _check_transform(scale, cap, chunk_size)
+    _check_transform(scale, cap)
     return float(scale), cap
 
 
-def _check_transform(logit_scale: float, softcap: float | None, chunk_size: int) -> None:
-    if softcap is not None and not softcap > 0:
-        raise ValueError(f"softcap must be > 0 or None, got {softcap}")
-    if not logit_scale > 0:
-        raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+def _check_transform(logit_scale: float, softcap: float | None, chunk_size: int = 1) -> None:
+    for ok, what in ((softcap is None or softcap > 0, f"softcap must be > 0 or None, got {softcap}"),
+                     (logit_scale > 0, f"logit_scale must be > 0, got {logit_scale}"),
+                     (chunk_size >= 1, f"chunk_size must be >= 1, got {chunk_size}")):  # fmt: skip
+        if not ok:
+            raise ValueError(what)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,10 +102,28 @@ _SCRATCH_ROWS = 32
 _MM_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8)  # mm(..., out_dtype=)
 
 
-def _buffers(count: int, rows: int, vocab: int, device: torch.device) -> list[torch.Tensor]:
-    """``count`` float32 ``(rows, V)`` buffers plus a small ``(<= 32, V)`` scratch buffer, last."""
-    shapes = [(rows, vocab)] * count + [(min(rows, _SCRATCH_ROWS), vocab)]
-    return [torch.empty(shape, dtype=torch.float32, device=device) for shape in shapes]
+def _buffers(count: int, rows: int, vocab: int, device, workspace=None) -> list[torch.Tensor]:
+    """``count`` float32 ``(rows, V)`` buffers plus a small ``(<= 32, V)`` scratch buffer, last.
+
+    Carved from ``workspace`` (a flat float32 tensor) when it is large enough: one allocation shared
+    by pass 1 and pass 2 (on CPU every fresh allocation is paid again in page faults).
+    """
+    sizes = [rows * vocab] * count + [min(rows, _SCRATCH_ROWS) * vocab]
+    if workspace is None or workspace.numel() < sum(sizes):
+        workspace = torch.empty(sum(sizes), dtype=torch.float32, device=device)
+    return [part.view(-1, vocab) for part in workspace[: sum(sizes)].split(sizes)]
+
+
+def _workspace(n_valid, n_rows2, chunk_size, count2, vocab, device, workspace=None):
+    """Pass-1 chunk rows and one flat workspace for both passes, sized for pass 2 (``count2``
+    buffers of its rows); pass 1 (two buffers) takes as many rows as fit, never raising the peak.
+    """
+    rows2 = min(chunk_size, n_rows2)
+    rows1 = max(1, min(chunk_size, n_valid, count2 * rows2 // 2))
+    need = max((count2 * rows2 + min(rows2, _SCRATCH_ROWS)), 2 * rows1 + min(rows1, _SCRATCH_ROWS)) * vocab
+    if workspace is None or workspace.numel() < need:
+        workspace = torch.empty(need, dtype=torch.float32, device=device)
+    return rows1, workspace
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor | None, scratch: torch.Tensor) -> torch.Tensor:
@@ -116,14 +133,11 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor | None, scratch: torch.Tensor) -> t
     product loses about a decimal digit there).
     """
     out = torch.empty(a.shape[0], dtype=torch.float32, device=a.device)
-    for start in range(0, a.shape[0], scratch.shape[0]):
-        part = a[start : start + scratch.shape[0]]
+    for i in range(0, a.shape[0], scratch.shape[0]):
+        part = a[i : i + scratch.shape[0]]
         work = scratch[: part.shape[0]]
-        if b is None:
-            prod = torch.exp(part, out=work).mul_(part)
-        else:
-            prod = torch.mul(part, b[start : start + part.shape[0]], out=work)
-        out[start : start + part.shape[0]] = prod.sum(-1)
+        prod = torch.exp(part, out=work).mul_(part) if b is None else torch.mul(part, b[i : i + len(part)], out=work)
+        out[i : i + len(part)] = prod.sum(-1)
     return out
 
 
@@ -164,10 +178,10 @@ def _entropy_(z: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _entropies(hidden_N_H, head_V_H, rows_M, chunk_size, logit_scale, softcap) -> torch.Tensor:
+def _entropies(hidden_N_H, head_V_H, rows_M, chunk_size, logit_scale, softcap, workspace=None) -> torch.Tensor:
     out_N = torch.zeros(hidden_N_H.shape[0], dtype=torch.float32, device=hidden_N_H.device)
     rows = min(chunk_size, rows_M.numel())
-    bufs = _buffers(2, rows, head_V_H.shape[0], hidden_N_H.device) if rows else []
+    bufs = _buffers(2, rows, head_V_H.shape[0], hidden_N_H.device, workspace) if rows else []
     for start in range(0, rows_M.numel(), max(rows, 1)):
         idx = rows_M[start : start + rows]
         z, work = bufs[0][: idx.numel()], bufs[1][: idx.numel()]
@@ -201,6 +215,7 @@ class _Opts:
     rule: _ZoneRule | None
     need_hidden_grad: bool
     need_head_grad: bool
+    workspace: torch.Tensor | None = None  # flat float32 scratch to carve the chunk buffers from
 
 
 def _chunk(bufs, hs, s_head, ht, t_head, w_r, w_f, opts: _Opts):
@@ -260,7 +275,7 @@ class _FusedDivergence(torch.autograd.Function):
         grad_h = torch.zeros_like(s_hidden_N_H) if opts.need_hidden_grad else None
         grad_w = torch.zeros(vocab, width, dtype=torch.float32, device=device) if opts.need_head_grad else None
         low, count, rows = s_head_V_H.dtype != torch.float32, 0, min(opts.chunk_size, rows_M.numel())
-        bufs = _buffers(3 + (opts.softcap is not None), rows, vocab, device) if rows else []
+        bufs = _buffers(3 + (opts.softcap is not None), rows, vocab, device, opts.workspace) if rows else []
         for start in range(0, rows_M.numel(), max(rows, 1)):
             idx, sl = rows_M[start : start + rows], slice(start, start + rows)
             hs = s_hidden_N_H.index_select(0, idx)
@@ -280,28 +295,31 @@ class _FusedDivergence(torch.autograd.Function):
                 grad_h.index_copy_(0, idx, ((g if g_low is None else g_low) @ s_head_V_H).to(grad_h.dtype))
             if grad_w is not None:
                 _addmm_fp32(grad_w, g, g_low, hs.to(s_head_V_H.dtype))
-        ctx.scale = 1.0 if opts.inv_norm is not None else 1.0 / max(count, 1)
+        inv_norm = opts.inv_norm
+        if inv_norm is None:  # |B u C| known only now: scale the gradients in place
+            inv_norm = 1.0 / max(count, 1)
+            for grad in (grad_h, grad_w):
+                if grad is not None:
+                    grad.mul_(inv_norm)
         ctx.grads = (grad_h, None if grad_w is None else grad_w.to(s_head_V_H.dtype))
         ctx.mark_non_differentiable(tokens_N, ent_t_N, ent_s_N)
-        inv_norm = 1.0 / max(count, 1) if opts.inv_norm is None else opts.inv_norm
         return tokens_N.sum() * inv_norm, tokens_N, ent_t_N, ent_s_N
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
         grad_h, grad_w = ctx.grads
         ctx.grads = None  # hand the buffers to autograd (AccumulateGrad can steal them)
-        scale = ctx.scale if grad_loss is None else grad_loss * ctx.scale
-        if not bool(torch.all(torch.as_tensor(scale) == 1)):
-            grad_h = None if grad_h is None else grad_h * scale
-            grad_w = None if grad_w is None else grad_w * scale
+        if grad_loss is not None and not bool((grad_loss == 1).all()):
+            grad_h = None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype)
+            grad_w = None if grad_w is None else grad_w * grad_loss.to(grad_w.dtype)
         return grad_h, grad_w, None, None, None, None, None, None
 
 
 def _run(student_hidden, student_head, teacher_hidden, teacher_head, weight_shape, w_rkl_N, w_fkl_N, rows_M,
-         normalizer, chunk_size, logit_scale, softcap, teacher_transform, rule=None):  # fmt: skip
+         normalizer, chunk_size, logit_scale, softcap, teacher_transform, rule=None, workspace=None):  # fmt: skip
     """Checks shapes, builds the options and applies the autograd function (all public paths)."""
     _check_transform(logit_scale, softcap, chunk_size)
-    teacher_transform = _teacher_transform(logit_scale, softcap, teacher_transform, chunk_size)
+    teacher_transform = _teacher_transform(logit_scale, softcap, teacher_transform)
     s_hidden_N_H = _flat(student_hidden, weight_shape, "student_hidden")
     t_hidden_N_H = _flat(teacher_hidden, weight_shape, "teacher_hidden").detach()
     s_head_V_H = _head_rows(student_head, s_hidden_N_H, None, "student_head")
@@ -309,7 +327,7 @@ def _run(student_hidden, student_head, teacher_hidden, teacher_head, weight_shap
     inv_norm = None if normalizer is None else 1.0 / max(float(normalizer), 1.0)
     grad_on = torch.is_grad_enabled()
     opts = _Opts(chunk_size, float(logit_scale), softcap, teacher_transform, inv_norm, rule,
-                 grad_on and s_hidden_N_H.requires_grad, grad_on and s_head_V_H.requires_grad)  # fmt: skip
+                 grad_on and s_hidden_N_H.requires_grad, grad_on and s_head_V_H.requires_grad, workspace)  # fmt: skip
     w_r_M, w_f_M = w_rkl_N.index_select(0, rows_M), w_fkl_N.index_select(0, rows_M)
     loss, *per_position = _FusedDivergence.apply(s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_M,
                                                  w_r_M, w_f_M, opts)  # fmt: skip
@@ -321,33 +339,37 @@ def _run(student_hidden, student_head, teacher_hidden, teacher_head, weight_shap
 
 
 def token_entropies_from_hidden(hidden, head, mask, chunk_size=1024, vocab_size=None, logit_scale=1.0,
-                                softcap=None) -> torch.Tensor:  # fmt: skip
+                                softcap=None, workspace=None) -> torch.Tensor:  # fmt: skip
     """Float32 entropy ``H(softmax(transform(hidden @ head[:vocab_size].T)))`` per position.
 
     ``hidden (..., H)``, ``head (V_h, H)``, ``mask (...)`` -> ``(...)``; 0 at masked positions.
-    No gradient; peak extra memory two float32 ``(chunk_size, V)`` buffers.
+    No gradient; peak extra memory two float32 ``(chunk_size, V)`` buffers. ``workspace`` (here and
+    in the zone/SEAD/core functions): a flat float32 tensor to carve the chunk buffers from when it
+    is large enough, e.g. reused across micro-batches (on CPU fresh buffers cost page faults).
     """
     _check_transform(logit_scale, softcap, chunk_size)
     hidden_N_H = _flat(hidden, mask.shape, "hidden").detach()
     head_V_H = _head_rows(head.detach(), hidden_N_H, vocab_size, "head")
     rows_M = mask.reshape(-1).bool().nonzero().squeeze(-1)
-    return _entropies(hidden_N_H, head_V_H, rows_M, chunk_size, logit_scale, softcap).reshape(mask.shape)
+    out_N = _entropies(hidden_N_H, head_V_H, rows_M, chunk_size, logit_scale, softcap, workspace)
+    return out_N.reshape(mask.shape)
 
 
 @torch.no_grad()
 def zones_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask,
                       fractions: Sequence[float] = (0.5, 0.4, 0.1), chunk_size=1024, logit_scale=1.0,
-                      softcap=None, teacher_transform=None) -> torch.Tensor:  # fmt: skip
+                      softcap=None, teacher_transform=None, workspace=None) -> torch.Tensor:  # fmt: skip
     """Pass 1: ``assign_zones(H(p_t), H(p_s), mask, fractions)`` without materialised logits.
 
     Zone C depends on teacher entropy alone, so student entropies of C tokens (never ranked) are
     not computed. Returns a LongTensor shaped like ``mask`` (A=0, B=1, C=2, masked -1).
     """
-    vocab, t_scale_cap = student_head.shape[0], _teacher_transform(logit_scale, softcap, teacher_transform, chunk_size)
-    t_ent = token_entropies_from_hidden(teacher_hidden, teacher_head, mask, chunk_size, vocab, *t_scale_cap)
-    only_c = assign_zones(t_ent, torch.zeros_like(t_ent), mask, fractions)
-    s_mask = mask.bool() & (only_c != Zone.C)
-    s_ent = token_entropies_from_hidden(student_hidden, student_head, s_mask, chunk_size, vocab, logit_scale, softcap)
+    vocab, t_transform = student_head.shape[0], _teacher_transform(logit_scale, softcap, teacher_transform)
+    t_ent = token_entropies_from_hidden(teacher_hidden, teacher_head, mask, chunk_size, vocab, *t_transform,
+                                        workspace=workspace)  # fmt: skip
+    s_mask = mask.bool() & (assign_zones(t_ent, torch.zeros_like(t_ent), mask, fractions) != Zone.C)
+    s_ent = token_entropies_from_hidden(student_hidden, student_head, s_mask, chunk_size, vocab, logit_scale,
+                                        softcap, workspace=workspace)  # fmt: skip
     return assign_zones(t_ent, s_ent, mask, fractions)
 
 
@@ -369,7 +391,8 @@ def _zone_c_weights(alpha: float, lam: float, zone_c_mix: str) -> tuple[float, f
 
 
 def fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head, rkl_weight, fkl_weight,
-                     normalizer=None, chunk_size=1024, logit_scale=1.0, softcap=None, teacher_transform=None):  # fmt: skip
+                     normalizer=None, chunk_size=1024, logit_scale=1.0, softcap=None, teacher_transform=None,
+                     workspace=None):  # fmt: skip
     """The shared chunked core: ``(loss, token_losses)``.
 
     loss = sum_t [w_rkl(t) RKL(t) + w_fkl(t) FKL(t)] / max(normalizer, 1). Weights are shaped like
@@ -383,13 +406,14 @@ def fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head,
     rows_M = ((w_r_N != 0) | (w_f_N != 0)).nonzero().squeeze(-1)
     loss, tokens, _, _ = _run(student_hidden, student_head, teacher_hidden, teacher_head, rkl_weight.shape,
                               w_r_N, w_f_N, rows_M, rows_M.numel() if normalizer is None else normalizer,
-                              chunk_size, logit_scale, softcap, teacher_transform)  # fmt: skip
+                              chunk_size, logit_scale, softcap, teacher_transform, workspace=workspace)  # fmt: skip
     return loss, tokens
 
 
 def sead_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, alpha, lam=1.0,
                           fractions: Sequence[float] = (0.5, 0.4, 0.1), chunk_size=1024, zone_c_mix="eq4",
-                          normalizer=None, zones=None, logit_scale=1.0, softcap=None, teacher_transform=None):  # fmt: skip
+                          normalizer=None, zones=None, logit_scale=1.0, softcap=None, teacher_transform=None,
+                          workspace=None):  # fmt: skip
     """SEAD loss (paper Eq. 4) from hidden states: ``(loss, zones)``, equal to
     ``sead.objectives.sead_loss`` on materialised logits (value and gradients).
 
@@ -400,9 +424,15 @@ def sead_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_
     the global batch) skips pass 1; masked positions are forced to -1. Zones are returned as used.
     """
     _zone_c_weights(alpha, lam, zone_c_mix)  # validate before the expensive pass
-    if zones is None:
-        zones = zones_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, fractions,
-                                  chunk_size, logit_scale, softcap, teacher_transform)  # fmt: skip
+    _check_transform(logit_scale, softcap, chunk_size)
+    if zones is None:  # one workspace for both passes, sized for pass 2 (|B u C| rows known from the fractions)
+        _, rho_b, rho_c = check_fractions(fractions)
+        n = int(mask.bool().sum())
+        n_c = min(round(rho_c * n), n)
+        rows1, workspace = _workspace(n, n_c + min(round(rho_b * n), n - n_c), chunk_size, 3 + (softcap is not None),
+                                      student_head.shape[0], student_hidden.device, workspace)  # fmt: skip
+        zones = zones_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, fractions, rows1,
+                                  logit_scale, softcap, teacher_transform, workspace)  # fmt: skip
     elif zones.shape != mask.shape:
         raise ValueError(f"zones {tuple(zones.shape)} must be shaped like mask {tuple(mask.shape)}")
     else:
@@ -411,7 +441,7 @@ def sead_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_
     count = int(((zones == Zone.B) | (zones == Zone.C)).sum())
     loss, _ = fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head, w_rkl, w_fkl,
                                count if normalizer is None else normalizer, chunk_size, logit_scale, softcap,
-                               teacher_transform)  # fmt: skip
+                               teacher_transform, workspace)  # fmt: skip
     return loss, zones
 
 
@@ -489,8 +519,8 @@ def sead_loss_single_pass(student_hidden, student_head, teacher_hidden, teacher_
     """
     c_weights = _zone_c_weights(alpha, lam, zone_c_mix)
     if thresholds is None:  # first step: exact zones of this batch (two passes)
-        vocab, t_scale_cap = student_head.shape[0], _teacher_transform(logit_scale, softcap, teacher_transform, chunk_size)
-        ent_t = token_entropies_from_hidden(teacher_hidden, teacher_head, mask, chunk_size, vocab, *t_scale_cap)
+        vocab, t_transform = student_head.shape[0], _teacher_transform(logit_scale, softcap, teacher_transform)
+        ent_t = token_entropies_from_hidden(teacher_hidden, teacher_head, mask, chunk_size, vocab, *t_transform)
         ent_s = token_entropies_from_hidden(student_hidden, student_head, mask, chunk_size, vocab, logit_scale, softcap)
         zones = assign_zones(ent_t, ent_s, mask, fractions)
         loss, _ = sead_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, alpha, lam,
