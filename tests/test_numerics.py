@@ -349,3 +349,11 @@ def test_fuzz_opd_token_losses(st_pair, data):
     value, grad = _value_and_grad(fn, s, t)
     teacher_ok = _support(t).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # -log p_t(x) finite
     _check(value, grad, ~mask | teacher_ok)
+
+
+def test_sead_weight_that_underflows_in_float32_is_not_nan():
+    """alpha = 1e-96 is 0 in float32: 0 * an infinite forward KL must not turn into NaN (found by the fuzzer)."""
+    s, t = torch.tensor([[0.0, -INF]]), torch.tensor([[0.0, 0.0]])
+    for alpha, mix in ((1e-96, "eq4"), (1.0 - 1e-17, "interpolate")):
+        value = sead_token_losses(s, t, torch.tensor([int(Zone.C)]), alpha, 1.0, mix)
+        assert not bool(torch.isnan(value).any()), (alpha, mix, value)

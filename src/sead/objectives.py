@@ -40,6 +40,11 @@ def _scatter_rows(values_M: torch.Tensor, index_M: torch.Tensor, shape: torch.Si
     return out_N.index_put((index_M,), values_M.float()).reshape(shape)
 
 
+def _float32(weight: float) -> float:
+    """``weight`` rounded to float32 (e.g. 1e-50 -> 0.0), the precision it multiplies losses in."""
+    return float(torch.tensor(weight, dtype=torch.float32))
+
+
 def _rows(logits: torch.Tensor, index_M: torch.Tensor) -> torch.Tensor:
     """Rows ``index_M`` of logits flattened to ``(N, V)``: ``(M, V)``."""
     return logits.reshape(-1, logits.shape[-1]).index_select(0, index_M)
@@ -74,9 +79,10 @@ def sead_token_losses(
     loss_b = reverse_kl(_rows(student_logits, b_idx), _rows(teacher_logits, b_idx), top_k=top_k)
     s_c, t_c = _rows(student_logits, c_idx), _rows(teacher_logits, c_idx)
     # A term whose weight is 0 (alpha = 0 at the end of annealing) is skipped rather than
-    # multiplied by 0: no compute, and no 0 * inf = NaN when that divergence is infinite.
-    w_fkl = alpha * lam
-    w_rkl = (1.0 - alpha) * lam if zone_c_mix == "interpolate" else 0.0
+    # multiplied by 0: no compute, and no 0 * inf = NaN when that divergence is infinite. The
+    # weights are taken in float32, the losses' dtype, so a weight that rounds to 0 counts as 0.
+    w_fkl = _float32(alpha * lam)
+    w_rkl = _float32((1.0 - alpha) * lam) if zone_c_mix == "interpolate" else 0.0
     loss_c = s_c.new_zeros(c_idx.shape, dtype=torch.float32)
     if w_fkl != 0.0:
         loss_c = loss_c + w_fkl * forward_kl(s_c, t_c, top_k=top_k)
