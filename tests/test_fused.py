@@ -235,6 +235,26 @@ def test_workspace_reuse_gives_identical_results():
                 assert torch.equal(got, ref)
 
 
+def test_head_gradient_is_handed_to_autograd_without_a_copy():
+    """The (V, H) head gradient is the largest buffer: .grad must be it, not a clone (peak memory)."""
+    s_hidden, s_head, t_hidden, t_head, mask = make(n=20, v=33, v_t=40, seed=59)
+    seen = {}
+    backward = fused._FusedDivergence.backward
+
+    def spy(ctx, *grads_out):
+        out = backward(ctx, *grads_out)
+        seen["ptr"] = out[1].data_ptr()
+        return out
+
+    fused._FusedDivergence.backward = staticmethod(spy)
+    try:
+        loss, _ = fused.sead_loss_from_hidden(s_hidden, s_head, t_hidden, t_head, mask, alpha=0.5)
+        loss.backward()
+    finally:
+        fused._FusedDivergence.backward = staticmethod(backward)
+    assert s_head.grad.data_ptr() == seen["ptr"]
+
+
 def test_no_grad_and_frozen_head():
     s_hidden, s_head, t_hidden, t_head, mask = inputs = make(n=21, seed=31)
     ref_loss, _, ref_grads = reference_sead(inputs, alpha=0.5)

@@ -77,7 +77,7 @@ def _head_rows(head: torch.Tensor, hidden_N_H: torch.Tensor, vocab: int | None, 
     if head.shape[0] < vocab:
         raise ValueError(f"{name} has {head.shape[0]} rows but the student vocabulary has {vocab}; "
                          "the teacher head must cover the student vocabulary (extra rows are ignored)")  # fmt: skip
-    return head[:vocab]
+    return head if head.shape[0] == vocab else head[:vocab]  # no view: autograd hands our grad straight to .grad
 
 
 def _teacher_transform(logit_scale, softcap, teacher_transform) -> tuple[float, float | None]:
