@@ -1,0 +1,278 @@
+"""The embedded demo task: chained integer sums with worked solutions, a character tokenizer and tiny Llamas.
+
+The task (``chain_sum`` from ``reasoning-gym``, rewritten compactly) asks for ``98+93-77=`` and the
+worked solution reads ``98+93=191,191-77=114.A:114``: one step per operator, then ``A:`` and the
+answer. Difficulty levels differ in the number of terms and digits (see ``LEVELS``).
+
+The models (a teacher and a weaker student, both ``LlamaForCausalLM`` over the same character
+vocabulary) are pre-built by ``recipes/build_demo_models.py`` and shipped under ``sead/assets/demo``
+so that ``sead demo`` runs a real on-policy distillation on a laptop CPU in minutes.
+
+Nothing here runs at import time; ``torch``, ``transformers`` and ``reasoning_gym`` are imported on use.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from sead.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+# level -> (number of terms, digits per term); ordered from easy to hard for a small model.
+LEVELS: dict[int, tuple[int, int]] = {1: (3, 1), 2: (4, 1), 3: (2, 2), 4: (3, 2)}
+DEFAULT_LEVELS: tuple[int, ...] = tuple(LEVELS)
+
+# Characters of the task; everything else maps to <unk>.
+CHARS = "0123456789+-=,.A:"
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+
+# Model shapes (LlamaForCausalLM, tied embeddings). The student is smaller and briefly trained.
+TEACHER_SHAPE: dict[str, int] = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+                                 "intermediate_size": 512}
+STUDENT_SHAPE: dict[str, int] = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                 "intermediate_size": 256}
+MAX_POSITIONS = 128  # the longest item (question, worked solution, eos) is 40 tokens
+MAX_NEW_TOKENS = 40  # the longest worked solution plus eos is 32 tokens
+
+# Seeds of the shipped data files (assets/demo/data); the train file excludes every heldout question.
+DEMO_TRAIN_SEED, DEMO_HELDOUT_SEED = 1, 2
+DEMO_TRAIN_SIZE, DEMO_HELDOUT_SIZE = 3000, 200
+
+
+# ----------------------------------------------------------------------------------------- task
+def solve(expression: str) -> tuple[str, int]:
+    """Worked solution and value of ``expression`` (e.g. ``"98+93-77"``, integer terms, + and - only).
+
+    >>> solve("98+93-77")
+    ('98+93=191,191-77=114.A:114', 114)
+    """
+    terms, ops, cur = [], [], ""
+    for ch in expression:
+        if ch in "+-" and cur:
+            terms.append(int(cur))
+            ops.append(ch)
+            cur = ""
+        else:
+            cur += ch
+    if not cur or not all(c.isdigit() or c == "-" for c in cur) or not terms:
+        raise DataError(f"cannot parse {expression!r}: expected at least two integer terms joined by + or -")
+    terms.append(int(cur))
+    value, steps = terms[0], []
+    for op, term in zip(ops, terms[1:]):
+        new = value + term if op == "+" else value - term
+        steps.append(f"{value}{op}{term}={new}")
+        value = new
+    return ",".join(steps) + f".A:{value}", value
+
+
+def _level_items(level: int, seed: int) -> Iterable[tuple[str, str]]:
+    """Endless (question, answer) pairs of one level, from ``reasoning-gym``'s seeded ``chain_sum``."""
+    try:
+        import reasoning_gym
+    except ImportError as err:  # pragma: no cover - reasoning-gym is in the `demo` extra
+        raise DataError("generating the toy task needs reasoning-gym: pip install 'sead[demo]'") from err
+    terms, digits = LEVELS[level]
+    # Spaced base seeds: reasoning-gym seeds item i with (seed + i), so streams must not overlap.
+    base = seed * 1_000_000_000 + level * 10_000_000
+    chunk, start = 4096, 0
+    while True:
+        ds = reasoning_gym.create_dataset("chain_sum", size=chunk, seed=base + start, min_terms=terms,
+                                          max_terms=terms, min_digits=digits, max_digits=digits)
+        for i in range(chunk):
+            item = ds[i]
+            yield item["metadata"]["expression"].replace(" ", ""), str(item["answer"])
+        start += chunk
+
+
+def make_task(n: int, seed: int, levels: Sequence[int] = DEFAULT_LEVELS, *, unique: bool = True,
+              exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """``n`` seeded task items, the levels taking turns (item i has level ``levels[i % len(levels)]``).
+
+    Each item is ``{"id", "question", "answer", "solution", "level"}``, e.g. ``question="98+93-77="``,
+    ``answer="114"``, ``solution="98+93=191,191-77=114.A:114"``. With ``unique`` no question repeats;
+    questions in ``exclude`` (e.g. a heldout set) never appear. Same arguments, same items.
+    """
+    if n < 0 or not levels or any(lv not in LEVELS for lv in levels):
+        raise DataError(f"make_task(n={n}, levels={list(levels)}): need n >= 0 and levels from {list(LEVELS)}")
+    streams = {lv: iter(_level_items(lv, seed)) for lv in dict.fromkeys(levels)}
+    seen, items = set(exclude), []
+    for i in range(n):
+        level = levels[i % len(levels)]
+        for tries in range(100_000):
+            expr, answer = next(streams[level])
+            question = expr + "="
+            if question not in seen:
+                break
+        else:
+            raise DataError(f"level {level} ran out of distinct questions at item {i}; ask for fewer or unique=False")
+        if unique:
+            seen.add(question)
+        solution, value = solve(expr)
+        if str(value) != answer:  # the generator and our solver must agree
+            raise DataError(f"answer mismatch for {question}: reasoning-gym says {answer}, solver says {value}")
+        items.append({"id": f"s{seed}-{i}", "question": question, "answer": answer, "solution": solution,
+                      "level": level})
+    return items
+
+
+def write_jsonl(path: str | Path, items: Iterable[dict[str, Any]],
+                fields: Sequence[str] = ("id", "question", "answer", "level", "solution")) -> Path:
+    """Write ``items`` (only ``fields``) to a JSONL file, one object per line; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for item in items:
+            f.write(json.dumps({k: item[k] for k in fields}) + "\n")
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file into a list of dicts."""
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_task_files(out_dir: str | Path, n_train: int = DEMO_TRAIN_SIZE, n_heldout: int = DEMO_HELDOUT_SIZE,
+                     train_seed: int = DEMO_TRAIN_SEED, heldout_seed: int = DEMO_HELDOUT_SEED,
+                     levels: Sequence[int] = DEFAULT_LEVELS) -> tuple[Path, Path]:
+    """Write ``train.jsonl`` and ``heldout.jsonl`` under ``out_dir`` (no heldout question in train).
+
+    Fields: ``id``, ``question``, ``answer``, ``level``, ``solution``. Returns (train path, heldout path).
+    """
+    heldout = make_task(n_heldout, heldout_seed, levels)
+    train = make_task(n_train, train_seed, levels, exclude={it["question"] for it in heldout})
+    out = Path(out_dir)
+    return write_jsonl(out / "train.jsonl", train), write_jsonl(out / "heldout.jsonl", heldout)
+
+
+def extract_answer(response: str) -> str | None:
+    """The text after the last ``A:`` in ``response``, stripped; None when there is none or it is empty."""
+    pos = response.rfind("A:")
+    if pos < 0:
+        return None
+    answer = response[pos + 2:].strip()
+    return answer or None
+
+
+def verify(response: str, answer: str | int) -> bool:
+    """True when the response's final answer (after the last ``A:``) equals ``answer`` as an integer.
+
+    This is the demo's verifier (``sead.toy:verify``). Non-integer text never matches an integer answer.
+    """
+    got = extract_answer(response)
+    if got is None:
+        return False
+    try:
+        return int(got) == int(str(answer).strip())
+    except ValueError:
+        return got == str(answer).strip()
+
+
+# ------------------------------------------------------------------------------------ tokenizer
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The character tokenizer: ``<pad>``=0, ``<eos>``=1, ``<unk>``=2, then one token per task character.
+
+    No bos token and no chat template: a prompt is the question's characters, as is.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {PAD: 0, EOS: 1, UNK: 2}
+    for ch in CHARS:
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")  # one piece per character
+    tok.decoder = decoders.Fuse()  # join pieces with no separator
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK,
+                                   clean_up_tokenization_spaces=False, model_max_length=MAX_POSITIONS)
+
+
+# --------------------------------------------------------------------------------------- models
+def build_model(tokenizer: PreTrainedTokenizerFast, shape: dict[str, int], seed: int) -> LlamaForCausalLM:
+    """A freshly initialised ``LlamaForCausalLM`` (tied embeddings) of ``shape`` over ``tokenizer``'s vocabulary."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITIONS,
+                      num_key_value_heads=shape["num_attention_heads"], tie_word_embeddings=True,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      bos_token_id=None, **shape)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id,
+                                               eos_token_id=tokenizer.eos_token_id, max_new_tokens=MAX_NEW_TOKENS)
+    return model
+
+
+def demo_asset_dir() -> Path:
+    """The folder of the shipped demo assets (``teacher/``, ``student/``, ``data/``, ``README.md``)."""
+    from importlib.resources import files
+
+    return Path(str(files("sead") / "assets" / "demo"))
+
+
+def demo_data_paths() -> tuple[Path, Path]:
+    """(train.jsonl, heldout.jsonl) of the shipped demo data."""
+    data = demo_asset_dir() / "data"
+    return data / "train.jsonl", data / "heldout.jsonl"
+
+
+def load_demo_models(device: str = "cpu", dtype: Any = None):
+    """Load the shipped (teacher, student, tokenizer) in eval mode; ``dtype`` defaults to float32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = demo_asset_dir()
+    if not (root / "teacher" / "config.json").exists():
+        raise DataError(f"demo models not found under {root}; build them: python recipes/build_demo_models.py")
+    dtype = dtype or torch.float32
+    teacher = AutoModelForCausalLM.from_pretrained(root / "teacher", dtype=dtype).to(device).eval()
+    student = AutoModelForCausalLM.from_pretrained(root / "student", dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(root / "student")
+    return teacher, student, tokenizer
+
+
+# ------------------------------------------------------------------------------------- evaluate
+def greedy_responses(model, tokenizer, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS,
+                     batch_size: int = 256) -> list[str]:
+    """Greedy completions of ``questions`` (batched, left-padded), decoded without special tokens."""
+    import torch
+
+    side, out = tokenizer.padding_side, []
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        for i in range(0, len(questions), batch_size):
+            enc = tokenizer(list(questions[i:i + batch_size]), return_tensors="pt", padding=True).to(device)
+            with torch.no_grad():
+                gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return out
+
+
+def greedy_accuracy(model, tokenizer, items: Sequence[dict[str, Any]], max_new_tokens: int = MAX_NEW_TOKENS,
+                    by_level: bool = False, batch_size: int = 256):
+    """Share of ``items`` whose greedy response ``verify``-matches the answer.
+
+    With ``by_level`` returns ``(overall, {level: accuracy})``.
+    """
+    responses = greedy_responses(model, tokenizer, [it["question"] for it in items], max_new_tokens, batch_size)
+    ok = [verify(r, it["answer"]) for r, it in zip(responses, items)]
+    overall = sum(ok) / max(1, len(ok))
+    if not by_level:
+        return overall
+    levels: dict[int, list[bool]] = {}
+    for it, good in zip(items, ok):
+        levels.setdefault(int(it["level"]), []).append(good)
+    return overall, {lv: sum(v) / len(v) for lv, v in sorted(levels.items())}
