@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # `import tiny` / `import refere
 
 
 @pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
+def one_thread():
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

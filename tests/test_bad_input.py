@@ -20,17 +20,6 @@ from sead.trainer import Trainer
 from tiny import char_tokenizer, save_tiny_pair, tiny_llama
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread (no OpenMP spinning on a busy machine)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("bad_input")

@@ -26,15 +26,6 @@ from sead.zones import Zone, assign_zones, assign_zones_threshold
 NAN, INF = float("nan"), float("inf")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread (no OpenMP spinning on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # =============================================================== 1. skipped steps in the trainer
 
 

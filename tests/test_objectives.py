@@ -14,15 +14,6 @@ from sead import objectives as O
 from sead.zones import MASKED, Zone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tensors: one intra-op thread avoids thread-sync stalls on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SHAPES = [(1, 1, 2), (3, 7, 33), (1, 2, 151_936)]
 TOP_K = {2: 1, 33: 5, 151_936: 64}
 
