@@ -72,12 +72,13 @@ def demo_config(out: Path, method: str, steps: int, seed: int, max_prompts: int,
     }
 
 
-def _evaluate(model_path: str, cfg, out_dir: Path, tag: str) -> float:
+def _evaluate(model_path: str, cfg, out_dir: Path, tag: str) -> tuple[float, int]:
+    """Greedy held-out accuracy and the number of problems it is over."""
     from sead.evaluate import eval_main
 
     result = eval_main(model_path, out_dir=str(out_dir), cfg=cfg.eval, verifier_cfg=cfg.verifier, tag=tag,
                        progress=False, show_table=False)
-    return float(result["benchmarks"]["heldout"]["pass@1"])
+    return float(result["benchmarks"]["heldout"]["pass@1"]), int(result["benchmarks"]["heldout"]["n"])
 
 
 def run_demo(out: Path, methods: list[str], steps: int, seed: int, max_prompts: int, k: int,
@@ -100,9 +101,10 @@ def run_demo(out: Path, methods: list[str], steps: int, seed: int, max_prompts: 
     print(f"[1/4] prompt difficulty: {k} student rollouts for each of {max_prompts} training prompts")
     difficulty_from_config(base, k=k, out_path=str(difficulty_path), progress=False)
     print("[2/4] evaluating the student and the teacher before training (greedy, held-out set)")
-    before = _evaluate(base.model.student, base, out, "student-before")
-    teacher = _evaluate(base.model.teacher, base, out, "teacher")
-    results = {"preset": preset, "seed": seed, "steps": steps, "before": before, "teacher": teacher, "after": {}, "time_s": {}}
+    before, n_eval = _evaluate(base.model.student, base, out, "student-before")
+    teacher, _ = _evaluate(base.model.teacher, base, out, "teacher")
+    results = {"preset": preset, "seed": seed, "steps": steps, "n_eval": n_eval, "before": before,
+               "teacher": teacher, "after": {}, "time_s": {}}
     for i, method in enumerate(methods, 1):
         print(f"[3/4] training {method} ({i}/{len(methods)}): {steps} steps from the same student, seed {seed}")
         cfg = config_from_dict(demo_config(out, method, steps, seed, max_prompts, difficulty_path, preset, lr))
@@ -114,7 +116,7 @@ def run_demo(out: Path, methods: list[str], steps: int, seed: int, max_prompts: 
         results["time_s"][method] = time.perf_counter() - t0
         (run_dir / "eval").mkdir(exist_ok=True)
         shutil.copy(out / "eval" / "student-before.json", run_dir / "eval" / "before.json")
-        results["after"][method] = _evaluate(str(final), cfg, run_dir, "after")
+        results["after"][method] = _evaluate(str(final), cfg, run_dir, "after")[0]
     print("[4/4] building the report")
     report = build_report([out / "runs" / m for m in methods], out / "report")
     results["report"] = str(report)
@@ -148,7 +150,7 @@ def _print_table(results: dict, methods: list[str]) -> None:
         else:
             verdict = "SEAD and OPD tied on this run"
         console.print(f"{verdict} (one seed, {len(methods)} runs of {results['steps']} steps; "
-                      "differences of a few points are within noise for 200 problems).")
+                      f"differences of a few points are within noise for {results['n_eval']} problems).")
     worse = [m for m in methods if results["after"][m] < results["before"]]
     if worse:
         console.print(f"Ended below the starting student: {', '.join(worse)}. On this tiny task and budget on-policy "
