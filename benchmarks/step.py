@@ -351,7 +351,8 @@ class Worker:
                "TRANSFORMERS_VERBOSITY": "error", "PYTHONUNBUFFERED": "1"}
         self.log, self.timeout_s, self.dead = log, timeout_s, None
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
+                                     env=env)
 
     def _tail(self) -> str:
         lines = [x for x in self.log.read_text(errors="replace").splitlines() if x.strip()]
