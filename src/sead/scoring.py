@@ -134,7 +134,9 @@ class FusedBackend:
         self.t_scale, self.t_cap = _logit_transform(teacher_model)
 
     def _heads(self):
-        s_head = self.student_model.get_output_embeddings().weight[: self.vocab]
+        s_weight = self.student_model.get_output_embeddings().weight
+        # A slice makes autograd copy the whole (V, H) head gradient in backward; only slice padding rows.
+        s_head = s_weight if s_weight.shape[0] == self.vocab else s_weight[: self.vocab]
         t_head = self.teacher_model.get_output_embeddings().weight[: self.vocab].detach()
         return s_head, t_head
 
