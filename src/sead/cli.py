@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from sead.errors import SeadError
+from sead.progress import quiet_libraries
 
 SUBCOMMANDS = {
     "demo": "run a real distillation on the embedded default (CPU, minutes) and write a report",
@@ -16,36 +17,10 @@ SUBCOMMANDS = {
     "compare": "train and evaluate several methods on the same budget and tabulate them",
 }
 
-
-def _not_yet(name: str):
-    def run(args: argparse.Namespace) -> int:
-        raise SeadError(f"`sead {name}` is not available in this version yet; see README.md for what is")
-
-    return run
-
-
-def _quiet_libraries() -> None:
-    """Keep the console to our own progress bar: no per-file load bars or hub chatter."""
-    import os
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-    import logging
-
-    # accelerate warns on every checkpoint that tied embeddings are saved once; that is expected.
-    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
-
-
 def _train(args: argparse.Namespace) -> int:
     from sead.trainer import train_main
 
-    _quiet_libraries()
+    quiet_libraries()
     train_main(args.config, args.overrides)
     return 0
 
@@ -54,7 +29,7 @@ def _difficulty(args: argparse.Namespace) -> int:
     from sead.config import load_config
     from sead.difficulty import difficulty_from_config
 
-    _quiet_libraries()
+    quiet_libraries()
     cfg = load_config(args.config, args.overrides)
     difficulty_from_config(cfg, k=args.k, out_path=args.out)
     return 0
@@ -64,7 +39,7 @@ def _eval(args: argparse.Namespace) -> int:
     from sead.config import load_config
     from sead.evaluate import eval_main
 
-    _quiet_libraries()
+    quiet_libraries()
     cfg = load_config(args.config, args.overrides)
     eval_main(args.model, data=args.data or None, out_dir=args.out, cfg=cfg.eval, verifier_cfg=cfg.verifier,
               tag=args.tag, dtype=cfg.model.dtype)
@@ -74,7 +49,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from sead.demo import demo_main
 
-    _quiet_libraries()
+    quiet_libraries()
     return demo_main(args)
 
 
@@ -98,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=_not_yet(name))
         if name == "train":
             _add_config_args(p)
             p.set_defaults(func=_train)

@@ -569,7 +569,9 @@ def run_compare(
             _check_saved_config(r)
 
     if not tabulate_only:
-        _quiet_libraries()
+        from sead.progress import quiet_libraries
+
+        quiet_libraries()
         benchmarks = None
         for i, r in enumerate(selected, 1):
             state = r.state()
@@ -598,16 +600,6 @@ def run_compare(
     _state().wait_for_everyone()
     return result
 
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["StepProgress", "summary_line"]
+__all__ = ["StepProgress", "summary_line", "quiet_libraries"]
 
 _KEYS = (("loss/total", "loss", "{:.4f}"), ("loss/fkl", "fkl", "{:.3f}"), ("entropy/student_mean", "H_s", "{:.3f}"),
          ("zones/frac_b", "B", "{:.2f}"), ("reward/mean", "reward", "{:.2f}"), ("perf/tokens_per_s", "tok/s", "{:.0f}"))
+
+
+def quiet_libraries() -> None:
+    """Keep the console to our own progress bar: no per-file load bars or hub chatter."""
+    import logging
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    # accelerate warns on every checkpoint that tied embeddings are saved once; that is expected.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 def summary_line(record: dict) -> str:
