@@ -137,20 +137,30 @@ def run_worker(script: str, config: dict, timeout_s: float) -> dict:
 
 
 def ratio_table(rows: list[dict], keys: tuple[str, ...], baseline: str = "naive", markdown: bool = False) -> str:
-    """Text (or Markdown) table with memory and time ratios against ``baseline`` of the same size."""
-    head = [*keys, "variant", "extra MiB", "mem/naive", "wall s", "wall/naive", "cpu s", "cpu/naive", "loss"]
+    """Text (or Markdown) table with memory and time ratios against ``baseline`` of the same size.
+
+    Rows with ``head_grad_mib`` (the size of the head gradient every variant must return) get one more
+    column: the memory ratio without it, i.e. of the working memory alone.
+    """
+    grad_col = any("head_grad_mib" in r for r in rows)
+    head = [*keys, "variant", "extra MiB", "mem/naive", *(["mem/naive w/o grad"] if grad_col else []),
+            "wall s", "wall/naive", "cpu s", "cpu/naive", "loss"]  # fmt: skip
     lines = [head]
     for row in rows:
         base = next((r for r in rows if r["variant"] == baseline and all(r[k] == row[k] for k in keys)), None)
         size = [str(row[k]) for k in keys]
         if "error" in row:
-            lines.append([*size, row["variant"], row["error"][:60], *[""] * 6])
+            lines.append([*size, row["variant"], row["error"][:60], *[""] * (len(head) - len(keys) - 2)])
             continue
         ok = base is not None and "error" not in base
-        mem_ratio = f"{row['extra_mib'] / base['extra_mib']:.3f}" if ok and base["extra_mib"] > 0 else "-"
+        mem = [f"{row['extra_mib'] / base['extra_mib']:.3f}" if ok and base["extra_mib"] > 0 else "-"]
+        if grad_col:
+            grad = row.get("head_grad_mib", 0.0)
+            net = ok and base["extra_mib"] - grad > 0
+            mem.append(f"{(row['extra_mib'] - grad) / (base['extra_mib'] - grad):.3f}" if net else "-")
         wall_ratio = f"{row['time_s'] / base['time_s']:.3f}" if ok else "-"
         cpu_ratio = f"{row['cpu_s'] / base['cpu_s']:.3f}" if ok else "-"
-        lines.append([*size, row["variant"], f"{row['extra_mib']:.0f}", mem_ratio, f"{row['time_s']:.2f}",
+        lines.append([*size, row["variant"], f"{row['extra_mib']:.0f}", *mem, f"{row['time_s']:.2f}",
                       wall_ratio, f"{row['cpu_s']:.2f}", cpu_ratio, f"{row['loss']:.6f}"])  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     if markdown:

@@ -159,6 +159,7 @@ def worker(config: dict) -> dict:
 
     result = measure(step, device, config["warmup"], config["repeats"])
     result["threads"] = torch.get_num_threads()
+    result["head_grad_mib"] = x["s_head"].numel() * x["s_head"].element_size() / 2**20  # returned by every variant
     return result
 
 

@@ -11,12 +11,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sead import fused
-from sead.divergence import entropy
+from sead import fused, fused_kernels
+from sead.divergence import entropy, forward_kl, reverse_kl
 from sead.objectives import eopd_loss, fkl_loss, rkl_loss, sead_loss, sead_token_losses
 from sead.zones import MASKED, Zone, assign_zones, assign_zones_threshold
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.bfloat16: dict(rtol=5e-2, atol=2e-3)}
+
+
+@pytest.fixture(autouse=True, params=[32, 3], ids=["scratch32", "scratch3"])
+def scratch_rows(request, monkeypatch):
+    """Every test twice: with the kernels' 32-row scratch blocks (one block per chunk at these
+    sizes) and with 3-row blocks, so chunks span several blocks and end on a partial one."""
+    monkeypatch.setattr(fused_kernels, "_SCRATCH_ROWS", request.param)
+    return request.param
 
 
 def make(n=37, h=16, h_t=12, v=33, v_t=None, dtype=torch.float32, masked=0.2, seed=0, lead=()):
@@ -239,19 +247,19 @@ def test_head_gradient_is_handed_to_autograd_without_a_copy():
     """The (V, H) head gradient is the largest buffer: .grad must be it, not a clone (peak memory)."""
     s_hidden, s_head, t_hidden, t_head, mask = make(n=20, v=33, v_t=40, seed=59)
     seen = {}
-    backward = fused._FusedDivergence.backward
+    backward = fused_kernels._FusedDivergence.backward
 
     def spy(ctx, *grads_out):
         out = backward(ctx, *grads_out)
         seen["ptr"] = out[1].data_ptr()
         return out
 
-    fused._FusedDivergence.backward = staticmethod(spy)
+    fused_kernels._FusedDivergence.backward = staticmethod(spy)
     try:
         loss, _ = fused.sead_loss_from_hidden(s_hidden, s_head, t_hidden, t_head, mask, alpha=0.5)
         loss.backward()
     finally:
-        fused._FusedDivergence.backward = staticmethod(backward)
+        fused_kernels._FusedDivergence.backward = staticmethod(backward)
     assert s_head.grad.data_ptr() == seen["ptr"]
 
 
@@ -333,3 +341,16 @@ def test_single_pass_matches_reference_with_threshold_zones(zone_c_mix, alpha, c
     two_pass, two_pass_zones = fused.sead_loss_from_hidden(*inputs, alpha=alpha, zone_c_mix=zone_c_mix)
     assert torch.equal(first_zones, two_pass_zones)
     torch.testing.assert_close(first, two_pass)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1024])
+def test_divergence_stats_match_reference(chunk_size):
+    s_hidden, s_head, t_hidden, t_head, mask = make(n=41, v=29, v_t=35, seed=61)
+    s = fused.transform_logits(s_hidden @ s_head.T, 0.8, 3.0)
+    t = fused.transform_logits(t_hidden @ t_head[:29].T, 1.2)
+    got = fused.divergence_stats_from_hidden(s_hidden, s_head, t_hidden, t_head, mask, chunk_size, logit_scale=0.8,
+                                             softcap=3.0, teacher_transform=(1.2, None))  # fmt: skip
+    want = (entropy(t), entropy(s), forward_kl(s, t), reverse_kl(s, t))
+    for g, w in zip(got, want):
+        assert g.shape == mask.shape and g.grad_fn is None
+        torch.testing.assert_close(g, torch.where(mask, w.detach(), 0.0), rtol=1e-5, atol=1e-6)

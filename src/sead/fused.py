@@ -19,9 +19,10 @@ exist: everything runs over row chunks of ``chunk_size`` tokens.
   (running percentiles of previous steps, :func:`percentile_thresholds`) are decided inside the
   chunk: no pass 1; Zone A rows pay the projections but no backward.
 
-Peak extra memory: 3 (4 with ``softcap``) float32 ``(chunk, V)`` buffers reused across chunks, the
-float32 head gradient ``(V, H_s)`` and the hidden gradient ``(N, H_s)``. Logit arithmetic is
-float32 whatever the input dtype; the projections run in the input dtype (like the materialised
+Peak extra memory: 2 (3 with ``softcap``) float32 ``(chunk, V)`` buffers reused across chunks (the
+elementwise work runs over 32-row blocks in three small scratch buffers), the float32 head
+gradient ``(V, H_s)`` and the hidden gradient ``(N, H_s)``. Logit arithmetic is float32 whatever
+the input dtype; the projections run in the input dtype (like the materialised
 reference), the head gradient accumulates in float32 and is cast to the head's dtype at the end.
 
 Logits of both models: ``softcap * tanh(logit_scale * h W^T / softcap)`` (``logit_scale * h W^T``
@@ -35,10 +36,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
+from sead.fused_kernels import (
+    _buffers,
+    _check_transform,
+    _chunk,
+    _entropies,
+    _flat,
+    _head_rows,
+    _Opts,
+    _run,
+    _teacher_transform,
+    _workspace,
+    _ZoneRule,
+)
 from sead.objectives import ZONE_C_MIXES
 from sead.zones import MASKED, Zone, assign_zones, assign_zones_threshold, check_fractions
 
@@ -46,6 +59,7 @@ __all__ = [
     "transform_logits",
     "token_entropies_from_hidden",
     "zones_from_hidden",
+    "divergence_stats_from_hidden",
     "sead_weights",
     "fused_divergence",
     "sead_loss_from_hidden",
@@ -63,277 +77,6 @@ def transform_logits(logits: torch.Tensor, logit_scale: float = 1.0, softcap: fl
     return z if softcap is None else softcap * torch.tanh(z / softcap)
 
 
-def _flat(hidden: torch.Tensor, mask_shape: torch.Size, name: str) -> torch.Tensor:
-    if hidden.dim() < 2 or hidden.shape[:-1] != mask_shape:
-        raise ValueError(f"{name} {tuple(hidden.shape)} must be mask shape {tuple(mask_shape)} + (H,)")
-    return hidden.reshape(-1, hidden.shape[-1])
-
-
-def _head_rows(head: torch.Tensor, hidden_N_H: torch.Tensor, vocab: int | None, name: str) -> torch.Tensor:
-    """``head[:vocab]`` after checking ``head`` is ``(V_h >= vocab, H)`` with H = hidden's width."""
-    if head.dim() != 2 or head.shape[1] != hidden_N_H.shape[1]:
-        raise ValueError(f"{name} {tuple(head.shape)} must be (V, {hidden_N_H.shape[1]})")
-    vocab = head.shape[0] if vocab is None else vocab
-    if head.shape[0] < vocab:
-        raise ValueError(f"{name} has {head.shape[0]} rows but the student vocabulary has {vocab}; "
-                         "the teacher head must cover the student vocabulary (extra rows are ignored)")  # fmt: skip
-    return head if head.shape[0] == vocab else head[:vocab]  # no view: autograd hands our grad straight to .grad
-
-
-def _teacher_transform(logit_scale, softcap, teacher_transform) -> tuple[float, float | None]:
-    """The teacher's (logit_scale, softcap): ``teacher_transform`` if given, else the student's."""
-    scale, cap = (logit_scale, softcap) if teacher_transform is None else teacher_transform
-    _check_transform(scale, cap)
-    return float(scale), cap
-
-
-def _check_transform(logit_scale: float, softcap: float | None, chunk_size: int = 1) -> None:
-    for ok, what in ((softcap is None or softcap > 0, f"softcap must be > 0 or None, got {softcap}"),
-                     (logit_scale > 0, f"logit_scale must be > 0, got {logit_scale}"),
-                     (chunk_size >= 1, f"chunk_size must be >= 1, got {chunk_size}")):  # fmt: skip
-        if not ok:
-            raise ValueError(what)
-
-
-# ---------------------------------------------------------------------------------------------
-# Chunk kernels: in-place float32 work on reusable (rows, V) buffers, no (rows, V) allocations
-
-_SCRATCH_ROWS = 32
-_MM_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8)  # mm(..., out_dtype=)
-
-
-def _buffers(count: int, rows: int, vocab: int, device, workspace=None) -> list[torch.Tensor]:
-    """``count`` float32 ``(rows, V)`` buffers plus a small ``(<= 32, V)`` scratch buffer, last.
-
-    Carved from ``workspace`` (a flat float32 tensor) when it is large enough: one allocation shared
-    by pass 1 and pass 2 (on CPU every fresh allocation is paid again in page faults).
-    """
-    sizes = [rows * vocab] * count + [min(rows, _SCRATCH_ROWS) * vocab]
-    if workspace is None or workspace.numel() < sum(sizes):
-        workspace = torch.empty(sum(sizes), dtype=torch.float32, device=device)
-    return [part.view(-1, vocab) for part in workspace[: sum(sizes)].split(sizes)]
-
-
-def _workspace(n_valid, n_rows2, chunk_size, count2, vocab, device, workspace=None):
-    """Pass-1 chunk rows and one flat workspace for both passes, sized for pass 2 (``count2``
-    buffers of its rows); pass 1 (two buffers) takes as many rows as fit, never raising the peak.
-    """
-    rows2 = min(chunk_size, n_rows2)
-    rows1 = max(1, min(chunk_size, n_valid, count2 * rows2 // 2))
-    need = max((count2 * rows2 + min(rows2, _SCRATCH_ROWS)), 2 * rows1 + min(rows1, _SCRATCH_ROWS)) * vocab
-    if workspace is None or workspace.numel() < need:
-        workspace = torch.empty(need, dtype=torch.float32, device=device)
-    return rows1, workspace
-
-
-def _rowdot(a: torch.Tensor, b: torch.Tensor | None, scratch: torch.Tensor) -> torch.Tensor:
-    """``(a * b).sum(-1)`` (``b=None``: ``(exp(a) * a).sum(-1)``) for ``(n, V)`` inputs, via scratch.
-
-    ``torch.sum``'s cascade summation keeps float32 sums over 10^5 entries accurate (a BLAS dot
-    product loses about a decimal digit there).
-    """
-    out = torch.empty(a.shape[0], dtype=torch.float32, device=a.device)
-    for i in range(0, a.shape[0], scratch.shape[0]):
-        part = a[i : i + scratch.shape[0]]
-        work = scratch[: part.shape[0]]
-        prod = torch.exp(part, out=work).mul_(part) if b is None else torch.mul(part, b[i : i + len(part)], out=work)
-        out[i : i + len(part)] = prod.sum(-1)
-    return out
-
-
-def _project(out, hidden_n_H, head_V_H, logit_scale, softcap, tanh_out=None) -> None:
-    """``out <- transform(hidden @ head.T)`` in float32; ``tanh_out <- tanh(.)`` when given (softcap)."""
-    hidden_n_H = hidden_n_H.to(head_V_H.dtype)
-    if head_V_H.dtype == torch.float32:
-        torch.mm(hidden_n_H, head_V_H.t(), out=out)
-    else:  # low-precision product, rounded like the materialised reference, then upcast
-        out.copy_(hidden_n_H @ head_V_H.t())
-    if softcap is not None:
-        out.mul_(logit_scale / softcap).tanh_()
-        if tanh_out is not None:
-            tanh_out.copy_(out)
-        out.mul_(softcap)
-    elif logit_scale != 1.0:
-        out.mul_(logit_scale)
-
-
-def _log_softmax_(z: torch.Tensor, probs: torch.Tensor) -> None:
-    """In place: ``z <- log softmax(z)`` and ``probs <- softmax(z)``, rows of ``(n, V)``."""
-    z.sub_(z.amax(-1, keepdim=True))
-    torch.exp(z, out=probs)
-    total = probs.sum(-1, keepdim=True)
-    z.sub_(total.log())
-    probs.div_(total)
-
-
-def _entropy_(z: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
-    """H(softmax(z)) per row, ``(n,)``; ``z`` is overwritten, ``work`` is scratch of the same shape.
-
-    With a = z - max z and s = sum exp(a): H = log s - sum(exp(a) * a) / s (two non-negative terms).
-    """
-    z.sub_(z.amax(-1, keepdim=True))
-    torch.exp(z, out=work)
-    total = work.sum(-1)
-    return total.log() - z.mul_(work).sum(-1) / total
-
-
-@torch.no_grad()
-def _entropies(hidden_N_H, head_V_H, rows_M, chunk_size, logit_scale, softcap, workspace=None) -> torch.Tensor:
-    out_N = torch.zeros(hidden_N_H.shape[0], dtype=torch.float32, device=hidden_N_H.device)
-    rows = min(chunk_size, rows_M.numel())
-    bufs = _buffers(2, rows, head_V_H.shape[0], hidden_N_H.device, workspace) if rows else []
-    for start in range(0, rows_M.numel(), max(rows, 1)):
-        idx = rows_M[start : start + rows]
-        z, work = bufs[0][: idx.numel()], bufs[1][: idx.numel()]
-        _project(z, hidden_N_H.index_select(0, idx), head_V_H, logit_scale, softcap)
-        out_N[idx] = _entropy_(z, work)
-    return out_N
-
-
-@dataclass(frozen=True)
-class _ZoneRule:
-    """In-chunk zones: C if H(p_t) > teacher, else B if H(p_s) > student, else A (weights 0)."""
-
-    teacher: float
-    student: float  # -inf: every non-C row is B (no student entropy needed)
-    b: tuple[float, float]  # (w_rkl, w_fkl) of B rows
-    c: tuple[float, float]  # (w_rkl, w_fkl) of C rows
-
-    def weights(self, ent_t, ent_s):
-        is_c = (ent_t.double() > self.teacher).float()  # float64: exact compare with the Python value
-        is_b = (1.0 - is_c) * (ent_s.double() > self.student).float()
-        return is_b * self.b[0] + is_c * self.c[0], is_b * self.b[1] + is_c * self.c[1], is_b + is_c
-
-
-@dataclass(frozen=True)
-class _Opts:
-    chunk_size: int
-    logit_scale: float
-    softcap: float | None
-    teacher_transform: tuple[float, float | None]  # (logit_scale, softcap) of the teacher
-    inv_norm: float | None  # None: 1 / |B u C| counted by the zone rule, applied after the pass
-    rule: _ZoneRule | None
-    need_hidden_grad: bool
-    need_head_grad: bool
-    workspace: torch.Tensor | None = None  # flat float32 scratch to carve the chunk buffers from
-
-
-def _chunk(bufs, hs, s_head, ht, t_head, w_r, w_f, opts: _Opts):
-    """Weighted divergence ``(n,)`` of one chunk, its logit gradient and the zone rule's outputs.
-
-    value = w_r RKL + w_f FKL; gradient (a ``(n, V)`` buffer view, None without grad)
-    = k (w_r p_s (log p_s - log p_t - RKL) + w_f (p_s - p_t)) * dz/draw, k = inv_norm * logit_scale.
-    """
-    n = hs.shape[0]
-    a, b, c, scratch = bufs[0][:n], bufs[1][:n], bufs[2][:n], bufs[-1]
-    want_grad = opts.need_hidden_grad or opts.need_head_grad
-    tanh = bufs[3][:n] if (opts.softcap is not None and want_grad) else None
-    _project(a, hs, s_head, opts.logit_scale, opts.softcap, tanh_out=tanh)
-    _log_softmax_(a, c)  # a = log p_s
-    _project(b, ht, t_head, *opts.teacher_transform)
-    _log_softmax_(b, c)  # b = log p_t, c = p_t
-    ent_t = ent_s = in_zone = None
-    if opts.rule is not None:
-        ent_t = -_rowdot(c, b, scratch)
-        ent_s = -_rowdot(a, None, scratch) if opts.rule.student > -math.inf else torch.zeros_like(ent_t)
-        w_r, w_f, in_zone = opts.rule.weights(ent_t, ent_s)
-    torch.sub(a, b, out=b)  # b = log p_s - log p_t
-    fkl = -_rowdot(c, b, scratch)
-    a.exp_()  # a = p_s
-    rkl = _rowdot(a, b, scratch)
-    values, g = w_r * rkl + w_f * fkl, None
-    if want_grad:
-        k = (1.0 if opts.inv_norm is None else opts.inv_norm) * opts.logit_scale
-        gw_r, gw_f = w_r * k, w_f * k
-        g = b.mul_(gw_r[:, None]).add_((gw_f - gw_r * rkl)[:, None]).mul_(a)
-        if bool((gw_f != 0).any()):
-            g.addcmul_(c, gw_f[:, None], value=-1.0)
-        if tanh is not None:  # d softcap*tanh(x/softcap) = 1 - tanh^2
-            g.addcmul_(g, tanh.square_(), value=-1.0)
-    return values, g, (w_r, w_f, in_zone, ent_t, ent_s)
-
-
-def _addmm_fp32(acc_V_H: torch.Tensor, g_n_V: torch.Tensor, g_low, h_n_H: torch.Tensor) -> None:
-    """``acc += g.T @ h`` into a float32 accumulator (bf16/fp16 products not rounded first)."""
-    if g_low is not None and acc_V_H.device.type == "cuda" and _MM_OUT_DTYPE:
-        torch.addmm(acc_V_H, g_low.t(), h_n_H, out_dtype=torch.float32, out=acc_V_H)
-    else:
-        acc_V_H.addmm_(g_n_V.t(), h_n_H.float())
-
-
-class _FusedDivergence(torch.autograd.Function):
-    """Gradients computed in forward, chunk by chunk, and replayed (scaled) in backward.
-
-    Outputs: loss (scalar), then per-position token losses, teacher and student entropies (the
-    last two only with a zone rule, else 0), all ``(N,)`` float32 and non-differentiable.
-    """
-
-    @staticmethod
-    def forward(ctx, s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_M, w_rkl_M, w_fkl_M, opts):
-        (n_tokens, width), vocab, device = s_hidden_N_H.shape, s_head_V_H.shape[0], s_hidden_N_H.device
-        tokens_N, ent_t_N, ent_s_N = (torch.zeros(n_tokens, dtype=torch.float32, device=device) for _ in range(3))
-        grad_h = torch.zeros_like(s_hidden_N_H) if opts.need_hidden_grad else None
-        grad_w = torch.zeros(vocab, width, dtype=torch.float32, device=device) if opts.need_head_grad else None
-        low, count, rows = s_head_V_H.dtype != torch.float32, 0, min(opts.chunk_size, rows_M.numel())
-        bufs = _buffers(3 + (opts.softcap is not None), rows, vocab, device, opts.workspace) if rows else []
-        for start in range(0, rows_M.numel(), max(rows, 1)):
-            idx, sl = rows_M[start : start + rows], slice(start, start + rows)
-            hs = s_hidden_N_H.index_select(0, idx)
-            values, g, (w_r, w_f, in_zone, ent_t, ent_s) = _chunk(
-                bufs, hs, s_head_V_H, t_hidden_N_H.index_select(0, idx), t_head_V_H, w_rkl_M[sl], w_fkl_M[sl], opts)
-            tokens_N[idx] = values
-            if in_zone is not None:
-                ent_t_N[idx], ent_s_N[idx], count = ent_t, ent_s, count + int(in_zone.sum())
-                keep = ((w_r != 0) | (w_f != 0)).nonzero().squeeze(-1)
-                if g is not None and keep.numel() < idx.numel():  # Zone A rows: no backward matmuls
-                    g = torch.index_select(g, 0, keep, out=bufs[0][: keep.numel()])
-                    idx, hs = idx[keep], hs[keep]
-            if g is None or idx.numel() == 0:
-                continue
-            g_low = g.to(s_head_V_H.dtype) if low else None
-            if grad_h is not None:
-                grad_h.index_copy_(0, idx, ((g if g_low is None else g_low) @ s_head_V_H).to(grad_h.dtype))
-            if grad_w is not None:
-                _addmm_fp32(grad_w, g, g_low, hs.to(s_head_V_H.dtype))
-        inv_norm = opts.inv_norm
-        if inv_norm is None:  # |B u C| known only now: scale the gradients in place
-            inv_norm = 1.0 / max(count, 1)
-            for grad in (grad_h, grad_w):
-                if grad is not None:
-                    grad.mul_(inv_norm)
-        ctx.grads = (grad_h, None if grad_w is None else grad_w.to(s_head_V_H.dtype))
-        ctx.mark_non_differentiable(tokens_N, ent_t_N, ent_s_N)
-        return tokens_N.sum() * inv_norm, tokens_N, ent_t_N, ent_s_N
-
-    @staticmethod
-    def backward(ctx, grad_loss, *_):
-        grad_h, grad_w = ctx.grads
-        ctx.grads = None  # hand the buffers to autograd (AccumulateGrad can steal them)
-        if grad_loss is not None and not bool((grad_loss == 1).all()):
-            grad_h = None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype)
-            grad_w = None if grad_w is None else grad_w * grad_loss.to(grad_w.dtype)
-        return grad_h, grad_w, None, None, None, None, None, None
-
-
-def _run(student_hidden, student_head, teacher_hidden, teacher_head, weight_shape, w_rkl_N, w_fkl_N, rows_M,
-         normalizer, chunk_size, logit_scale, softcap, teacher_transform, rule=None, workspace=None):  # fmt: skip
-    """Checks shapes, builds the options and applies the autograd function (all public paths)."""
-    _check_transform(logit_scale, softcap, chunk_size)
-    teacher_transform = _teacher_transform(logit_scale, softcap, teacher_transform)
-    s_hidden_N_H = _flat(student_hidden, weight_shape, "student_hidden")
-    t_hidden_N_H = _flat(teacher_hidden, weight_shape, "teacher_hidden").detach()
-    s_head_V_H = _head_rows(student_head, s_hidden_N_H, None, "student_head")
-    t_head_V_H = _head_rows(teacher_head.detach(), t_hidden_N_H, s_head_V_H.shape[0], "teacher_head")
-    inv_norm = None if normalizer is None else 1.0 / max(float(normalizer), 1.0)
-    grad_on = torch.is_grad_enabled()
-    opts = _Opts(chunk_size, float(logit_scale), softcap, teacher_transform, inv_norm, rule,
-                 grad_on and s_hidden_N_H.requires_grad, grad_on and s_head_V_H.requires_grad, workspace)  # fmt: skip
-    w_r_M, w_f_M = w_rkl_N.index_select(0, rows_M), w_fkl_N.index_select(0, rows_M)
-    loss, *per_position = _FusedDivergence.apply(s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_M,
-                                                 w_r_M, w_f_M, opts)  # fmt: skip
-    return loss, *(x.reshape(weight_shape) for x in per_position)
-
-
 # ---------------------------------------------------------------------------------------------
 # Public API
 
@@ -343,7 +86,7 @@ def token_entropies_from_hidden(hidden, head, mask, chunk_size=1024, vocab_size=
     """Float32 entropy ``H(softmax(transform(hidden @ head[:vocab_size].T)))`` per position.
 
     ``hidden (..., H)``, ``head (V_h, H)``, ``mask (...)`` -> ``(...)``; 0 at masked positions.
-    No gradient; peak extra memory two float32 ``(chunk_size, V)`` buffers. ``workspace`` (here and
+    No gradient; peak extra memory one float32 ``(chunk_size, V)`` buffer and a ``(32, V)`` scratch. ``workspace`` (here and
     in the zone/SEAD/core functions): a flat float32 tensor to carve the chunk buffers from when it
     is large enough, e.g. reused across micro-batches (on CPU fresh buffers cost page faults).
     """
@@ -371,6 +114,32 @@ def zones_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head
     s_ent = token_entropies_from_hidden(student_hidden, student_head, s_mask, chunk_size, vocab, logit_scale,
                                         softcap, workspace=workspace)  # fmt: skip
     return assign_zones(t_ent, s_ent, mask, fractions)
+
+
+@torch.no_grad()
+def divergence_stats_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, chunk_size=1024,
+                                 logit_scale=1.0, softcap=None, teacher_transform=None, workspace=None):  # fmt: skip
+    """Per-position float32 ``(H(p_t), H(p_s), FKL(p_t || p_s), RKL(p_s || p_t))``, each shaped like ``mask``
+    (0 where masked), in one chunked pass over the valid rows: two ``(chunk_size, V)`` buffers, no gradient.
+    """
+    _check_transform(logit_scale, softcap, chunk_size)
+    opts = _Opts(chunk_size, float(logit_scale), softcap, _teacher_transform(logit_scale, softcap, teacher_transform),
+                 None, None, False, False, entropies=True)  # fmt: skip
+    s_N_H = _flat(student_hidden, mask.shape, "student_hidden").detach()
+    t_N_H = _flat(teacher_hidden, mask.shape, "teacher_hidden").detach()
+    s_head_V_H = _head_rows(student_head.detach(), s_N_H, None, "student_head")
+    t_head_V_H = _head_rows(teacher_head.detach(), t_N_H, s_head_V_H.shape[0], "teacher_head")
+    rows_M = mask.reshape(-1).bool().nonzero().squeeze(-1)
+    out_4N = torch.zeros(4, s_N_H.shape[0], dtype=torch.float32, device=s_N_H.device)
+    rows = min(chunk_size, rows_M.numel())
+    bufs = _buffers(2, rows, s_head_V_H.shape[0], s_N_H.device, workspace) if rows else []
+    ones = torch.ones(rows, dtype=torch.float32, device=s_N_H.device)
+    for start in range(0, rows_M.numel(), max(rows, 1)):
+        idx = rows_M[start : start + rows]
+        o = _chunk(bufs, s_N_H.index_select(0, idx), s_head_V_H, t_N_H.index_select(0, idx), t_head_V_H,
+                   ones[: idx.numel()], ones[: idx.numel()], opts)  # fmt: skip
+        out_4N[:, idx] = torch.stack((o.ent_t, o.ent_s, o.fkl, o.rkl))
+    return tuple(x.reshape(mask.shape) for x in out_4N)
 
 
 def sead_weights(zones: torch.Tensor, alpha: float, lam: float = 1.0, zone_c_mix: str = "eq4"):
@@ -429,7 +198,7 @@ def sead_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_
         _, rho_b, rho_c = check_fractions(fractions)
         n = int(mask.bool().sum())
         n_c = min(round(rho_c * n), n)
-        rows1, workspace = _workspace(n, n_c + min(round(rho_b * n), n - n_c), chunk_size, 3 + (softcap is not None),
+        rows1, workspace = _workspace(n, n_c + min(round(rho_b * n), n - n_c), chunk_size, 2 + (softcap is not None),
                                       student_head.shape[0], student_hidden.device, workspace)  # fmt: skip
         zones = zones_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, fractions, rows1,
                                   logit_scale, softcap, teacher_transform, workspace)  # fmt: skip

@@ -149,23 +149,13 @@ class FusedBackend:
     def student(self, student, mb):
         return response_hidden(student, mb.input_ids, mb.attention_mask, mb.prompt_len)
 
-    @torch.no_grad()
     def stats(self, s, t, mask) -> TokenStats:
-        """One chunked pass over the valid rows: both logits per chunk, never the whole (N, V)."""
-        from sead.fused import transform_logits
+        """One chunked pass over the valid rows (``sead.fused``): never the whole (N, V), no float32 head copies."""
+        from sead.fused import divergence_stats_from_hidden
 
         s_head, t_head = self._heads()
-        s_N_H, t_N_H = s.detach().reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
-        rows = mask.reshape(-1).nonzero().squeeze(-1)
-        out = torch.zeros(4, mask.numel(), device=s.device)
-        for start in range(0, rows.numel(), self.chunk):
-            idx = rows[start : start + self.chunk]
-            zs = transform_logits(s_N_H[idx].float() @ s_head.float().T, self.s_scale, self.s_cap)
-            zt = transform_logits(t_N_H[idx].float() @ t_head.float().T, self.t_scale, self.t_cap)
-            for i, value in enumerate((entropy(zt), entropy(zs), forward_kl(zs, zt), reverse_kl(zs, zt))):
-                out[i, idx] = value
-        t_ent, s_ent, fkl, rkl = (x.reshape(mask.shape) for x in out)
-        return TokenStats(t_ent, s_ent, fkl, rkl)
+        return TokenStats(*divergence_stats_from_hidden(s, s_head, t, t_head, mask.bool(), self.chunk, self.s_scale,
+                                                        self.s_cap, (self.t_scale, self.t_cap)))  # fmt: skip
 
     def _weights(self, mask, zones, alpha, stats: TokenStats):
         """Per-token (w_rkl, w_fkl) of the method; a token with both 0 costs nothing."""
@@ -187,7 +177,8 @@ class FusedBackend:
         s_head, t_head = self._heads()
         w_rkl, w_fkl = self._weights(mb.mask, zones, alpha, stats)
         return fused_divergence(s, s_head, t, t_head, w_rkl, w_fkl, normalizer=denom, chunk_size=self.chunk,
-                                logit_scale=self.s_scale, softcap=self.s_cap)
+                                logit_scale=self.s_scale, softcap=self.s_cap,
+                                teacher_transform=(self.t_scale, self.t_cap))
 
 
 def fused_kind_ok(cfg: ObjectiveConfig) -> tuple[bool, str]:

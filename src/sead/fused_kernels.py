@@ -1,0 +1,318 @@
+"""Chunk kernels behind :mod:`sead.fused` (internal): in-place float32 work on reusable ``(rows, V)``
+buffers, the autograd function that hands the precomputed gradients back, and the shared input checks.
+
+Per chunk of rows: both logits are projected into two ``(rows, V)`` float32 buffers and turned into
+log-probabilities in place; everything else (entropies, KL terms, the logit gradient) runs over
+blocks of 32 rows in three small scratch buffers, and the gradient overwrites the student's
+log-probabilities. See :mod:`sead.fused` for the maths and the public functions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+def _flat(hidden: torch.Tensor, mask_shape: torch.Size, name: str) -> torch.Tensor:
+    if hidden.dim() < 2 or hidden.shape[:-1] != mask_shape:
+        raise ValueError(f"{name} {tuple(hidden.shape)} must be mask shape {tuple(mask_shape)} + (H,)")
+    return hidden.reshape(-1, hidden.shape[-1])
+
+
+def _head_rows(head: torch.Tensor, hidden_N_H: torch.Tensor, vocab: int | None, name: str) -> torch.Tensor:
+    """``head[:vocab]`` after checking ``head`` is ``(V_h >= vocab, H)`` with H = hidden's width."""
+    if head.dim() != 2 or head.shape[1] != hidden_N_H.shape[1]:
+        raise ValueError(f"{name} {tuple(head.shape)} must be (V, {hidden_N_H.shape[1]})")
+    vocab = head.shape[0] if vocab is None else vocab
+    if head.shape[0] < vocab:
+        raise ValueError(f"{name} has {head.shape[0]} rows but the student vocabulary has {vocab}; "
+                         "the teacher head must cover the student vocabulary (extra rows are ignored)")  # fmt: skip
+    return head if head.shape[0] == vocab else head[:vocab]  # no view: autograd hands our grad straight to .grad
+
+
+def _teacher_transform(logit_scale, softcap, teacher_transform) -> tuple[float, float | None]:
+    """The teacher's (logit_scale, softcap): ``teacher_transform`` if given, else the student's."""
+    scale, cap = (logit_scale, softcap) if teacher_transform is None else teacher_transform
+    _check_transform(scale, cap)
+    return float(scale), cap
+
+
+def _check_transform(logit_scale: float, softcap: float | None, chunk_size: int = 1) -> None:
+    for ok, what in ((softcap is None or softcap > 0, f"softcap must be > 0 or None, got {softcap}"),
+                     (logit_scale > 0, f"logit_scale must be > 0, got {logit_scale}"),
+                     (chunk_size >= 1, f"chunk_size must be >= 1, got {chunk_size}")):  # fmt: skip
+        if not ok:
+            raise ValueError(what)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunk kernels: in-place float32 work on reusable (rows, V) buffers, no (rows, V) allocations
+
+_SCRATCH_ROWS = 32
+_SCRATCH_COUNT = 3  # pass-2 row-block scratch: log-ratio, teacher probabilities, products
+_MM_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8)  # mm(..., out_dtype=)
+
+
+def _buffers(count: int, rows: int, vocab: int, device, workspace=None, scratch: int = _SCRATCH_COUNT):
+    """``count`` float32 ``(rows, V)`` buffers, then ``scratch`` small ``(<= 32, V)`` ones, last.
+
+    Carved from ``workspace`` (a flat float32 tensor) when it is large enough: one allocation shared
+    by pass 1 and pass 2 (on CPU every fresh allocation is paid again in page faults).
+    """
+    sizes = [rows * vocab] * count + [min(rows, _SCRATCH_ROWS) * vocab] * scratch
+    if workspace is None or workspace.numel() < sum(sizes):
+        workspace = torch.empty(sum(sizes), dtype=torch.float32, device=device)
+    return [part.view(-1, vocab) for part in workspace[: sum(sizes)].split(sizes)]
+
+
+def _workspace(n_valid, n_rows2, chunk_size, count2, vocab, device, workspace=None):
+    """Pass-1 chunk rows and one flat workspace for both passes, sized for pass 2 (``count2``
+    buffers of its rows plus scratch); pass 1 (one buffer) takes as many rows as fit, never raising
+    the peak.
+    """
+    rows2 = min(chunk_size, n_rows2)
+    rows1 = max(1, min(chunk_size, n_valid, count2 * rows2))
+    need2 = count2 * rows2 + _SCRATCH_COUNT * min(rows2, _SCRATCH_ROWS)
+    need = max(need2, rows1 + min(rows1, _SCRATCH_ROWS)) * vocab
+    if workspace is None or workspace.numel() < need:
+        workspace = torch.empty(need, dtype=torch.float32, device=device)
+    return rows1, workspace
+
+
+def _row_blocks(n: int, scratch_rows: int):
+    """Row slices of at most ``scratch_rows``: elementwise work runs block by block in scratch."""
+    return (slice(i, min(i + scratch_rows, n)) for i in range(0, n, max(scratch_rows, 1)))
+
+
+def _project(out, hidden_n_H, head_V_H, logit_scale, softcap, tanh_out=None) -> None:
+    """``out <- transform(hidden @ head.T)`` in float32; ``tanh_out <- tanh(.)`` when given (softcap)."""
+    hidden_n_H = hidden_n_H.to(head_V_H.dtype)
+    if head_V_H.dtype == torch.float32:
+        torch.mm(hidden_n_H, head_V_H.t(), out=out)
+    else:  # low-precision product, rounded like the materialised reference, then upcast
+        out.copy_(hidden_n_H @ head_V_H.t())
+    if softcap is not None:
+        out.mul_(logit_scale / softcap).tanh_()
+        if tanh_out is not None:
+            tanh_out.copy_(out)
+        out.mul_(softcap)
+    elif logit_scale != 1.0:
+        out.mul_(logit_scale)
+
+
+def _log_softmax_(z: torch.Tensor, scratch: torch.Tensor) -> None:
+    """In place: ``z <- log softmax(z)`` for the rows of ``(n, V)``; ``scratch`` holds exp per block.
+
+    ``torch.sum``'s cascade summation keeps float32 sums over 10^5 entries accurate (a BLAS dot
+    product loses about a decimal digit there), hence exp-then-sum rather than fused dots.
+    """
+    z.sub_(z.amax(-1, keepdim=True))
+    total = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
+    for r in _row_blocks(z.shape[0], scratch.shape[0]):
+        total[r] = torch.exp(z[r], out=scratch[: r.stop - r.start]).sum(-1)
+    z.sub_(total.log_().unsqueeze(-1))
+
+
+def _entropy_(z: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """H(softmax(z)) per row, ``(n,)``; ``z`` is overwritten, ``scratch`` is ``(<= n, V)`` work rows.
+
+    With a = z - max z and s = sum exp(a): H = log s - sum(exp(a) * a) / s (two non-negative terms).
+    """
+    z.sub_(z.amax(-1, keepdim=True))
+    out = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
+    for r in _row_blocks(z.shape[0], scratch.shape[0]):
+        work = torch.exp(z[r], out=scratch[: r.stop - r.start])
+        total = work.sum(-1)
+        out[r] = total.log() - work.mul_(z[r]).sum(-1) / total
+    return out
+
+
+@torch.no_grad()
+def _entropies(hidden_N_H, head_V_H, rows_M, chunk_size, logit_scale, softcap, workspace=None) -> torch.Tensor:
+    out_N = torch.zeros(hidden_N_H.shape[0], dtype=torch.float32, device=hidden_N_H.device)
+    rows = min(chunk_size, rows_M.numel())
+    bufs = _buffers(1, rows, head_V_H.shape[0], hidden_N_H.device, workspace, scratch=1) if rows else []
+    for start in range(0, rows_M.numel(), max(rows, 1)):
+        idx = rows_M[start : start + rows]
+        z = bufs[0][: idx.numel()]
+        _project(z, hidden_N_H.index_select(0, idx), head_V_H, logit_scale, softcap)
+        out_N[idx] = _entropy_(z, bufs[1])
+    return out_N
+
+
+@dataclass(frozen=True)
+class _ZoneRule:
+    """In-chunk zones: C if H(p_t) > teacher, else B if H(p_s) > student, else A (weights 0)."""
+
+    teacher: float
+    student: float  # -inf: every non-C row is B (no student entropy needed)
+    b: tuple[float, float]  # (w_rkl, w_fkl) of B rows
+    c: tuple[float, float]  # (w_rkl, w_fkl) of C rows
+
+    def weights(self, ent_t, ent_s):
+        is_c = (ent_t.double() > self.teacher).float()  # float64: exact compare with the Python value
+        is_b = (1.0 - is_c) * (ent_s.double() > self.student).float()
+        return is_b * self.b[0] + is_c * self.c[0], is_b * self.b[1] + is_c * self.c[1], is_b + is_c
+
+
+@dataclass(frozen=True)
+class _Opts:
+    chunk_size: int
+    logit_scale: float
+    softcap: float | None
+    teacher_transform: tuple[float, float | None]  # (logit_scale, softcap) of the teacher
+    inv_norm: float | None  # None: 1 / |B u C| counted by the zone rule, applied after the pass
+    rule: _ZoneRule | None
+    need_hidden_grad: bool
+    need_head_grad: bool
+    workspace: torch.Tensor | None = None  # flat float32 scratch to carve the chunk buffers from
+    entropies: bool = False  # both entropies for every row (statistics), rule or not
+
+
+@dataclass
+class _ChunkOut:
+    """Per-row results of one chunk, all ``(n,)`` float32; ``grad`` is the ``(n, V)`` logit gradient."""
+
+    values: torch.Tensor
+    grad: torch.Tensor | None
+    w_rkl: torch.Tensor
+    w_fkl: torch.Tensor
+    rkl: torch.Tensor
+    fkl: torch.Tensor
+    in_zone: torch.Tensor | None = None
+    ent_t: torch.Tensor | None = None
+    ent_s: torch.Tensor | None = None
+
+
+def _chunk(bufs, hs, s_head, ht, t_head, w_r, w_f, opts: _Opts) -> _ChunkOut:
+    """Weighted divergence of one chunk, its logit gradient (in ``bufs[0]``) and the zone rule's outputs.
+
+    value = w_r RKL + w_f FKL; gradient = k (w_r p_s (log p_s - log p_t - RKL) + w_f (p_s - p_t))
+    * dz/draw, k = inv_norm * logit_scale. Two ``(n, V)`` buffers hold log p_s and log p_t; the
+    rest runs over blocks of rows in three small scratch buffers, so the gradient overwrites log p_s.
+    """
+    n, device = hs.shape[0], hs.device
+    lp_s, lp_t, (d_buf, pt_buf, work_buf) = bufs[0][:n], bufs[1][:n], bufs[-3:]
+    want_grad = opts.need_hidden_grad or opts.need_head_grad
+    tanh = bufs[2][:n] if (opts.softcap is not None and want_grad) else None
+    _project(lp_s, hs, s_head, opts.logit_scale, opts.softcap, tanh_out=tanh)
+    _log_softmax_(lp_s, work_buf)
+    _project(lp_t, ht, t_head, *opts.teacher_transform)
+    _log_softmax_(lp_t, work_buf)
+    rule = opts.rule
+    want_t = opts.entropies or rule is not None
+    want_s = opts.entropies or (rule is not None and rule.student > -math.inf)
+    out = _ChunkOut(None, None, w_r, w_f, *(torch.zeros(n, dtype=torch.float32, device=device) for _ in range(2)))
+    if want_t:
+        out.ent_t, out.ent_s = (torch.zeros(n, dtype=torch.float32, device=device) for _ in range(2))
+    if rule is not None:
+        out.w_rkl, out.w_fkl, out.in_zone = (torch.empty(n, dtype=torch.float32, device=device) for _ in range(3))
+    k = (1.0 if opts.inv_norm is None else opts.inv_norm) * opts.logit_scale
+    any_fkl = rule is None and bool((w_f != 0).any())  # one host sync per chunk, not per block
+    for r in _row_blocks(n, d_buf.shape[0]):
+        m = r.stop - r.start
+        s_r, t_r, d, p_t, work = lp_s[r], lp_t[r], d_buf[:m], pt_buf[:m], work_buf[:m]
+        torch.exp(t_r, out=p_t)
+        if want_t:
+            out.ent_t[r] = -torch.mul(p_t, t_r, out=work).sum(-1)
+        if want_s:
+            out.ent_s[r] = -torch.exp(s_r, out=work).mul_(s_r).sum(-1)
+        torch.sub(s_r, t_r, out=d)  # log p_s - log p_t
+        out.fkl[r] = -torch.mul(p_t, d, out=work).sum(-1)
+        p_s = s_r.exp_()
+        rkl = out.rkl[r] = torch.mul(p_s, d, out=work).sum(-1)
+        if rule is not None:
+            out.w_rkl[r], out.w_fkl[r], out.in_zone[r] = rule.weights(out.ent_t[r], out.ent_s[r])
+        if not want_grad:
+            continue
+        gw_r, gw_f = out.w_rkl[r] * k, out.w_fkl[r] * k
+        g = p_s.mul_(d.mul_(gw_r[:, None]).add_((gw_f - gw_r * rkl)[:, None]))
+        if any_fkl or (rule is not None and bool((gw_f != 0).any())):
+            g.addcmul_(p_t, gw_f[:, None], value=-1.0)
+        if tanh is not None:  # d softcap*tanh(x/softcap) = 1 - tanh^2
+            g.addcmul_(g, tanh[r].square_(), value=-1.0)
+    out.values = out.w_rkl * out.rkl + out.w_fkl * out.fkl
+    out.grad = lp_s if want_grad else None
+    return out
+
+
+def _addmm_fp32(acc_V_H: torch.Tensor, g_n_V: torch.Tensor, g_low, h_n_H: torch.Tensor) -> None:
+    """``acc += g.T @ h`` into a float32 accumulator (bf16/fp16 products not rounded first)."""
+    if g_low is not None and acc_V_H.device.type == "cuda" and _MM_OUT_DTYPE:
+        torch.addmm(acc_V_H, g_low.t(), h_n_H, out_dtype=torch.float32, out=acc_V_H)
+    else:
+        acc_V_H.addmm_(g_n_V.t(), h_n_H.float())
+
+
+class _FusedDivergence(torch.autograd.Function):
+    """Gradients computed in forward, chunk by chunk, and replayed (scaled) in backward.
+
+    Outputs: loss (scalar), then per-position token losses, teacher and student entropies (the
+    last two only with a zone rule, else 0), all ``(N,)`` float32 and non-differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_M, w_rkl_M, w_fkl_M, opts):
+        (n_tokens, width), vocab, device = s_hidden_N_H.shape, s_head_V_H.shape[0], s_hidden_N_H.device
+        tokens_N, ent_t_N, ent_s_N = (torch.zeros(n_tokens, dtype=torch.float32, device=device) for _ in range(3))
+        grad_h = torch.zeros_like(s_hidden_N_H) if opts.need_hidden_grad else None
+        grad_w = torch.zeros(vocab, width, dtype=torch.float32, device=device) if opts.need_head_grad else None
+        low, count, rows = s_head_V_H.dtype != torch.float32, 0, min(opts.chunk_size, rows_M.numel())
+        bufs = _buffers(2 + (opts.softcap is not None), rows, vocab, device, opts.workspace) if rows else []
+        for start in range(0, rows_M.numel(), max(rows, 1)):
+            idx, sl = rows_M[start : start + rows], slice(start, start + rows)
+            hs = s_hidden_N_H.index_select(0, idx)
+            out = _chunk(bufs, hs, s_head_V_H, t_hidden_N_H.index_select(0, idx), t_head_V_H, w_rkl_M[sl],
+                         w_fkl_M[sl], opts)  # fmt: skip
+            tokens_N[idx], g = out.values, out.grad
+            if out.in_zone is not None:
+                ent_t_N[idx], ent_s_N[idx], count = out.ent_t, out.ent_s, count + int(out.in_zone.sum())
+                keep = ((out.w_rkl != 0) | (out.w_fkl != 0)).nonzero().squeeze(-1)
+                if g is not None and keep.numel() < idx.numel():  # Zone A rows: no backward matmuls
+                    g = torch.index_select(g, 0, keep, out=bufs[1][: keep.numel()])  # g lives in bufs[0]
+                    idx, hs = idx[keep], hs[keep]
+            if g is None or idx.numel() == 0:
+                continue
+            g_low = g.to(s_head_V_H.dtype) if low else None
+            if grad_h is not None:
+                grad_h.index_copy_(0, idx, ((g if g_low is None else g_low) @ s_head_V_H).to(grad_h.dtype))
+            if grad_w is not None:
+                _addmm_fp32(grad_w, g, g_low, hs.to(s_head_V_H.dtype))
+        inv_norm = opts.inv_norm
+        if inv_norm is None:  # |B u C| known only now: scale the gradients in place
+            inv_norm = 1.0 / max(count, 1)
+            for grad in (grad_h, grad_w):
+                if grad is not None:
+                    grad.mul_(inv_norm)
+        ctx.grads = (grad_h, None if grad_w is None else grad_w.to(s_head_V_H.dtype))
+        ctx.mark_non_differentiable(tokens_N, ent_t_N, ent_s_N)
+        return tokens_N.sum() * inv_norm, tokens_N, ent_t_N, ent_s_N
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        grad_h, grad_w = ctx.grads
+        ctx.grads = None  # hand the buffers to autograd (AccumulateGrad can steal them)
+        if grad_loss is not None and not bool((grad_loss == 1).all()):
+            grad_h = None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype)
+            grad_w = None if grad_w is None else grad_w * grad_loss.to(grad_w.dtype)
+        return grad_h, grad_w, None, None, None, None, None, None
+
+
+def _run(student_hidden, student_head, teacher_hidden, teacher_head, weight_shape, w_rkl_N, w_fkl_N, rows_M,
+         normalizer, chunk_size, logit_scale, softcap, teacher_transform, rule=None, workspace=None):  # fmt: skip
+    """Checks shapes, builds the options and applies the autograd function (all public paths)."""
+    _check_transform(logit_scale, softcap, chunk_size)
+    teacher_transform = _teacher_transform(logit_scale, softcap, teacher_transform)
+    s_hidden_N_H = _flat(student_hidden, weight_shape, "student_hidden")
+    t_hidden_N_H = _flat(teacher_hidden, weight_shape, "teacher_hidden").detach()
+    s_head_V_H = _head_rows(student_head, s_hidden_N_H, None, "student_head")
+    t_head_V_H = _head_rows(teacher_head.detach(), t_hidden_N_H, s_head_V_H.shape[0], "teacher_head")
+    inv_norm = None if normalizer is None else 1.0 / max(float(normalizer), 1.0)
+    grad_on = torch.is_grad_enabled()
+    opts = _Opts(chunk_size, float(logit_scale), softcap, teacher_transform, inv_norm, rule,
+                 grad_on and s_hidden_N_H.requires_grad, grad_on and s_head_V_H.requires_grad, workspace)  # fmt: skip
+    w_r_M, w_f_M = w_rkl_N.index_select(0, rows_M), w_fkl_N.index_select(0, rows_M)
+    loss, *per_position = _FusedDivergence.apply(s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_M,
+                                                 w_r_M, w_f_M, opts)  # fmt: skip
+    return loss, *(x.reshape(weight_shape) for x in per_position)
