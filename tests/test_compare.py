@@ -10,7 +10,7 @@ import yaml
 import sead.compare as cmp
 from sead.compare import compare_main, plan_variants, problem_scores, resolve_variants
 from sead.config import load_config
-from sead.errors import ConfigError
+from sead.errors import ConfigError, DataError
 from sead.metrics import read_metrics
 from tiny import save_tiny_pair
 
@@ -106,7 +106,7 @@ def test_tabulate_pairs_problems_and_marks_clear_differences(tmp_path):
     md = (tmp_path / "comparison.md").read_text()
     assert "| sead | +26.7 [" in md and "] * |" in md
     rows.append(_fake_row(tmp_path, "bad", {"x": a[:29], "y": a[:10]}))
-    with pytest.raises(cmp.DataError, match="different problems"):
+    with pytest.raises(DataError, match="different problems"):
         cmp.tabulate(rows, tmp_path, "opd")
 
 

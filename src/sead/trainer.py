@@ -9,8 +9,6 @@ optimiser, scheduler, RNG states, sampler) and continues as if the run had never
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import signal
 import time
@@ -23,28 +21,10 @@ from sead.config import RunConfig, config_to_dict, save_config
 from sead.errors import CheckpointError, ConfigError, DataError, SeadError
 from sead.metrics import MetricsWriter
 from sead.models import check_shared_vocab, head_rows, load_model, load_tokenizer
+from sead.optim import build_optimizer, lr_lambda
+from sead.run_dir import append_samples, drop_records_after, prepare_run_dir
 
-__all__ = ["Trainer", "lr_lambda", "train_main"]
-
-# Settings that may change between a run and its resumption without changing the result.
-_RESUME_FREE = {("train", "resume"), ("train", "force_resume"), ("logging", "progress"), ("train", "torch_threads"),
-                ("train", "max_bad_steps"), ("train", "output_dir")}  # output_dir: a run folder may be moved
-
-
-def lr_lambda(optim_cfg, total_steps: int):
-    """LR multiplier: linear warmup over ``warmup_steps``, then cosine/linear/constant decay."""
-    warmup, floor = optim_cfg.warmup_steps, optim_cfg.min_lr_ratio
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if optim_cfg.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if optim_cfg.schedule == "cosine" else 1 - progress
-        return floor + (1 - floor) * shape
-
-    return factor
+__all__ = ["Trainer", "lr_lambda", "train_main"]  # lr_lambda lives in sead.optim; kept importable from here
 
 
 class Trainer:
@@ -80,19 +60,12 @@ class Trainer:
                 f"train.batch_size={cfg.train.batch_size} does not split over {acc.num_processes} processes; "
                 "make it a multiple of the process count"
             )
-        self._prepare_run_dir()
+        prepare_run_dir(acc, self.run_dir, cfg)
         set_seed(cfg.train.seed)
         self._load_models()
         self._load_data()
         set_seed(cfg.train.seed)  # the same stream whether or not difficulty estimation just ran
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.student.parameters() if p.requires_grad],
-            lr=cfg.optim.lr,
-            betas=tuple(cfg.optim.betas),
-            eps=cfg.optim.eps,
-            weight_decay=cfg.optim.weight_decay,
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim, cfg.train.steps))
+        self.optimizer, self.scheduler = build_optimizer(self.student, cfg.optim, cfg.train.steps)
         self.student, self.optimizer, self.scheduler = acc.prepare(self.student, self.optimizer, self.scheduler)
         if cfg.objective.method == "opsd" and self.teacher is None:
             self.teacher = acc.unwrap_model(self.student)
@@ -106,7 +79,7 @@ class Trainer:
         if cfg.train.resume:
             self._resume()
         else:
-            self._drop_records_after(0)  # a fresh run rewrites any step lines left in the folder
+            drop_records_after(acc, self.metrics, self.run_dir, 0)  # a fresh run rewrites any step lines left in the folder
         if acc.is_main_process:  # written once setup succeeded: a failed start or resume changes nothing
             save_config(cfg, self.run_dir / "config.yaml")
         return self
@@ -136,46 +109,6 @@ class Trainer:
             self.accelerator.print(f"fused loss off ({reason}); using materialised logits")
             return fallback
         return FusedBackend(obj, self.vocab, student, self.teacher, obj.chunk_size)
-
-    def _prepare_run_dir(self) -> None:
-        acc, cfg = self.accelerator, self.cfg
-        if acc.is_main_process:
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                probe = self.run_dir / ".write-test"
-                probe.write_text("ok")
-                probe.unlink()
-            except OSError as err:
-                raise ConfigError(
-                    f"train.output_dir={str(self.run_dir)!r} is not writable ({err.strerror}); choose another directory"
-                ) from None
-            saved = self.run_dir / "config.yaml"
-            if saved.exists() and not cfg.train.resume and latest_checkpoint(self.run_dir) is not None:
-                raise ConfigError(
-                    f"{self.run_dir} already holds a run with checkpoints; resume it with train.resume=true "
-                    "or pick a new train.output_dir"
-                )
-            if cfg.train.resume and saved.exists():
-                self._check_resume_config(saved)
-        acc.wait_for_everyone()
-
-    def _check_resume_config(self, saved: Path) -> None:
-        import yaml
-
-        old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-        new = config_to_dict(self.cfg)
-        changed = [
-            f"{section}.{key}"
-            for section, values in new.items()
-            if isinstance(values, dict)
-            for key, value in values.items()
-            if (section, key) not in _RESUME_FREE and (old.get(section) or {}).get(key, value) != value
-        ]
-        if changed and not self.cfg.train.force_resume:
-            raise ConfigError(
-                f"resuming with a changed config ({', '.join(changed[:4])}); restore those values "
-                "or pass train.force_resume=true to continue anyway"
-            )
 
     def _load_models(self) -> None:
         m = self.cfg.model
@@ -283,30 +216,18 @@ class Trainer:
                 )
 
     def _resume(self) -> None:
+        acc = self.accelerator
         path = latest_checkpoint(self.run_dir)
         if path is None:
-            self.accelerator.print(f"no complete checkpoint in {self.run_dir}; starting from step 0")
-            self._drop_records_after(0)  # lines of a run killed before its first checkpoint are redone
+            acc.print(f"no complete checkpoint in {self.run_dir}; starting from step 0")
+            drop_records_after(acc, self.metrics, self.run_dir, 0)  # lines of a run killed before its first checkpoint are redone
             return
-        state = load_checkpoint(self.accelerator, path)
+        state = load_checkpoint(acc, path)
         self.step = int(state["step"])
         self.bad_streak = int(state.get("bad_streak", 0))
         self.sampler.load_state_dict(state["sampler"])
-        self._drop_records_after(self.step)
-        self.accelerator.print(f"resumed from {path} at step {self.step}")
-
-    def _drop_records_after(self, step: int) -> None:
-        """Remove metrics and sample lines past ``step`` (and torn lines): those steps are run again."""
-        if self.accelerator.is_main_process:
-            self.metrics.truncate_after(step)
-            samples = self.run_dir / "samples.jsonl"
-            if samples.exists():
-                kept = [line for line in samples.read_text(encoding="utf-8").splitlines()
-                        if _step_of(line) is not None and _step_of(line) <= step]
-                tmp = samples.with_suffix(".jsonl.tmp")
-                tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
-                os.replace(tmp, samples)
-        self.accelerator.wait_for_everyone()
+        drop_records_after(acc, self.metrics, self.run_dir, self.step)
+        acc.print(f"resumed from {path} at step {self.step}")
 
     # ------------------------------------------------------------------ loop
     def _rewards(self, indices):
@@ -401,8 +322,7 @@ class Trainer:
         if acc.is_main_process:
             self.metrics.write(record)
             if result.samples:
-                with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as fh:
-                    fh.writelines(json.dumps(_json_safe(s)) + "\n" for s in result.samples)
+                append_samples(self.run_dir, result.samples)
         if cfg.logging.trackers:
             acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
         progress.update(self.step, record)
@@ -454,24 +374,6 @@ class Trainer:
                 ) from None
         acc.wait_for_everyone()
         return final
-
-
-def _json_safe(value):
-    """NaN/inf (a skipped non-finite step) become null, as in metrics.jsonl: strict JSON for every reader."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _step_of(line: str):
-    try:
-        return int(json.loads(line).get("step"))
-    except (ValueError, TypeError, AttributeError):
-        return None
 
 
 def train_main(config_path: str | None, overrides: list[str]) -> Path:
