@@ -86,7 +86,7 @@ class Trainer:
 
     def _choose_backend(self):
         """Fused hidden-state loss where the method and both models allow it, else logits."""
-        from sead.scoring import FusedBackend, LogitsBackend, _logit_transform, fused_kind_ok, fused_support
+        from sead.scoring import FusedBackend, LogitsBackend, fused_kind_ok, fused_support
 
         obj = self.cfg.objective
         if obj.method == "grpo":
@@ -103,8 +103,6 @@ class Trainer:
             if not ok:
                 reason = f"{name}: {why}"
                 break
-        if ok and _logit_transform(student) != _logit_transform(self.teacher):
-            ok, reason = False, "student and teacher scale or soft-cap their logits differently"
         if not ok:
             self.accelerator.print(f"fused loss off ({reason}); using materialised logits")
             return fallback
