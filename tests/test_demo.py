@@ -26,4 +26,4 @@ def test_short_demo_writes_results_and_a_full_report(tmp_path, capsys):
         assert f'id="{section_id}"' in html, section_id
     assert list((out / "report").glob("*.png"))
     printed = capsys.readouterr().out
-    assert "student after sead" in printed and "OPD" in printed
+    assert "after sead" in printed and "OPD" in printed and "fixed/broken" in printed

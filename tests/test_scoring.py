@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from sead.config import ObjectiveConfig
-from sead.scoring import FusedBackend, LogitsBackend, fused_support
+from sead.scoring import FusedBackend, LogitsBackend, fused_support, matching_backbone, response_hidden
 from sead.step import MicroBatch
 from sead.zones import assign_zones
 
@@ -82,3 +82,35 @@ def test_fused_equals_logits_with_different_logit_transforms(student_kind, teach
     assert len(grads) == len(want_grads) and loss.item() > 0
     for got, want in zip(grads, want_grads):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "cohere", "llama"])
+def test_teacher_backbone_gives_the_same_hidden_states(kind):
+    model, mb = tiny(kind, 3), batch(seed=4)
+    backbone = matching_backbone(model, VOCAB)
+    assert backbone is model.get_decoder()
+    with torch.no_grad():
+        want = response_hidden(model, mb.input_ids, mb.attention_mask, mb.prompt_len)
+        got = response_hidden(model, mb.input_ids, mb.attention_mask, mb.prompt_len, backbone)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+class _Shifted(torch.nn.Module):
+    """A decoder whose last hidden state is not the model's: the backbone shortcut must be refused."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, **kw):
+        out = self.inner(**kw)
+        out.last_hidden_state = out.last_hidden_state + 1.0
+        return out
+
+
+def test_mismatched_or_missing_backbone_is_not_used(monkeypatch):
+    model = tiny("llama", 5)
+    monkeypatch.setattr(model, "get_decoder", lambda: _Shifted(model.model))
+    assert matching_backbone(model, VOCAB) is None
+    monkeypatch.setattr(model, "get_decoder", lambda: model)
+    assert matching_backbone(model, VOCAB) is None

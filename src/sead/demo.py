@@ -34,7 +34,8 @@ def _preset_settings(preset: str) -> dict:
         train, heldout = smollm2_data()
         return dict(student=student, teacher=teacher, train=train, heldout=heldout, template=smollm2_prompt(),
                     verifier="math", max_new_tokens=32, gen_batch=8, chat_template="auto", tau=1.0,
-                    optim={"lr": 1e-5, "schedule": "constant"}, batch_size=4, eval_prompts=16, eval_batch=16)
+                    optim={"lr": 1e-5, "schedule": "constant"}, batch_size=4, eval_prompts=16, eval_batch=16,
+                    eval_samples=0)
     from sead.toy import MAX_NEW_TOKENS, demo_asset_dir, demo_data_paths
 
     root = demo_asset_dir()
@@ -42,7 +43,7 @@ def _preset_settings(preset: str) -> dict:
     return dict(student=root / "student", teacher=root / "teacher", train=train, heldout=heldout,
                 template="{problem}", verifier="sead.toy:verify", max_new_tokens=MAX_NEW_TOKENS, gen_batch=64,
                 chat_template="off", tau=0.5, optim={"lr": 1e-4, "warmup_steps": 5, "schedule": "cosine"},
-                batch_size=32, eval_prompts=None, eval_batch=100)
+                batch_size=32, eval_prompts=None, eval_batch=100, eval_samples=4)
 
 
 def demo_config(out: Path, method: str, steps: int, seed: int, max_prompts: int, difficulty_path: Path,
@@ -67,18 +68,29 @@ def demo_config(out: Path, method: str, steps: int, seed: int, max_prompts: int,
         "train": {"steps": steps, "batch_size": p["batch_size"], "micro_batch_size": p["batch_size"], "seed": seed,
                   "save_every": steps, "keep_checkpoints": 1, "output_dir": str(out / "runs" / method)},
         "logging": {"samples_every": max(1, steps // 5), "num_samples": 4},
-        "eval": {"data": [f"heldout={p['heldout']}"], "k": 0, "greedy": True, "max_prompts": p["eval_prompts"],
+        "eval": {"data": [f"heldout={p['heldout']}"], "k": p["eval_samples"], "greedy": True, "temperature": 0.7, "max_prompts": p["eval_prompts"],
                  "batch_size": p["eval_batch"], "split": "train", **decoding, **fields},
     }
 
 
-def _evaluate(model_path: str, cfg, out_dir: Path, tag: str) -> tuple[float, int]:
-    """Greedy held-out accuracy and the number of problems it is over."""
+def _evaluate(model_path: str, cfg, out_dir: Path, tag: str) -> dict:
+    """Held-out greedy accuracy, sampled avg@k (None without samples), problem count, samples file."""
     from sead.evaluate import eval_main
 
     result = eval_main(model_path, out_dir=str(out_dir), cfg=cfg.eval, verifier_cfg=cfg.verifier, tag=tag,
                        progress=False, show_table=False)
-    return float(result["benchmarks"]["heldout"]["pass@1"]), int(result["benchmarks"]["heldout"]["n"])
+    scores = result["benchmarks"]["heldout"]
+    return {"greedy": float(scores["pass@1"]), "sampled": scores.get("avg@k"), "n": int(scores["n"]),
+            "samples": Path(out_dir) / "eval" / f"{tag}.samples.jsonl"}
+
+
+def _flips(before_samples: Path, after_samples: Path) -> dict:
+    """Problems the greedy answer got right that it had wrong before (fixed), and the reverse (broken)."""
+    from sead.compare_tables import problem_scores
+
+    old, new = problem_scores(before_samples)["heldout"], problem_scores(after_samples)["heldout"]
+    return {"fixed": sum(1 for i, v in new.items() if v > old.get(i, 0.0)),
+            "broken": sum(1 for i, v in new.items() if v < old.get(i, 0.0))}
 
 
 def run_demo(out: Path, methods: list[str], steps: int, seed: int, max_prompts: int, k: int,
@@ -101,10 +113,11 @@ def run_demo(out: Path, methods: list[str], steps: int, seed: int, max_prompts: 
     print(f"[1/4] prompt difficulty: {k} student rollouts for each of {max_prompts} training prompts")
     difficulty_from_config(base, k=k, out_path=str(difficulty_path), progress=False)
     print("[2/4] evaluating the student and the teacher before training (greedy, held-out set)")
-    before, n_eval = _evaluate(base.model.student, base, out, "student-before")
-    teacher, _ = _evaluate(base.model.teacher, base, out, "teacher")
-    results = {"preset": preset, "seed": seed, "steps": steps, "n_eval": n_eval, "before": before,
-               "teacher": teacher, "after": {}, "time_s": {}}
+    before = _evaluate(base.model.student, base, out, "student-before")
+    teacher = _evaluate(base.model.teacher, base, out, "teacher")
+    results = {"preset": preset, "seed": seed, "steps": steps, "n_eval": before["n"], "before": before["greedy"],
+               "teacher": teacher["greedy"], "after": {}, "eval_samples": base.eval.k,
+               "sampled": {"before": before["sampled"], "teacher": teacher["sampled"]}, "flips": {}, "time_s": {}}
     for i, method in enumerate(methods, 1):
         print(f"[3/4] training {method} ({i}/{len(methods)}): {steps} steps from the same student, seed {seed}")
         cfg = config_from_dict(demo_config(out, method, steps, seed, max_prompts, difficulty_path, preset, lr))
@@ -116,7 +129,9 @@ def run_demo(out: Path, methods: list[str], steps: int, seed: int, max_prompts: 
         results["time_s"][method] = time.perf_counter() - t0
         (run_dir / "eval").mkdir(exist_ok=True)
         shutil.copy(out / "eval" / "student-before.json", run_dir / "eval" / "before.json")
-        results["after"][method] = _evaluate(str(final), cfg, run_dir, "after")[0]
+        after = _evaluate(str(final), cfg, run_dir, "after")
+        results["after"][method], results["sampled"][method] = after["greedy"], after["sampled"]
+        results["flips"][method] = _flips(before["samples"], after["samples"])
     print("[4/4] building the report")
     report = build_report([out / "runs" / m for m in methods], out / "report")
     results["report"] = str(report)
@@ -125,36 +140,60 @@ def run_demo(out: Path, methods: list[str], steps: int, seed: int, max_prompts: 
     return results
 
 
+def _pct(x: float | None, signed: bool = False) -> str:
+    """``32.5%``; signed: a difference in percentage points, ``-3.0 pt``."""
+    return "-" if x is None else (f"{100 * x:+.1f} pt" if signed else f"{x:.1%}")
+
+
 def _print_table(results: dict, methods: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"held-out greedy accuracy (seed {results['seed']}, {results['steps']} steps each)")
-    table.add_column("model")
-    table.add_column("accuracy", justify="right")
-    table.add_column("vs. before", justify="right")
-    table.add_row("teacher", f"{results['teacher']:.1%}", "")
-    table.add_row("student before", f"{results['before']:.1%}", "")
+    k, sampled, before = results.get("eval_samples", 0), results.get("sampled", {}), results["before"]
+    table = Table(title=f"held-out accuracy, {results['n_eval']} problems (seed {results['seed']}, "
+                        f"{results['steps']} steps each)",
+                  caption=f"greedy: pass@1 of greedy answers; avg@{k}: mean over {k} samples at temperature 0.7"
+                  if k else None)  # fmt: skip
+    for name in ("model", "greedy", "change", "fixed/broken", *([f"avg@{k}", "change"] if k else [])):
+        table.add_column(name, justify="left" if name == "model" else "right", no_wrap=True)
+
+    def row(name, greedy, flips=None, avg=None, base=None):
+        cells = [name, _pct(greedy), "" if base is None else _pct(greedy - before, True),
+                 "" if flips is None else f"{flips['fixed']} / {flips['broken']}"]  # fmt: skip
+        if k:
+            cells += [_pct(avg), "" if base is None or avg is None else _pct(avg - base, True)]
+        table.add_row(*cells)
+
+    row("teacher", results["teacher"], avg=sampled.get("teacher"))
+    row("student before", before, avg=sampled.get("before"))
     for m in methods:
-        acc = results["after"][m]
-        table.add_row(f"student after {m}", f"{acc:.1%}", f"{acc - results['before']:+.1%}")
+        row(f"after {m}", results["after"][m], results.get("flips", {}).get(m), sampled.get(m),
+            sampled.get("before", 0.0) or 0.0)
     console = Console()
     console.print(table)
     after = results["after"]
     if "sead" in after and "opd" in after:
         diff = after["sead"] - after["opd"]
         if diff > 0:
-            verdict = f"SEAD beat OPD by {diff:.1%} on this run"
+            verdict = f"SEAD beat OPD by {100 * diff:.1f} points of greedy accuracy on this run"
         elif diff < 0:
-            verdict = f"SEAD did NOT beat OPD here: it trails by {-diff:.1%}"
+            verdict = f"SEAD did NOT beat OPD here: it trails by {-100 * diff:.1f} points of greedy accuracy"
         else:
-            verdict = "SEAD and OPD tied on this run"
-        console.print(f"{verdict} (one seed, {len(methods)} runs of {results['steps']} steps; "
-                      f"differences of a few points are within noise for {results['n_eval']} problems).")
-    worse = [m for m in methods if results["after"][m] < results["before"]]
+            verdict = "SEAD and OPD tied on greedy accuracy on this run"
+        if k and sampled.get("sead") is not None and sampled.get("opd") is not None:
+            verdict += f" (avg@{k}: SEAD {sampled['sead']:.1%}, OPD {sampled['opd']:.1%})"
+        console.print(f"{verdict}; one seed, {len(methods)} runs of {results['steps']} steps.")
+    flips = results.get("flips", {})
+    churn = [f["fixed"] + f["broken"] for f in flips.values()]
+    if churn:
+        console.print(f"Noise: each run changed the greedy answer on {min(churn)}-{max(churn)} of the "
+                      f"{results['n_eval']} problems, in both directions (fixed / broken), so greedy differences "
+                      "of a few points are churn, not signal.")  # fmt: skip
+    worse = [m for m in methods if after[m] < before]
     if worse:
-        console.print(f"Ended below the starting student: {', '.join(worse)}. On this tiny task and budget on-policy "
-                      "distillation does not (yet) lift greedy accuracy; the report shows the KL and entropy curves.")
+        console.print(f"Ended below the starting student (greedy): {', '.join(worse)}. On this tiny task and budget "
+                      "on-policy distillation does not lift greedy accuracy; the report shows the KL, entropy and "
+                      "zone curves, src/sead/assets/demo/README.md how this student reacts to training.")  # fmt: skip
     console.print(f"report: {results['report']}   total time: {results['total_s']:.0f} s")
 
 

@@ -29,7 +29,8 @@ from sead.rollout import position_ids_from_mask
 from sead.teacher import response_logits
 
 __all__ = [
-    "TokenStats", "LogitsBackend", "FusedBackend", "fused_support", "fused_kind_ok", "response_hidden", "token_stats",
+    "TokenStats", "LogitsBackend", "FusedBackend", "fused_support", "fused_kind_ok", "matching_backbone",
+    "response_hidden", "token_stats",
 ]
 
 FUSED_KINDS = ("sead", "rkl", "fkl", "eopd")
@@ -54,11 +55,18 @@ def token_stats(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask
     return TokenStats(zero(entropy(t, top_k=top_k)), zero(entropy(s)), zero(forward_kl(s, t)), zero(reverse_kl(s, t)))
 
 
-def response_hidden(model, input_ids, attention_mask, prompt_len: int) -> torch.Tensor:
-    """Last hidden state at the positions that predict each response token: (B, P + R) -> (B, R, H)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                output_hidden_states=True, logits_to_keep=1, use_cache=False)
-    return out.hidden_states[-1][:, prompt_len - 1 : -1]
+def response_hidden(model, input_ids, attention_mask, prompt_len: int, backbone=None) -> torch.Tensor:
+    """Last hidden state at the positions that predict each response token: (B, P + R) -> (B, R, H).
+
+    ``backbone`` (see :func:`matching_backbone`) runs the decoder stack alone: it returns only the
+    final hidden state, where the full model with ``output_hidden_states`` keeps every layer's
+    until it returns (under no_grad that is L + 1 (B, T, H) tensors for nothing).
+    """
+    kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+              use_cache=False)  # fmt: skip
+    if backbone is not None:
+        return backbone(**kw).last_hidden_state[:, prompt_len - 1 : -1]
+    return model(**kw, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][:, prompt_len - 1 : -1]
 
 
 def _logit_transform(model) -> tuple[float, float | None]:
@@ -72,6 +80,21 @@ def _logit_transform(model) -> tuple[float, float | None]:
 
 
 @torch.no_grad()
+def _probe(model, vocab: int, backbone=None):
+    """The model's output and, with ``backbone``, the backbone's last hidden state on 8 tokens."""
+    device = model.get_output_embeddings().weight.device
+    ids = torch.arange(min(vocab, 8), device=device).unsqueeze(0) % vocab
+    att = torch.ones_like(ids)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False)
+        last = None if backbone is None else backbone(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
+    finally:
+        model.train(was_training)
+    return out, last
+
+
 def fused_support(model, vocab: int) -> tuple[bool, str]:
     """Whether ``hidden @ head.T`` (with the config's scale/soft-cap) reproduces the model's logits."""
     head = model.get_output_embeddings()
@@ -79,15 +102,7 @@ def fused_support(model, vocab: int) -> tuple[bool, str]:
         return False, "the model has no plain linear output embedding"
     from sead.fused import transform_logits
 
-    device = head.weight.device
-    ids = torch.arange(min(vocab, 8), device=device).unsqueeze(0) % vocab
-    att = torch.ones_like(ids)
-    was_training = model.training
-    model.eval()
-    try:
-        out = model(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False)
-    finally:
-        model.train(was_training)
+    out, _ = _probe(model, vocab)
     scale, softcap = _logit_transform(model)
     rebuilt = transform_logits(out.hidden_states[-1].float() @ head.weight[:vocab].float().T, scale, softcap)
     err = (rebuilt - out.logits[..., :vocab].float()).abs().max().item()
@@ -95,6 +110,21 @@ def fused_support(model, vocab: int) -> tuple[bool, str]:
     if err > tol:
         return False, f"the last hidden state times the output embedding differs from the logits by {err:.3g}"
     return True, ""
+
+
+def matching_backbone(model, vocab: int):
+    """``model.get_decoder()`` when its ``last_hidden_state`` is the model's final hidden state, else None."""
+    get = getattr(model, "get_decoder", None)
+    backbone = get() if callable(get) else None
+    if not isinstance(backbone, torch.nn.Module) or backbone is model:
+        return None
+    try:
+        out, last = _probe(model, vocab, backbone)
+    except (TypeError, ValueError, AttributeError, RuntimeError):  # a decoder with another signature
+        return None
+    want = out.hidden_states[-1]
+    ok = last is not None and last.shape == want.shape and torch.allclose(last.float(), want.float(), rtol=1e-4, atol=1e-5)
+    return backbone if ok else None
 
 
 class LogitsBackend:
@@ -132,6 +162,7 @@ class FusedBackend:
         self.student_model, self.teacher_model = student_model, teacher_model  # unwrapped, for their heads
         self.s_scale, self.s_cap = _logit_transform(student_model)
         self.t_scale, self.t_cap = _logit_transform(teacher_model)
+        self.t_backbone = matching_backbone(teacher_model, vocab)  # no grad: its last hidden state only
 
     def _heads(self):
         s_weight = self.student_model.get_output_embeddings().weight
@@ -143,7 +174,8 @@ class FusedBackend:
     def teacher(self, teacher, input_ids, attention_mask, prompt_len):
         device = next(teacher.parameters()).device
         with torch.no_grad():
-            hidden = response_hidden(teacher, input_ids.to(device), attention_mask.to(device), prompt_len)
+            backbone = self.t_backbone if teacher is self.teacher_model else None
+            hidden = response_hidden(teacher, input_ids.to(device), attention_mask.to(device), prompt_len, backbone)
         return hidden.to(input_ids.device)
 
     def student(self, student, mb):
