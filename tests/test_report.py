@@ -199,7 +199,7 @@ def test_report_fair_share_table_matches_samples(two_runs, two_run_report):
     tok = pooled_tokens(load_run(two_runs[0]).samples)
     ratio_c = zone_fair_share(tok["fkl"], tok["zone"])[2].ratio
     assert ratio_c > 1.5  # zone C (highest teacher entropy) carries more than its share in the fake run
-    assert f"<td>C</td><td>36</td><td>10.0</td>" in text and f"<td>{ratio_c:.2f}×</td>" in text
+    assert "<td>C</td><td>36</td><td>10.0</td>" in text and f"<td>{ratio_c:.2f}×</td>" in text
     jac = top_fraction_jaccard(tok["teacher_entropy"], tok["student_entropy"], 0.2)
     assert f"student-entropy tokens: {100 * jac:.1f}%" in text
 

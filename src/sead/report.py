@@ -262,10 +262,10 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     ``max_rollouts`` of the latest logged step of each run, at most ``max_tokens`` tokens each."""
     if not run_dirs:
         raise SeadError("no run directory given; pass one or more folders holding metrics.jsonl")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as err:
-        raise SeadError("`sead report` needs matplotlib; install it with pip install 'sead[demo]'") from err
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SeadError("`sead report` needs matplotlib; install it with pip install 'sead[demo]'")
     from sead import plots
 
     runs = [load_run(p) for p in run_dirs]
