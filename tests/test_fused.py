@@ -19,11 +19,13 @@ from sead.zones import MASKED, Zone, assign_zones, assign_zones_threshold
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.bfloat16: dict(rtol=5e-2, atol=2e-3)}
 
 
-@pytest.fixture(autouse=True, params=[32, 3], ids=["scratch32", "scratch3"])
+@pytest.fixture(autouse=True, params=[None, 3], ids=["scratch-default", "scratch3"])
 def scratch_rows(request, monkeypatch):
-    """Every test twice: with the kernels' 32-row scratch blocks (one block per chunk at these
-    sizes) and with 3-row blocks, so chunks span several blocks and end on a partial one."""
-    monkeypatch.setattr(fused_kernels, "_SCRATCH_ROWS", request.param)
+    """Every test twice: with the kernels' default scratch blocks (one block per chunk at these
+    small vocabularies) and with 3-row blocks, so chunks span several blocks and end on a partial one."""
+    if request.param is not None:
+        monkeypatch.setattr(fused_kernels, "_SCRATCH_ROWS", request.param)
+        monkeypatch.setattr(fused_kernels, "_SCRATCH_ELEMENTS", 0)
     return request.param
 
 

@@ -19,10 +19,10 @@ exist: everything runs over row chunks of ``chunk_size`` tokens.
   (running percentiles of previous steps, :func:`percentile_thresholds`) are decided inside the
   chunk: no pass 1; Zone A rows pay the projections but no backward.
 
-Peak extra memory: 2 (3 with ``softcap``) float32 ``(chunk, V)`` buffers reused across chunks (the
-elementwise work runs over 32-row blocks in three small scratch buffers), the float32 head
-gradient ``(V, H_s)`` and the hidden gradient ``(N, H_s)``. Logit arithmetic is float32 whatever
-the input dtype; the projections run in the input dtype (like the materialised
+Peak extra memory: 2 (3 with ``softcap``) float32 ``(chunk, V)`` buffers reused across chunks
+(the elementwise work runs over row blocks in three scratch buffers of max(32 rows, 4 MiB)), the
+float32 head gradient ``(V, H_s)`` and the hidden gradient ``(N, H_s)``. Logit arithmetic is
+float32 whatever the input dtype; the projections run in the input dtype (like the materialised
 reference), the head gradient accumulates in float32 and is cast to the head's dtype at the end.
 
 Logits of both models: ``softcap * tanh(logit_scale * h W^T / softcap)`` (``logit_scale * h W^T``
@@ -86,9 +86,10 @@ def token_entropies_from_hidden(hidden, head, mask, chunk_size=1024, vocab_size=
     """Float32 entropy ``H(softmax(transform(hidden @ head[:vocab_size].T)))`` per position.
 
     ``hidden (..., H)``, ``head (V_h, H)``, ``mask (...)`` -> ``(...)``; 0 at masked positions.
-    No gradient; peak extra memory one float32 ``(chunk_size, V)`` buffer and a ``(32, V)`` scratch. ``workspace`` (here and
-    in the zone/SEAD/core functions): a flat float32 tensor to carve the chunk buffers from when it
-    is large enough, e.g. reused across micro-batches (on CPU fresh buffers cost page faults).
+    No gradient; peak extra memory one float32 ``(chunk_size, V)`` buffer and a small scratch block.
+    ``workspace`` (here and in the zone/SEAD/core functions): a flat float32 tensor to carve the
+    chunk buffers from when it is large enough, e.g. reused across micro-batches (on CPU fresh
+    buffers cost page faults).
     """
     _check_transform(logit_scale, softcap, chunk_size)
     hidden_N_H = _flat(hidden, mask.shape, "hidden").detach()

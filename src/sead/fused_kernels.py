@@ -3,8 +3,8 @@ buffers, the autograd function that hands the precomputed gradients back, and th
 
 Per chunk of rows: both logits are projected into two ``(rows, V)`` float32 buffers and turned into
 log-probabilities in place; everything else (entropies, KL terms, the logit gradient) runs over
-blocks of 32 rows in three small scratch buffers, and the gradient overwrites the student's
-log-probabilities. See :mod:`sead.fused` for the maths and the public functions.
+blocks of rows (32, or more when 4 MiB holds more) in three small scratch buffers, and the
+gradient overwrites the student's log-probabilities. See :mod:`sead.fused` for the maths.
 """
 
 from __future__ import annotations
@@ -49,21 +49,28 @@ def _check_transform(logit_scale: float, softcap: float | None, chunk_size: int 
 # ---------------------------------------------------------------------------------------------
 # Chunk kernels: in-place float32 work on reusable (rows, V) buffers, no (rows, V) allocations
 
-_SCRATCH_ROWS = 32
+_SCRATCH_ROWS = 32  # at least this many rows per scratch block ...
+_SCRATCH_ELEMENTS = 1 << 20  # ... or as many as fit in 1 Mi floats (4 MiB): at small V, one block per chunk
 _SCRATCH_COUNT = 3  # pass-2 row-block scratch: log-ratio, teacher probabilities, products
 _MM_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8)  # mm(..., out_dtype=)
 
 
 def _buffers(count: int, rows: int, vocab: int, device, workspace=None, scratch: int = _SCRATCH_COUNT):
-    """``count`` float32 ``(rows, V)`` buffers, then ``scratch`` small ``(<= 32, V)`` ones, last.
+    """``count`` float32 ``(rows, V)`` buffers, then ``scratch`` small ``(_scratch_rows, V)`` ones, last.
 
     Carved from ``workspace`` (a flat float32 tensor) when it is large enough: one allocation shared
     by pass 1 and pass 2 (on CPU every fresh allocation is paid again in page faults).
     """
-    sizes = [rows * vocab] * count + [min(rows, _SCRATCH_ROWS) * vocab] * scratch
+    sizes = [rows * vocab] * count + [_scratch_rows(rows, vocab) * vocab] * scratch
     if workspace is None or workspace.numel() < sum(sizes):
         workspace = torch.empty(sum(sizes), dtype=torch.float32, device=device)
     return [part.view(-1, vocab) for part in workspace[: sum(sizes)].split(sizes)]
+
+
+def _scratch_rows(rows: int, vocab: int) -> int:
+    """Rows of one scratch block: elementwise work in blocks bounds memory at large V; at small V
+    one block per chunk avoids paying per-block kernel launches for nothing."""
+    return min(rows, max(_SCRATCH_ROWS, _SCRATCH_ELEMENTS // max(vocab, 1)))
 
 
 def _workspace(n_valid, n_rows2, chunk_size, count2, vocab, device, workspace=None):
@@ -73,8 +80,8 @@ def _workspace(n_valid, n_rows2, chunk_size, count2, vocab, device, workspace=No
     """
     rows2 = min(chunk_size, n_rows2)
     rows1 = max(1, min(chunk_size, n_valid, count2 * rows2))
-    need2 = count2 * rows2 + _SCRATCH_COUNT * min(rows2, _SCRATCH_ROWS)
-    need = max(need2, rows1 + min(rows1, _SCRATCH_ROWS)) * vocab
+    need2 = count2 * rows2 + _SCRATCH_COUNT * _scratch_rows(rows2, vocab)
+    need = max(need2, rows1 + _scratch_rows(rows1, vocab)) * vocab
     if workspace is None or workspace.numel() < need:
         workspace = torch.empty(need, dtype=torch.float32, device=device)
     return rows1, workspace
