@@ -192,6 +192,12 @@ at lr 1e-4 is the demo's budget.
   KL 0.64 -> 0.45; fkl behaves like SFT (31.5%); opd at lr >= 3e-4 diverges (reverse KL rises, 6-21%).
 - EOPD's forward-KL gate at tau 0.5 nats opens on 2.5% of tokens (5.3% above 0.1): near plain
   reverse KL on this teacher.
+- A different starting point does not change this: mid-schedule snapshots of the same recipe (step
+  700: 25.0%, step 760: 32.0%) distilled for 60 steps (opd, rkl, fkl, eopd, sead; lr 1e-4-1e-3)
+  ended within -6 to +3 points greedy, never above supervised fine-tuning on the reference
+  solutions at the same settings (+3 to +7) or simply continuing the recipe (+3 after 40 steps).
+  The teacher was trained on the same solutions and is nearly one-hot, so its on-policy signal
+  adds little here; a demo that shows a gain needs a less peaked teacher or a larger budget.
 
 Built with {m['threads']} torch thread(s) on {m['machine']}, torch {m['torch']}, transformers
 {m['transformers']}; whole build {m['build_s'] / 60:.0f} min wall, {m['build_cpu_s'] / 60:.0f} min CPU. Wall times were
