@@ -192,3 +192,39 @@ def test_eval_main_and_difficulty_main_on_a_tiny_model(tmp_path, capsys):
     diffs = difficulty_main(str(model_dir), data_cfg, VerifierConfig(kind="exact"), rollout, k=2, out_path=str(out), progress=False)
     assert len(diffs) == 3 and all(d in (0.0, 0.5, 1.0) for d in diffs)
     assert len(out.read_text().splitlines()) == 3
+
+
+def test_resumed_difficulty_samples_what_an_uninterrupted_run_samples(tmp_path, monkeypatch):
+    """Each chunk of prompts has its own seeded stream, so a run killed halfway and resumed writes
+    the same pass rates as one that never stopped (sampling, a real tiny model)."""
+    from tiny import char_tokenizer, tiny_llama
+
+    tok, model = char_tokenizer(), tiny_llama(20, hidden=32, layers=1)
+    its = [PromptItem(id=str(i), question=f"{i}+{i}=", answer=str(2 * i), prompt=f"{i}+{i}=") for i in range(12)]
+    verifier = lambda response, answer: sum(map(ord, response)) % 3 == 0  # noqa: E731 - depends on every sampled char
+    rollout = RolloutConfig(max_new_tokens=6, batch_size=8, temperature=1.0, chat_template="off")
+
+    def run(out, stop_at_call=None):
+        real, calls = ev._generate, {"n": 0}
+
+        def counting(*args):
+            calls["n"] += 1
+            if calls["n"] == stop_at_call:
+                raise KeyboardInterrupt
+            return real(*args)
+
+        monkeypatch.setattr(ev, "_generate", counting)
+        try:
+            estimate_difficulty(model, tok, its, verifier, rollout, k=4, out_path=str(out), progress=False, seed=5)
+        finally:
+            monkeypatch.setattr(ev, "_generate", real)
+
+    whole, resumed = tmp_path / "whole.jsonl", tmp_path / "resumed.jsonl"
+    run(whole)
+    with pytest.raises(KeyboardInterrupt):
+        run(resumed, stop_at_call=3)  # 2 prompts per call: 4 of 12 done
+    assert len(read_done(resumed)) == 4
+    run(resumed)
+    rows = {p: sorted(read_done(p).values(), key=lambda r: int(r["id"])) for p in (whole, resumed)}
+    assert rows[whole] == rows[resumed]
+    assert len({r["correct"] for r in rows[whole]}) > 1  # the verifier really depends on the samples

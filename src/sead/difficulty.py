@@ -79,11 +79,14 @@ def estimate_difficulty(
         out = open(out_path, "a", encoding="utf-8")
     try:
         with progress_bar(len(items), f"difficulty (k={k})", progress) as advance, torch.random.fork_rng():
-            torch.manual_seed(seed)
             advance(len(items) - len(todo))
             per_call = max(1, rollout_cfg.batch_size // k)
-            for start in range(0, len(todo), per_call):
-                chunk = todo[start : start + per_call]
+            for start in range(0, len(items), per_call):  # fixed chunks of the whole list, done ones skipped
+                chunk = [it for it in items[start : start + per_call] if it.id not in done]
+                if not chunk:
+                    continue
+                # Each chunk its own seeded stream: a resumed run samples exactly what an uninterrupted one would.
+                torch.manual_seed((seed << 32) + start)
                 texts = _texts(model, tokenizer, chunk, rollout_cfg, k, False, lambda n=1: None)
                 for it, responses in zip(chunk, texts):
                     correct = sum(bool(verifier(r, it.answer)) for r in responses)
