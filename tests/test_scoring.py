@@ -1,7 +1,7 @@
 """Scoring backends on real HF architectures whose logits are not plain ``hidden @ head.T``.
 
 The fused backend rebuilds logits from the last hidden state with each model's own scale and
-soft-cap (Gemma-2 soft-caps, Cohere scales); its statistics, loss and gradients must equal the
+soft-cap (Gemma-2 soft-caps, Cohere and Granite scale); its statistics, loss and gradients must equal the
 materialised-logits backend's, also when student and teacher transform differently.
 """
 
@@ -29,6 +29,8 @@ def tiny(kind: str, seed: int):
         model = transformers.Gemma2ForCausalLM(cfg)
     elif kind == "cohere":
         model = transformers.CohereForCausalLM(transformers.CohereConfig(**common, logit_scale=0.37))
+    elif kind == "granite":  # divides its logits by logits_scaling
+        model = transformers.GraniteForCausalLM(transformers.GraniteConfig(**common, logits_scaling=2.5))
     else:
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, tie_word_embeddings=False))
     with torch.no_grad():  # sharper heads than the init, so entropies spread and zones mean something
@@ -45,7 +47,7 @@ def batch(seed=0, rows=3, prompt=4, resp=7):
     return MicroBatch(slice(0, rows), ids, att, ids[:, prompt:], mask, prompt)
 
 
-@pytest.mark.parametrize("kind", ["gemma2", "cohere", "llama"])
+@pytest.mark.parametrize("kind", ["gemma2", "cohere", "granite", "llama"])
 def test_fused_support_rebuilds_each_architecture(kind):
     ok, why = fused_support(tiny(kind, 0), VOCAB)
     assert ok, why
@@ -58,7 +60,7 @@ def test_fused_support_refuses_a_head_with_bias():
     assert not ok and "output embedding" in why
 
 
-@pytest.mark.parametrize("student_kind,teacher_kind", [("llama", "gemma2"), ("cohere", "llama"), ("gemma2", "cohere")])
+@pytest.mark.parametrize("student_kind,teacher_kind", [("llama", "gemma2"), ("cohere", "llama"), ("gemma2", "cohere"), ("granite", "llama")])
 @pytest.mark.parametrize("method", ["sead", "eopd", "fkl"])
 def test_fused_equals_logits_with_different_logit_transforms(student_kind, teacher_kind, method):
     student, teacher, mb = tiny(student_kind, 1), tiny(teacher_kind, 2), batch()
@@ -84,7 +86,7 @@ def test_fused_equals_logits_with_different_logit_transforms(student_kind, teach
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["gemma2", "cohere", "llama"])
+@pytest.mark.parametrize("kind", ["gemma2", "cohere", "granite", "llama"])
 def test_teacher_backbone_gives_the_same_hidden_states(kind):
     model, mb = tiny(kind, 3), batch(seed=4)
     backbone = matching_backbone(model, VOCAB)
