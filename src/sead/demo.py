@@ -185,7 +185,7 @@ def _print_table(results: dict, methods: list[str]) -> None:
         console.print(f"{verdict}; one seed, {len(methods)} runs of {results['steps']} steps.")
     flips = results.get("flips", {})
     churn = [f["fixed"] + f["broken"] for f in flips.values()]
-    if churn:
+    if churn and max(churn) > 0:
         console.print(f"Noise: each run changed the greedy answer on {min(churn)}-{max(churn)} of the "
                       f"{results['n_eval']} problems, in both directions (fixed / broken), so greedy differences "
                       "of a few points are churn, not signal.")  # fmt: skip
