@@ -189,8 +189,8 @@ def _finish(proc: Proc, log: Path, timeout: float = 300.0) -> None:
     assert proc.returncode == 0, f"run failed (code {proc.returncode}):\n{_tail(log)}"
 
 
-def _same_objects(a, b, where: str) -> None:
-    """Recursive equality with tensors compared exactly (bit for bit, NaN equal to NaN)."""
+def assert_same_objects(a, b, where: str = "state") -> None:
+    """Recursive equality with tensors compared exactly (bit for bit, NaN equal to NaN; floats too)."""
     import torch
 
     if isinstance(a, torch.Tensor):
@@ -199,18 +199,18 @@ def _same_objects(a, b, where: str) -> None:
     elif isinstance(a, dict):
         assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
         for k in a:
-            _same_objects(a[k], b[k], f"{where}.{k}")
+            assert_same_objects(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
-            _same_objects(x, y, f"{where}[{i}]")
+            assert_same_objects(x, y, f"{where}[{i}]")
     else:
         import numpy as np
 
         if isinstance(a, np.ndarray):
             assert np.array_equal(a, b), where
         else:
-            assert a == b, f"{where}: {a!r} != {b!r}"
+            assert a == b or (isinstance(a, float) and a != a and b != b), f"{where}: {a!r} != {b!r}"
 
 
 def compare_runs(ref: Path, cut: Path) -> dict:
@@ -219,13 +219,13 @@ def compare_runs(ref: Path, cut: Path) -> dict:
     from safetensors.torch import load_file
 
     a, b = load_file(ref / "final" / "model.safetensors"), load_file(cut / "final" / "model.safetensors")
-    _same_objects(a, b, "final weights")
+    assert_same_objects(a, b, "final weights")
     last = f"checkpoints/step-{STEPS}"
-    _same_objects(load_file(ref / last / "model.safetensors"), load_file(cut / last / "model.safetensors"), "ckpt weights")
+    assert_same_objects(load_file(ref / last / "model.safetensors"), load_file(cut / last / "model.safetensors"), "ckpt weights")
     for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl"):  # accelerate writes them with torch.save
-        _same_objects(torch.load(ref / last / name, weights_only=False), torch.load(cut / last / name, weights_only=False),
+        assert_same_objects(torch.load(ref / last / name, weights_only=False), torch.load(cut / last / name, weights_only=False),
                       name)
-    _same_objects(json.loads((ref / last / "trainer_state.json").read_text()),
+    assert_same_objects(json.loads((ref / last / "trainer_state.json").read_text()),
                   json.loads((cut / last / "trainer_state.json").read_text()), "trainer_state")
     strip = lambda recs: [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in recs]  # noqa: E731
     ref_lines, cut_lines = metrics_lines(ref), metrics_lines(cut)

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sead.divergence as D
+from kill_resume import assert_same_objects
 from sead.methods import sampled_logprobs
 from sead.objectives import divergence_token_losses, eopd_token_losses, opd_token_losses, sead_token_losses
 from sead.zones import Zone, assign_zones, assign_zones_threshold
@@ -108,21 +109,6 @@ def _state(trainer) -> dict:
     }
 
 
-def _assert_same(a, b, where="state"):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), (where, a, b)
-
-
 KINDS = ["teacher_nan", "teacher_inf", "student_nan", "loss_inf", "grad_nan"]
 
 
@@ -150,7 +136,7 @@ def test_nonfinite_step_is_skipped_and_counted(assets, tmp_path, monkeypatch, ki
     assert trainer.backend.name == ("fused" if fused else "logits")
     assert results == [True, False, True]
     before, after = snapshots[1]
-    _assert_same(before, after)  # weights, AdamW moments and step counts, LR schedule: all untouched
+    assert_same_objects(before, after)  # weights, AdamW moments and step counts, LR schedule: all untouched
     for i in (0, 2):  # the good steps did move the weights
         assert not all(torch.equal(snapshots[i][0]["weights"][k], snapshots[i][1]["weights"][k])
                        for k in snapshots[i][0]["weights"])
