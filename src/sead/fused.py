@@ -40,12 +40,12 @@ from collections.abc import Sequence
 import torch
 
 from sead.fused_kernels import (
-    _buffers,
     _check_transform,
-    _chunk,
+    _chunks,
     _entropies,
     _flat,
     _head_rows,
+    _inputs,
     _Opts,
     _run,
     _teacher_transform,
@@ -123,22 +123,14 @@ def divergence_stats_from_hidden(student_hidden, student_head, teacher_hidden, t
     """Per-position float32 ``(H(p_t), H(p_s), FKL(p_t || p_s), RKL(p_s || p_t))``, each shaped like ``mask``
     (0 where masked), in one chunked pass over the valid rows: two ``(chunk_size, V)`` buffers, no gradient.
     """
-    _check_transform(logit_scale, softcap, chunk_size)
-    opts = _Opts(chunk_size, float(logit_scale), softcap, _teacher_transform(logit_scale, softcap, teacher_transform),
-                 None, None, False, False, entropies=True)  # fmt: skip
-    s_N_H = _flat(student_hidden, mask.shape, "student_hidden").detach()
-    t_N_H = _flat(teacher_hidden, mask.shape, "teacher_hidden").detach()
-    s_head_V_H = _head_rows(student_head.detach(), s_N_H, None, "student_head")
-    t_head_V_H = _head_rows(teacher_head.detach(), t_N_H, s_head_V_H.shape[0], "teacher_head")
+    s_N_H, s_head_V_H, t_N_H, t_head_V_H, t_transform = _inputs(
+        student_hidden.detach(), student_head.detach(), teacher_hidden, teacher_head, mask.shape, chunk_size,
+        logit_scale, softcap, teacher_transform)  # fmt: skip
+    opts = _Opts(chunk_size, float(logit_scale), softcap, t_transform, None, None, False, False, workspace, entropies=True)
     rows_M = mask.reshape(-1).bool().nonzero().squeeze(-1)
+    ones_M = torch.ones(rows_M.numel(), dtype=torch.float32, device=s_N_H.device)
     out_4N = torch.zeros(4, s_N_H.shape[0], dtype=torch.float32, device=s_N_H.device)
-    rows = min(chunk_size, rows_M.numel())
-    bufs = _buffers(2, rows, s_head_V_H.shape[0], s_N_H.device, workspace) if rows else []
-    ones = torch.ones(rows, dtype=torch.float32, device=s_N_H.device)
-    for start in range(0, rows_M.numel(), max(rows, 1)):
-        idx = rows_M[start : start + rows]
-        o = _chunk(bufs, s_N_H.index_select(0, idx), s_head_V_H, t_N_H.index_select(0, idx), t_head_V_H,
-                   ones[: idx.numel()], ones[: idx.numel()], opts)  # fmt: skip
+    for idx, _, _, o in _chunks(s_N_H, s_head_V_H, t_N_H, t_head_V_H, rows_M, ones_M, ones_M, opts):
         out_4N[:, idx] = torch.stack((o.ent_t, o.ent_s, o.fkl, o.rkl))
     return tuple(x.reshape(mask.shape) for x in out_4N)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+
 def _flat(hidden: torch.Tensor, mask_shape: torch.Size, name: str) -> torch.Tensor:
     if hidden.dim() < 2 or hidden.shape[:-1] != mask_shape:
         raise ValueError(f"{name} {tuple(hidden.shape)} must be mask shape {tuple(mask_shape)} + (H,)")
@@ -192,6 +193,24 @@ class _ChunkOut:
     ent_s: torch.Tensor | None = None
 
 
+def _keeps_tanh(opts: _Opts) -> bool:
+    """Soft-capped logits with a gradient to compute keep tanh in a third ``(rows, V)`` buffer."""
+    return opts.softcap is not None and (opts.need_hidden_grad or opts.need_head_grad)
+
+
+def _chunks(s_N_H, s_head_V_H, t_N_H, t_head_V_H, rows_M, w_rkl_M, w_fkl_M, opts: _Opts):
+    """Run :func:`_chunk` over ``rows_M`` in chunks of ``opts.chunk_size`` rows on buffers reused
+    throughout; yields ``(row indices, student hidden rows, buffers, _ChunkOut)`` per chunk."""
+    rows = min(opts.chunk_size, rows_M.numel())
+    count = 2 + _keeps_tanh(opts)
+    bufs = _buffers(count, rows, s_head_V_H.shape[0], s_N_H.device, opts.workspace) if rows else []
+    for start in range(0, rows_M.numel(), max(rows, 1)):
+        idx, sl = rows_M[start : start + rows], slice(start, start + rows)
+        hs = s_N_H.index_select(0, idx)
+        out = _chunk(bufs, hs, s_head_V_H, t_N_H.index_select(0, idx), t_head_V_H, w_rkl_M[sl], w_fkl_M[sl], opts)
+        yield idx, hs, bufs, out
+
+
 def _chunk(bufs, hs, s_head, ht, t_head, w_r, w_f, opts: _Opts) -> _ChunkOut:
     """Weighted divergence of one chunk, its logit gradient (in ``bufs[0]``) and the zone rule's outputs.
 
@@ -202,7 +221,7 @@ def _chunk(bufs, hs, s_head, ht, t_head, w_r, w_f, opts: _Opts) -> _ChunkOut:
     n, device = hs.shape[0], hs.device
     lp_s, lp_t, (d_buf, pt_buf, work_buf) = bufs[0][:n], bufs[1][:n], bufs[-3:]
     want_grad = opts.need_hidden_grad or opts.need_head_grad
-    tanh = bufs[2][:n] if (opts.softcap is not None and want_grad) else None
+    tanh = bufs[2][:n] if _keeps_tanh(opts) else None
     _project(lp_s, hs, s_head, opts.logit_scale, opts.softcap, tanh_out=tanh)
     _log_softmax_(lp_s, work_buf)
     _project(lp_t, ht, t_head, *opts.teacher_transform)
@@ -265,13 +284,9 @@ class _FusedDivergence(torch.autograd.Function):
         tokens_N, ent_t_N, ent_s_N = (torch.zeros(n_tokens, dtype=torch.float32, device=device) for _ in range(3))
         grad_h = torch.zeros_like(s_hidden_N_H) if opts.need_hidden_grad else None
         grad_w = torch.zeros(vocab, width, dtype=torch.float32, device=device) if opts.need_head_grad else None
-        low, count, rows = s_head_V_H.dtype != torch.float32, 0, min(opts.chunk_size, rows_M.numel())
-        bufs = _buffers(2 + (opts.softcap is not None), rows, vocab, device, opts.workspace) if rows else []
-        for start in range(0, rows_M.numel(), max(rows, 1)):
-            idx, sl = rows_M[start : start + rows], slice(start, start + rows)
-            hs = s_hidden_N_H.index_select(0, idx)
-            out = _chunk(bufs, hs, s_head_V_H, t_hidden_N_H.index_select(0, idx), t_head_V_H, w_rkl_M[sl],
-                         w_fkl_M[sl], opts)  # fmt: skip
+        low, count = s_head_V_H.dtype != torch.float32, 0
+        for idx, hs, bufs, out in _chunks(s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_M, w_rkl_M,
+                                          w_fkl_M, opts):  # fmt: skip
             tokens_N[idx], g = out.values, out.grad
             if out.in_zone is not None:
                 ent_t_N[idx], ent_s_N[idx], count = out.ent_t, out.ent_s, count + int(out.in_zone.sum())
@@ -306,15 +321,25 @@ class _FusedDivergence(torch.autograd.Function):
         return grad_h, grad_w, None, None, None, None, None, None
 
 
+def _inputs(student_hidden, student_head, teacher_hidden, teacher_head, shape, chunk_size, logit_scale, softcap,
+            teacher_transform):  # fmt: skip
+    """Checked, flattened inputs: ``(s_N_H, s_head_V_H, t_N_H, t_head_V_H, teacher (scale, softcap))``;
+    the teacher's side detached and its head cut to the student's V rows."""
+    _check_transform(logit_scale, softcap, chunk_size)
+    teacher_transform = _teacher_transform(logit_scale, softcap, teacher_transform)
+    s_N_H = _flat(student_hidden, shape, "student_hidden")
+    t_N_H = _flat(teacher_hidden, shape, "teacher_hidden").detach()
+    s_head_V_H = _head_rows(student_head, s_N_H, None, "student_head")
+    t_head_V_H = _head_rows(teacher_head.detach(), t_N_H, s_head_V_H.shape[0], "teacher_head")
+    return s_N_H, s_head_V_H, t_N_H, t_head_V_H, teacher_transform
+
+
 def _run(student_hidden, student_head, teacher_hidden, teacher_head, weight_shape, w_rkl_N, w_fkl_N, rows_M,
          normalizer, chunk_size, logit_scale, softcap, teacher_transform, rule=None, workspace=None):  # fmt: skip
     """Checks shapes, builds the options and applies the autograd function (all public paths)."""
-    _check_transform(logit_scale, softcap, chunk_size)
-    teacher_transform = _teacher_transform(logit_scale, softcap, teacher_transform)
-    s_hidden_N_H = _flat(student_hidden, weight_shape, "student_hidden")
-    t_hidden_N_H = _flat(teacher_hidden, weight_shape, "teacher_hidden").detach()
-    s_head_V_H = _head_rows(student_head, s_hidden_N_H, None, "student_head")
-    t_head_V_H = _head_rows(teacher_head.detach(), t_hidden_N_H, s_head_V_H.shape[0], "teacher_head")
+    s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, teacher_transform = _inputs(
+        student_hidden, student_head, teacher_hidden, teacher_head, weight_shape, chunk_size, logit_scale, softcap,
+        teacher_transform)  # fmt: skip
     inv_norm = None if normalizer is None else 1.0 / max(float(normalizer), 1.0)
     grad_on = torch.is_grad_enabled()
     opts = _Opts(chunk_size, float(logit_scale), softcap, teacher_transform, inv_norm, rule,
