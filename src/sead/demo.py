@@ -68,8 +68,8 @@ def demo_config(out: Path, method: str, steps: int, seed: int, max_prompts: int,
         "train": {"steps": steps, "batch_size": p["batch_size"], "micro_batch_size": p["batch_size"], "seed": seed,
                   "save_every": steps, "keep_checkpoints": 1, "output_dir": str(out / "runs" / method)},
         "logging": {"samples_every": max(1, steps // 5), "num_samples": 4},
-        "eval": {"data": [f"heldout={p['heldout']}"], "k": p["eval_samples"], "greedy": True, "temperature": 0.7, "max_prompts": p["eval_prompts"],
-                 "batch_size": p["eval_batch"], "split": "train", **decoding, **fields},
+        "eval": {"data": [f"heldout={p['heldout']}"], "k": p["eval_samples"], "greedy": True, "temperature": 0.7,
+                 "max_prompts": p["eval_prompts"], "batch_size": p["eval_batch"], "split": "train", **decoding, **fields},
     }
 
 
@@ -157,18 +157,20 @@ def _print_table(results: dict, methods: list[str]) -> None:
     for name in ("model", "greedy", "change", "fixed/broken", *([f"avg@{k}", "change"] if k else [])):
         table.add_column(name, justify="left" if name == "model" else "right", no_wrap=True)
 
-    def row(name, greedy, flips=None, avg=None, base=None):
-        cells = [name, _pct(greedy), "" if base is None else _pct(greedy - before, True),
-                 "" if flips is None else f"{flips['fixed']} / {flips['broken']}"]  # fmt: skip
+    avg_before = sampled.get("before")
+
+    def row(name, greedy, avg, flips=None, trained=False):
+        """Rows of trained students also show the change against the student before training."""
+        cells = [name, _pct(greedy), _pct(greedy - before, True) if trained else "",
+                 f"{flips['fixed']} / {flips['broken']}" if flips else ""]  # fmt: skip
         if k:
-            cells += [_pct(avg), "" if base is None or avg is None else _pct(avg - base, True)]
+            cells += [_pct(avg), _pct(avg - avg_before, True) if trained and None not in (avg, avg_before) else ""]
         table.add_row(*cells)
 
-    row("teacher", results["teacher"], avg=sampled.get("teacher"))
-    row("student before", before, avg=sampled.get("before"))
+    row("teacher", results["teacher"], sampled.get("teacher"))
+    row("student before", before, avg_before)
     for m in methods:
-        row(f"after {m}", results["after"][m], results.get("flips", {}).get(m), sampled.get(m),
-            sampled.get("before", 0.0) or 0.0)
+        row(f"after {m}", results["after"][m], sampled.get(m), results.get("flips", {}).get(m), trained=True)
     console = Console()
     console.print(table)
     after = results["after"]
