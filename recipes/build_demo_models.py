@@ -38,10 +38,25 @@ DEFAULT_OUT = ROOT / "src" / "sead" / "assets" / "demo"
 SFT_SEED = 3  # seed of the SFT stream (distinct from the shipped train/heldout seeds)
 
 
-def encode(tokenizer, items):
-    """(prompt ids, target ids) per item: question, then solution + eos."""
+def encode(tokenizer, items, *, direct_share, seed, rtl_share=0.0):
+    """(prompt ids, target ids) per item: question, then a solution + eos.
+
+    The solution is the answer alone (``A:9``) with probability ``direct_share[level]``, else the wrong
+    right-to-left working with probability ``rtl_share``, otherwise a worked solution whose ``+`` steps
+    write their operands in a random order (the reasoning forks).
+    """
+    rng = random.Random(seed)
+    texts = []
+    for it in items:
+        expr = it["question"][:-1]
+        if rng.random() < direct_share.get(it["level"], 0.0):
+            texts.append(toy.direct_solution(expr))
+        elif rtl_share and rng.random() < rtl_share:  # no draw when off: the teacher's forks keep their stream
+            texts.append(toy.right_to_left_solution(expr))
+        else:
+            texts.append(toy.worked_solution(expr, rng))
     prompts = tokenizer([it["question"] for it in items], add_special_tokens=False)["input_ids"]
-    targets = tokenizer([it["solution"] for it in items], add_special_tokens=False)["input_ids"]
+    targets = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [(p, t + [tokenizer.eos_token_id]) for p, t in zip(prompts, targets)]
 
 
@@ -106,6 +121,57 @@ def sft(name, model, tokenizer, groups, *, steps, batch, lr, warmup, final_frac,
     return log
 
 
+def _analysis_section(a):
+    """The measured entropy structure (``recipes/analyse_demo.py``), as README text."""
+    if not a:
+        return "Not measured yet: run `python recipes/analyse_demo.py`.\n"
+    cats = a["by_category"]
+    rows = "\n".join(f"| {c} | {v['share']:.1%} | {v['teacher_entropy']:.3f} | {v['p_zone']['A']:.1%} | "
+                     f"{v['p_zone']['B']:.1%} | {v['p_zone']['C']:.1%} |" for c, v in cats.items())
+    conc = a["concentration"]
+    conc_rows = "\n".join(f"| {z} | {v['token_share']:.1%} | {v['fkl']:.2f}x | {v['rkl']:.2f}x | {v['sead_loss']:.2f}x |"
+                          for z, v in conc.items())
+    return f"""On {a['prompts']} training prompts, one student sample each at temperature {a['temperature']} (seed
+{a['seed']}), {a['tokens']:,} response tokens, both models scoring every token; zones are SEAD's default
+percentiles (50/40/10) over the whole batch:
+- Teacher mean entropy **{a['teacher_entropy_mean']:.3f} nats**; **{a['teacher_entropy_gt_0.5']:.1%}** of tokens above
+  0.5 nats. Student mean entropy {a['student_entropy_mean']:.3f} nats; sampled reward {a['sampled_reward']:.1%}.
+- The student's greedy answer is exactly its wrong right-to-left solution on
+  **{a['student_greedy_right_to_left']:.1%}** of the held-out problems (where that differs from the correct one).
+
+P(zone | token category) (the paper's Table 3; `sead.toy.token_categories`: step start = the first
+character of a step, where the path is chosen):
+
+| category | token share | teacher entropy | A | B | C |
+|---|---|---|---|---|---|
+{rows}
+
+Loss concentration: each zone's share of the loss divided by its share of tokens (1 = fair share;
+paper, forward KL: A 0.19x, B 1.46x, C 3.19x). SEAD loss = RKL on B + {a['alpha']} x FKL on C (first step).
+
+| zone | token share | forward KL | reverse KL | SEAD loss |
+|---|---|---|---|---|
+{conc_rows}
+"""
+
+
+def _demo_section(d):
+    """The measured lift of ``sead demo`` (``recipes/analyse_demo.py --demo RESULTS``)."""
+    if not d:
+        return "Not recorded yet: run `sead demo`, then `python recipes/analyse_demo.py --demo runs/demo/results.json`.\n"
+    rows = "\n".join(f"| {m} | {d['after'][m]:.1%} | {' / '.join(f'{v:.1%}' for v in d['per_seed'][m])} | "
+                     f"{100 * d['vs_before'][m]['mean']:+.1f} [{100 * d['vs_before'][m]['low']:.1f}, "
+                     f"{100 * d['vs_before'][m]['high']:.1f}] | {d['gap_closed'][m]:.0%} |" for m in d["after"])
+    return f"""`sead demo` with its defaults ({d['steps']} steps per run, batch {d['batch_size']}, lr {d['lr']:g} for every
+method, seeds {', '.join(map(str, d['seeds']))}; {d['n_eval']} held-out problems, greedy): student
+{d['before']:.1%}, teacher {d['teacher']:.1%}; demo wall time {d['total_s']:.0f} s.
+
+| method | greedy, mean of seeds | per seed | vs before, points [95% CI] | gap closed |
+|---|---|---|---|---|
+{rows}
+"""
+
+
 def render_readme(m):
     """The assets README, written from the manifest ``m``."""
     rows, curves = [], []
@@ -113,7 +179,7 @@ def render_readme(m):
         r = m[name]
         by_level = " | ".join(f"{acc:.0%}" for acc in r["heldout_acc_by_level"].values())
         rows.append(f"| {name} | {r['shape']['hidden_size']} x {r['shape']['num_hidden_layers']} | {r['params']:,} | "
-                    f"{r['steps']} x {r['batch']} | {r['lr']:g} | "
+                    f"{r['steps']} x {r['batch']} | {r['lr']:g} | {r.get('rtl_share', 0):.0%} | "
                     f"{r['train_s'] / 60:.1f} min ({r['train_cpu_s'] / 60:.1f}) | "
                     f"**{r['heldout_acc']:.1%}** | {by_level} | {r['size_bytes'] / 1e6:.2f} MB |")
         curves.append(f"- {name}: " + ", ".join(f"{e['step']}: {e['dev_acc']:.0%}" for e in r["log"]))
@@ -126,7 +192,8 @@ def render_readme(m):
     return f"""# Demo assets (`sead.toy`)
 
 The embedded default task and models of `sead demo`. Written by `recipes/build_demo_models.py` from
-`manifest.json`; rebuild rather than edit. Command(s) used (teacher and student are independent):
+`manifest.json` (measurements: `recipes/analyse_demo.py`); rebuild rather than edit. Command(s) used
+(teacher and student are independent):
 
 {commands}
 
@@ -136,73 +203,68 @@ A rebuild with the same torch build and thread count reproduces the weights bit 
 Load them with `sead.toy.load_demo_models()` -> `(teacher, student, tokenizer)`, or with plain
 `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained(sead.toy.demo_asset_dir() / "teacher")`.
 
-## Task
-Chained sums from reasoning-gym's `chain_sum`, rewritten compactly: question `98+93-77=`, worked
-solution `98+93=191,191-77=114.A:114`. The verifier `sead.toy:verify` compares the integer after
-the last `A:` with the answer. Levels (item i of a file has level `levels[i % n_levels]`):
+## Design: reasoning forks, and a student that takes a wrong path
+Chained sums of one-digit terms from reasoning-gym's `chain_sum`, solved step by step:
+question `4-9+8+6=`, worked solution `4-9=-5,-5+8=3,3+6=9.A:9`. The verifier `sead.toy:verify`
+compares the integer after the last `A:` with the answer. Levels (item i of a file has level
+`levels[i % n_levels]`):
 {levels}
+
+- **Forks in the teacher.** In the teacher's training solutions every `+` step writes its two operands
+  in a random order (`3+6=9` or `6+3=9`, `sead.toy.worked_solution`): two valid paths, so the teacher
+  is genuinely uncertain at the first character of a `+` step (about ln 2 nats) and near-certain on the
+  arithmetic and the syntax.
+- **A strategy gap in the student.** The student learned from a weaker solver: {m['student'].get('rtl_share', 0):.0%} of its
+  training solutions evaluate the chain from the right (`4-9+8` as `4-(9+8)`,
+  `sead.toy.right_to_left_solution`), which is wrong whenever a minus comes before a later operator,
+  the rest are the teacher's kind. It can do each step (the arithmetic of one-digit chains is easy for
+  it) but its greedy answer usually takes the wrong path. The teacher never saw that path and rules it
+  out at the first tokens, where the student is unsure: a gap the teacher's token-level signal can
+  close in a few dozen steps. Stated plainly: the student's weakness is built in by its training data.
 
 - `data/train.jsonl`: {m['data']['train']} distinct prompts, `make_task(seed={seeds['train']})`, no heldout question.
 - `data/heldout.jsonl`: {m['data']['heldout']} distinct prompts, `make_task(seed={seeds['heldout']})`.
 
-Fields: `id`, `question`, `answer`, `level`, `solution`. Both files: `sead.toy.write_task_files(dir)`.
+Fields: `id`, `question`, `answer`, `level`, `solution` (the canonical left-to-right solution). Both
+files: `sead.toy.write_task_files(dir)`.
 
 ## Models
 `LlamaForCausalLM` with tied embeddings over one character vocabulary of {m['vocab_size']} tokens
 (`<pad>`=0, `<eos>`=1, `<unk>`=2, then `{''.join(CHARS)}`; no bos, no chat template). `teacher/` and
 `student/` each hold `model.safetensors`, the configs and the same tokenizer files.
 
-Both are trained by supervised fine-tuning on worked solutions (prompt = question, target =
-solution + `<eos>`, loss on the target only), AdamW (betas 0.9/0.98, weight decay 0.01, clip 1.0),
-linear warmup then cosine decay, batches of one level each, level shares {shares},
-drawn from a pool of {m['sft_pool']:,} items (`make_task(seed={seeds['sft']}, unique=False)`, heldout
-questions excluded). Init/data-order seeds: teacher {seeds['teacher']}, student {seeds['student']}.
-The student is deliberately under-trained: weak but learning, so distillation has room to show.
+Both are trained by supervised fine-tuning (prompt = question, target = solution + `<eos>`, loss on
+the target only), AdamW (betas 0.9/0.98, weight decay 0.01, clip 1.0), linear warmup then cosine
+decay, batches of one level each, level shares {shares}, drawn from a pool of {m['sft_pool']:,} items
+(`make_task(seed={seeds['sft']}, unique=False)`, heldout questions excluded). Init/data-order seeds:
+teacher {seeds['teacher']}, student {seeds['student']}. Accuracy = greedy exact answer on `data/heldout.jsonl`.
 
-Accuracy = greedy exact answer on `data/heldout.jsonl` (`sead.toy.greedy_accuracy`).
-
-| model | hidden x layers | params | steps x batch | peak lr | train time, wall (CPU) | heldout | {level_cols} | size |
-|---|---|---|---|---|---|---|{'---|' * len(m['levels'])}---|
+| model | hidden x layers | params | steps x batch | peak lr | right-to-left share | train time, wall (CPU) | heldout | {level_cols} | size |
+|---|---|---|---|---|---|---|---|{'---|' * len(m['levels'])}---|
 {chr(10).join(rows)}
 
-Dev accuracy (200 other fresh items) during training, by step:
+Dev accuracy (200 other fresh items, greedy) during training, by step:
 {chr(10).join(curves)}
 
-## Recipe choices (measured on the same machine while designing the recipe; heldout / dev accuracy)
-- Teacher lr schedule, 2,000 steps: cosine from 3e-3 86.5% / 92.0%; constant 2e-3 83.0% / 79.0%.
-- Teacher level shares: L4 x2 86.5% / 92.0% (L4 66%); equal shares 87.0% / 91.5% (L4 60%).
-- Student depth, 1,000 steps, equal shares: 64 x 4 (264k params) 65.0%; 64 x 2 (133k) 18.5%, too
-  slow to learn carries to show distillation gains. The shipped student stops earlier on purpose.
-
-## How the shipped student reacts to further training (measured after the build, not by it)
-Held-out greedy accuracy from 32.5%, batch 32, warmup 5, cosine, seed 0 unless stated; 40 steps
-at lr 1e-4 is the demo's budget.
-- Greedy accuracy is knife-edge here: 39% of the student's correct answers have a near-tie (top-2
-  gap under 0.25 nats) at some token, and every run, even plain supervised fine-tuning (SFT) on the
-  reference solutions at lr 1e-4, changes 15-40 of the 200 greedy answers in both directions. The
-  seed alone moves opd from 29.5% to 32.0%. Read the demo's greedy differences with that band.
-- The budget is small: SFT on the reference solutions gives 33.5% (lr 1e-4, 40 steps), 34.5%
-  (lr 1e-3, 200 steps); Adam fed random gradients for 40 steps gives 32.5 / 31.0 / 28.0% at lr
-  1e-4 / 3e-4 / 1e-3. The student is an end-of-schedule checkpoint (final lr 6e-5): a fresh AdamW at
-  lr >= 3e-4 first knocks it down (SFT at 1e-3: 15% after 10 steps, recovering to 33.5% by 80).
-- The teacher is nearly one-hot (mean entropy 0.03 nats; its non-argmax tokens at log-probabilities
-  -12 to -20), so most reverse KL sits on student mass the teacher rules out: lowering it sharpens
-  the student (entropy 0.20 -> 0.14, sampled reward up) more than it moves the argmax, which differs
-  from the teacher's on 6% of the student's greedy tokens. rkl (lr 1e-3, 200 steps): 34.0%, reverse
-  KL 0.64 -> 0.45; fkl behaves like SFT (31.5%); opd at lr >= 3e-4 diverges (reverse KL rises, 6-21%).
-- EOPD's forward-KL gate at tau 0.5 nats opens on 2.5% of tokens (5.3% above 0.1): near plain
-  reverse KL on this teacher.
-- A different starting point does not change this: mid-schedule snapshots of the same recipe (step
-  700: 25.0%, step 760: 32.0%) distilled for 60 steps (opd, rkl, fkl, eopd, sead; lr 1e-4-1e-3)
-  ended within -6 to +3 points greedy, never above supervised fine-tuning on the reference
-  solutions at the same settings (+3 to +7) or simply continuing the recipe (+3 after 40 steps).
-  The teacher was trained on the same solutions and is nearly one-hot, so its on-policy signal
-  adds little here; a demo that shows a gain needs a less peaked teacher or a larger budget.
+## Measured: what distillation sees
+{_analysis_section(m.get('analysis'))}
+## Measured: the lift
+{_demo_section(m.get('demo'))}
+## Recipe choices (measured on the same machine while designing the task)
+- The previous task (two-digit chains, a student 32.5% / teacher 86.5%) left nothing for on-policy
+  distillation to close in the demo's budget: every method ended 2.5-7.5 points *below* the student
+  (the student's errors were arithmetic skill; the teacher had no forks, mean entropy 0.03 nats).
+- A student that answers directly (`A:9`, 60% of its training targets) does not work on two-digit
+  chains (its steps are too weak: 33% when forced to work step by step) nor on one-digit chains,
+  where it sums the whole chain in one go at 95% held-out: no gap to close.
+- Right-to-left share 0.6, student 1,500 steps: greedy 33.5% (L1 64%, L4 12%). One seed, 40 steps,
+  batch 32: opd / eopd / sead reached 71.0 / 76.5 / 77.0% at lr 1e-4 and 67.5 / 78.5 / 75.0% at lr
+  3e-4. The demo keeps lr 1e-4 (the earlier demo's value) for every method.
+- Teacher: one-digit chains are easy for the 128 x 4 model (dev 91% at step 500, 99.5% at 1,000).
 
 Built with {m['threads']} torch thread(s) on {m['machine']}, torch {m['torch']}, transformers
-{m['transformers']}; whole build {m['build_s'] / 60:.0f} min wall, {m['build_cpu_s'] / 60:.0f} min CPU. Wall times were
-taken while other jobs shared the machine; the CPU time (in parentheses above) is the better guide:
-on an idle core the wall time is about the CPU time.
+{m['transformers']}; whole build {m.get('build_s', 0) / 60:.0f} min wall, {m.get('build_cpu_s', 0) / 60:.0f} min CPU. Wall
+times were taken while other jobs shared the machine; the CPU time (in parentheses) is the better guide.
 """
 
 
@@ -212,15 +274,21 @@ def _shape(text):
     return dict(zip(keys, (int(v) for v in text.split(","))))
 
 
+def _floats(text, n):
+    """``"0.6"`` -> n copies; ``"0.2,0.6,0.4,0.8"`` -> one value per level."""
+    values = [float(v) for v in str(text).split(",")]
+    return values * n if len(values) == 1 else values
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--sft-pool", type=int, default=60_000, help="size of the SFT item pool (seeded)")
-    ap.add_argument("--teacher-steps", type=int, default=2000)
+    ap.add_argument("--teacher-steps", type=int, default=1500)
     ap.add_argument("--teacher-lr", type=float, default=3e-3)
-    ap.add_argument("--student-steps", type=int, default=850)
+    ap.add_argument("--student-steps", type=int, default=1500)
     ap.add_argument("--student-lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
@@ -233,6 +301,13 @@ def main(argv=None):
                     help="relative share of SFT batches per level (the hardest level gets more)")
     ap.add_argument("--teacher-shape", type=_shape, default=toy.TEACHER_SHAPE, help="hidden,layers,heads,ffn")
     ap.add_argument("--student-shape", type=_shape, default=toy.STUDENT_SHAPE, help="hidden,layers,heads,ffn")
+    ap.add_argument("--teacher-direct", default="0",
+                    help="share of SFT targets that are the bare answer (one value, or one per level)")
+    ap.add_argument("--student-direct", default="0",
+                    help="share of the student's SFT targets that skip the working (one value, or one per level)")
+    ap.add_argument("--teacher-rtl", type=float, default=0.0)
+    ap.add_argument("--student-rtl", type=float, default=0.6,
+                    help="share of the student's SFT targets worked right to left (wrong when a minus precedes)")
     ap.add_argument("--skip", choices=["teacher", "student"], action="append", default=[],
                     help="do not train this model (for experiments)")
     args = ap.parse_args(argv)
@@ -246,9 +321,6 @@ def main(argv=None):
     dev = toy.make_task(200, seed=SFT_SEED + 100, exclude=exclude)
     tokenizer = toy.build_tokenizer()
     sft_items = toy.make_task(args.sft_pool, SFT_SEED, unique=False, exclude=exclude)
-    groups = {}
-    for item, pair in zip(sft_items, encode(tokenizer, sft_items)):
-        groups.setdefault(item["level"], []).append(pair)
     print(f"data: {len(sft_items)} SFT items, {len(heldout)} heldout, {time.time() - t_start:.0f}s", flush=True)
 
     command = " ".join(["python recipes/build_demo_models.py", *(sys.argv[1:] if argv is None else argv)])
@@ -270,6 +342,11 @@ def main(argv=None):
                                           args.student_seed)):
         if name in args.skip:
             continue
+        direct = dict(zip(toy.LEVELS, _floats(getattr(args, f"{name}_direct"), len(toy.LEVELS))))
+        groups = {}
+        pairs = encode(tokenizer, sft_items, direct_share=direct, seed=seed, rtl_share=getattr(args, f"{name}_rtl"))
+        for item, pair in zip(sft_items, pairs):
+            groups.setdefault(item["level"], []).append(pair)
         model = toy.build_model(tokenizer, shape, seed)
         t0, c0 = time.time(), time.process_time()
         log = sft(name, model, tokenizer, groups, steps=steps, batch=args.batch, lr=lr,
@@ -284,7 +361,8 @@ def main(argv=None):
         tokenizer.save_pretrained(folder)
         manifest[name] = {
             "command": command, "shape": shape, "params": sum(p.numel() for p in model.parameters()), "steps": steps,
-            "batch": args.batch, "lr": lr, "schedule": args.schedule, "train_s": round(train_s, 1),
+            "batch": args.batch, "lr": lr, "direct_share": {str(k): v for k, v in direct.items()},
+            "rtl_share": getattr(args, f"{name}_rtl"), "schedule": args.schedule, "train_s": round(train_s, 1),
             "train_cpu_s": round(train_cpu_s, 1), "heldout_acc": acc,
             "heldout_acc_by_level": {str(k): v for k, v in by_level.items()},
             "size_bytes": sum(f.stat().st_size for f in folder.iterdir()),

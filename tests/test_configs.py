@@ -57,3 +57,16 @@ def test_bad_yaml_names_line(tmp_path):
     bad.write_text("train:\n  steps: [1, 2\n")
     with pytest.raises(ConfigError, match="line"):
         load_config(bad)
+
+
+def test_recipes_are_written_from_the_demo_settings():
+    """configs/*.yaml come from sead.demo.demo_config: a hand edit (or a demo change) without a rewrite fails."""
+    import runpy
+
+    script = Path(__file__).parent.parent / "recipes" / "write_configs.py"
+    write_configs = runpy.run_path(str(script))
+    assert write_configs["main"](["--check"]) == 0
+    for path in CONFIGS:
+        cfg = load_config(path)
+        assert cfg.optim.lr == write_configs["recipe"]("opd")["optim"]["lr"]  # one learning rate for every method
+        assert cfg.train.steps == write_configs["PRESETS"]["tiny"][0]

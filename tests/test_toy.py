@@ -52,6 +52,44 @@ def test_exclude_and_solve():
         toy.solve("12")
 
 
+def test_worked_solutions_fork_only_where_the_order_is_free():
+    import random
+
+    rng = random.Random(0)
+    seen = {toy.worked_solution("3+4-2+5", rng) for _ in range(40)}
+    # "+" steps may swap their operands, the "-" step may not ("5+5" reads the same either way).
+    assert seen == {"3+4=7,7-2=5,5+5=10.A:10", "4+3=7,7-2=5,5+5=10.A:10"}
+    assert {toy.worked_solution("8-1-2", rng) for _ in range(20)} == {toy.solve("8-1-2")[0]}
+    for expr in ("12+3-4+5", "9+9+9", "1-2-3-4"):
+        for _ in range(10):
+            assert toy.verify(toy.worked_solution(expr, rng), toy.solve(expr)[1])
+
+
+def _right_nested(expression: str) -> int:
+    """a op1 (b op2 (c ...)): the reference for the student's wrong strategy."""
+    terms = [int(t) for t in re.findall(r"\d+", expression)]
+    ops = re.findall(r"(?<=\d)[+-]", expression)
+    value = terms[-1]
+    for op, term in zip(reversed(ops), reversed(terms[:-1])):
+        value = term + value if op == "+" else term - value
+    return value
+
+
+def test_right_to_left_is_wrong_when_a_minus_comes_early():
+    early_minus = wrong = 0
+    for it in toy.make_task(200, seed=4):
+        expr = it["question"][:-1]
+        solution = toy.right_to_left_solution(expr)
+        assert toy.verify(solution, _right_nested(expr))
+        if all(op == "+" for op in re.findall(r"(?<=\d)[+-]", expr)[:-1]):
+            assert toy.verify(solution, it["answer"])  # right nesting is harmless without an early minus
+        else:
+            early_minus += 1
+            wrong += not toy.verify(solution, it["answer"])
+    assert early_minus > 100 and wrong > 0.8 * early_minus
+    assert toy.direct_solution("4-9+8") == "A:3"
+
+
 def test_extract_answer_and_verify():
     assert toy.extract_answer("98+93=191,191-77=114.A:114") == "114"
     assert toy.extract_answer("A:1 A: -7 ") == "-7"
@@ -122,6 +160,32 @@ def test_shipped_teacher_beats_student(shipped):
     teacher = toy.greedy_accuracy(shipped["teacher"], tok, heldout)
     student = toy.greedy_accuracy(shipped["student"], tok, heldout)
     assert tok.padding_side == side  # restored
-    assert teacher >= 0.7 and teacher > student + 0.2, (teacher, student)
+    assert teacher >= 0.9 and teacher > student + 0.3, (teacher, student)
     responses = toy.greedy_responses(shipped["teacher"], tok, [it["question"] for it in heldout[:5]])
     assert all("A:" in r for r in responses)
+
+
+def test_shipped_teacher_is_uncertain_at_forks_and_sure_elsewhere(shipped):
+    """The designed entropy structure: a "+" first step can start with either operand, a "-" one cannot."""
+    import torch
+
+    from sead.divergence import entropy
+
+    tok, teacher = shipped["student_tok"], shipped["teacher"]
+
+    def first_token_entropy(question):
+        ids = torch.tensor([tok(question)["input_ids"]])
+        with torch.no_grad():
+            return float(entropy(teacher(ids).logits[0, -1]))
+
+    fork = [first_token_entropy(q) for q in ("3+5-2=", "1+8+4-6=", "7+2-9+1+4=")]
+    sure = [first_token_entropy(q) for q in ("3-5+2=", "8-1+4-6=", "7-2-9+1+4=")]
+    assert min(fork) > 0.4 and max(sure) < 0.1, (fork, sure)
+
+
+def test_shipped_student_mostly_works_right_to_left(shipped):
+    """The student's designed weakness: its greedy solutions often start from the right end of the chain."""
+    heldout = toy.read_jsonl(toy.demo_data_paths()[1])[:60]
+    responses = toy.greedy_responses(shipped["student"], shipped["student_tok"], [it["question"] for it in heldout])
+    rtl = sum(r == toy.right_to_left_solution(it["question"][:-1]) for r, it in zip(responses, heldout))
+    assert rtl >= len(heldout) // 3, rtl

@@ -172,6 +172,12 @@ def _empty(ax, text="not logged"):
     ax.set_yticks([])
 
 
+def uses_alpha(run: RunData) -> bool:
+    """Whether the run's loss depends on the annealed forward-KL weight (SEAD, or OPSD with SEAD zones)."""
+    objective = (run.config or {}).get("objective") or {}
+    return run.method == "sead" or run.method == "opsd" and objective.get("opsd_divergence") == "sead"
+
+
 def training_curves(run: RunData):
     """Loss, KL to the teacher (all tokens), reward/eval accuracy, lr + alpha, response length, grad norm."""
     if not run.metrics:
@@ -204,7 +210,7 @@ def training_curves(run: RunData):
         if title == "Learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
             steps, alpha = run.series("sched/alpha")
-            if steps:
+            if steps and uses_alpha(run):  # every method logs alpha; only SEAD's zone C uses it
                 tw = ax.twinx()
                 tw.plot(steps, alpha, color="#c2410c", lw=1.2, label="sched/alpha")
                 tw.set_ylabel("alpha (FKL weight)", color="#c2410c", fontsize=9)
@@ -348,20 +354,23 @@ def token_figure(run: RunData, tok: dict[str, list], jaccard: float):
     ok = np.isfinite(ht) & np.isfinite(hs)
     if ok.any():
         keep = np.asarray(_thin(int(ok.sum())))
-        t, s, z = ht[ok][keep], hs[ok][keep], zone[ok][keep]
+        floor = 1e-4  # log axes: entropies span 1e-6 to 1 nats here; zeros sit on the floor
+        t, s, z = np.maximum(ht[ok][keep], floor), np.maximum(hs[ok][keep], floor), zone[ok][keep]
         for zz in sorted(set(z.tolist())):
             m = z == zz
             ax2.scatter(t[m], s[m], s=6, alpha=0.6, color=ZONE_COLORS.get(zz, "#555"),
                         label=_zlabel(zz), rasterized=True, lw=0)
         ax2.axvline(np.quantile(ht[ok], 0.8), color="#c2410c", ls="--", lw=0.9, label="top 20% teacher")
         ax2.axhline(np.quantile(hs[ok], 0.8), color="#1d4ed8", ls="--", lw=0.9, label="top 20% student")
-        lim = max(ht[ok].max(), hs[ok].max()) * 1.05 or 1.0
-        ax2.plot([0, lim], [0, lim], color="#999", lw=0.7, ls=":")
-        ax2.set_xlim(0, lim)
-        ax2.set_ylim(0, lim)
+        lim = max(ht[ok].max(), hs[ok].max(), 10 * floor) * 1.5
+        ax2.plot([floor, lim], [floor, lim], color="#999", lw=0.7, ls=":")
+        ax2.set_xscale("log")
+        ax2.set_yscale("log")
+        ax2.set_xlim(floor * 0.8, lim)
+        ax2.set_ylim(floor * 0.8, lim)
         ax2.legend(fontsize=8, loc="upper left", markerscale=2)
-        ax2.set_xlabel("teacher entropy (nats)", fontsize=9)
-        ax2.set_ylabel("student entropy (nats)", fontsize=9)
+        ax2.set_xlabel(f"teacher entropy (nats, log; floor {floor:g})", fontsize=9)
+        ax2.set_ylabel(f"student entropy (nats, log; floor {floor:g})", fontsize=9)
     else:
         _empty(ax2, "no entropies")
     jac = "–" if not math.isfinite(jaccard) else f"{100 * jaccard:.1f}%"

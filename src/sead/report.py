@@ -30,7 +30,7 @@ ZONE_COLORS = {0: "#9e9e9e", 1: "#3b82f6", 2: "#f59e0b", -1: "#a78bfa"}  # A gre
 PAPER_FAIR_SHARE = {0: 0.19, 1: 1.46, 2: 3.19}  # SEAD paper: FKL share / token share per zone
 PAPER_JACCARD = 0.637
 _EVAL_ORDER = (("before", "base", "init", "pre", "start"), ("after", "final", "end"))  # first, last; others between
-SECTIONS = [("overview", "Runs"), ("training", "Training curves"), ("zones", "Token zones and loss concentration"),
+SECTIONS = [("result", "Result"), ("overview", "Runs"), ("training", "Training curves"), ("zones", "Token zones and loss concentration"),
             ("tokens", "Per-token loss and entropy"), ("entropy", "Student entropy over training"),
             ("rollouts", "Rollouts coloured by zone"), ("eval", "Evaluation")]
 
@@ -254,12 +254,13 @@ def _resolve_out(runs: list[Path], out: str | Path | None) -> Path:
 
 
 def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, max_rollouts: int = 3,
-                 max_tokens: int = 1500) -> Path:
+                 max_tokens: int = 1500, demo: dict | None = None) -> Path:
     """Write the HTML report of ``run_dirs`` and one PNG per figure next to it; return the HTML path.
 
     ``out``: a directory (HTML at ``out/report.html``) or an ``.html`` file; default ``RUN/report/``
     for one run, ``<parent of the first run>/report/`` for several. Rollouts: the first
-    ``max_rollouts`` of the latest logged step of each run, at most ``max_tokens`` tokens each."""
+    ``max_rollouts`` of the latest logged step of each run, at most ``max_tokens`` tokens each.
+    ``demo``: the results of ``sead demo`` (``results.json``), shown first as the comparison table."""
     if not run_dirs:
         raise SeadError("no run directory given; pass one or more folders holding metrics.jsonl")
     import importlib.util
@@ -277,8 +278,10 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     html_path.parent.mkdir(parents=True, exist_ok=True)
     figs, taken = _Figures(html_path.parent), set()
     parts = {sid: [] for sid, _ in SECTIONS}
+    parts["result"].append(_result_section(runs, demo))
     parts["overview"].append(_overview(runs))
     parts["rollouts"].append(plots.rollout_legend())
+    parts["training"].append(_overlay(runs, figs))
     for r in runs:
         slug, head = _slug(r.name, taken), f"<h3>{_e(r.name)} <span class=small>({_e(r.method)})</span></h3>"
         fig = plots.training_curves(r)
@@ -310,6 +313,36 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
                          f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1><nav>{toc}</nav>{body}"
                          f"</body></html>\n", encoding="utf-8")
     return html_path
+
+
+def _result_section(runs: list[RunData], demo: dict | None) -> str:
+    """The demo's comparison table (seed means, intervals, churn) or, for plain runs, the final eval."""
+    if demo is None:
+        return '<p class="note">Per-run evaluation files are listed under <a href="#eval">Evaluation</a>.</p>'
+    from sead.demo_summary import caption, summary_rows, verdict_lines
+
+    methods = list(demo["after"])
+    header, rows = summary_rows(demo, methods)
+    return (_table(header, [[_e(c) for c in row] for row in rows], "eval")
+            + f'<p class="note">{_e(caption(demo))}</p>'
+            + "".join(f"<p>{_e(line)}</p>" for line in verdict_lines(demo, methods)))
+
+
+def _overlay(runs: list[RunData], figs: _Figures) -> str:
+    """All methods on shared axes (mean over seeds), with a caption where the curriculum bends the reward."""
+    from sead.comparison_plots import method_overlay
+
+    fig = method_overlay(runs)
+    if fig is None:
+        return ""
+    note = ""
+    curriculum = sorted({r.method for r in runs if ((r.config or {}).get("objective") or {}).get("curriculum")
+                         and ((r.config or {}).get("curriculum") or {}).get("sampler", "uniform") != "uniform"})
+    if curriculum:
+        note = (f" With the curriculum ({', '.join(curriculum)}) batches start with the easiest prompts and grow "
+                "harder, so the sampled reward of those runs falls by design; compare held-out accuracy instead.")
+    return figs.add(fig, "methods_overlay", "Methods on shared axes: mean over each method's runs (seeds), a light "
+                    "running mean, raw values faint." + note) + "<h3>Each run</h3>"
 
 
 def _overview(runs: list[RunData]) -> str:

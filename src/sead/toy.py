@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 # level -> (number of terms, digits per term); ordered from easy to hard for a small model.
-LEVELS: dict[int, tuple[int, int]] = {1: (3, 1), 2: (4, 1), 3: (2, 2), 4: (3, 2)}
+LEVELS: dict[int, tuple[int, int]] = {1: (3, 1), 2: (4, 1), 3: (5, 1), 4: (6, 1)}
 DEFAULT_LEVELS: tuple[int, ...] = tuple(LEVELS)
 
 # Characters of the task; everything else maps to <unk>.
@@ -39,7 +40,7 @@ TEACHER_SHAPE: dict[str, int] = {"hidden_size": 128, "num_hidden_layers": 4, "nu
 STUDENT_SHAPE: dict[str, int] = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2,
                                  "intermediate_size": 256}
 MAX_POSITIONS = 128  # the longest item (question, worked solution, eos) is 40 tokens
-MAX_NEW_TOKENS = 40  # the longest worked solution plus eos is 32 tokens
+MAX_NEW_TOKENS = 56  # the longest worked solution plus eos is 52 tokens
 
 # Seeds of the shipped data files (assets/demo/data); the train file excludes every heldout question.
 DEMO_TRAIN_SEED, DEMO_HELDOUT_SEED = 1, 2
@@ -48,22 +49,67 @@ DEMO_TRAIN_SIZE, DEMO_HELDOUT_SIZE = 3000, 200
 
 # ----------------------------------------------------------------------------------------- task
 def solve(expression: str) -> tuple[str, int]:
-    """Worked solution and value of ``expression`` (e.g. ``"98+93-77"``, integer terms, + and - only).
+    """Canonical worked solution (left to right, operands in question order) and value of ``expression``.
 
     >>> solve("98+93-77")
     ('98+93=191,191-77=114.A:114', 114)
     """
+    terms, ops = _terms(expression)
+    value = terms[0]
+    for op, term in zip(ops, terms[1:]):
+        value = value + term if op == "+" else value - term
+    return worked_solution(expression), value
+
+
+def _terms(expression: str) -> tuple[list[int], list[str]]:
+    """``"98+93-77"`` -> ([98, 93, 77], ["+", "-"])."""
     if not re.fullmatch(r"-?\d+(?:[+-]\d+)+", expression):
         raise DataError(f"cannot parse {expression!r}: expected two or more integers joined by + or -")
     first, *rest = re.findall(r"-?\d+|[+-]\d+", expression)
-    terms = [int(first)] + [int(t[1:]) for t in rest]
-    ops = [t[0] for t in rest]
+    return [int(first)] + [int(t[1:]) for t in rest], [t[0] for t in rest]
+
+
+def worked_solution(expression: str, rng: random.Random | None = None) -> str:
+    """A worked solution of ``expression``, one step per operator, left to right.
+
+    With ``rng`` every ``+`` step writes its two operands in a random order (``191+77`` or ``77+191``):
+    two equally valid paths, so a model trained on such solutions is genuinely uncertain at the first
+    token of each ``+`` step (a reasoning fork) and near-certain on the arithmetic that follows.
+
+    >>> worked_solution("98+93-77")
+    '98+93=191,191-77=114.A:114'
+    """
+    terms, ops = _terms(expression)
     value, steps = terms[0], []
     for op, term in zip(ops, terms[1:]):
         new = value + term if op == "+" else value - term
-        steps.append(f"{value}{op}{term}={new}")
+        left, right = (term, value) if op == "+" and rng is not None and rng.random() < 0.5 else (value, term)
+        steps.append(f"{left}{op}{right}={new}")
         value = new
-    return ",".join(steps) + f".A:{value}", value
+    return ",".join(steps) + f".A:{value}"
+
+
+def right_to_left_solution(expression: str) -> str:
+    """A *wrong* worked solution: the chain evaluated from the right, ``a-b+c`` as ``a-(b+c)``.
+
+    The demo's student learned from a weaker solver that often works this way; it agrees with the
+    left-to-right value only when no ``-`` comes before a later operator (``1+2-3``, not ``1-2+3``).
+
+    >>> right_to_left_solution("4-9+8")
+    '9+8=17,4-17=-13.A:-13'
+    """
+    terms, ops = _terms(expression)
+    value, steps = terms[-1], []
+    for op, term in zip(reversed(ops), reversed(terms[:-1])):
+        new = term + value if op == "+" else term - value
+        steps.append(f"{term}{op}{value}={new}")
+        value = new
+    return ",".join(steps) + f".A:{value}"
+
+
+def direct_solution(expression: str) -> str:
+    """The answer with no working (``A:114``): the shortcut the demo's student often takes."""
+    return f"A:{solve(expression)[1]}"
 
 
 def _level_items(level: int, seed: int) -> Iterable[tuple[str, str]]:
@@ -169,6 +215,38 @@ def verify(response: str, answer: str | int) -> bool:
         return int(got) == int(str(answer).strip())
     except ValueError:
         return got == str(answer).strip()
+
+
+TOKEN_CATEGORIES = ("step start", "operand", "computation", "syntax")
+
+
+def token_categories(response: str) -> list[str]:
+    """One category per character of a response (the paper's Table 3 split, for this task).
+
+    ``step start``: the first character of each step, where the path is chosen (which operand comes
+    first, or from which end of the chain to start): the reasoning forks. ``operand``: the rest of
+    the operands being copied. ``computation``: each step's result and the final answer.
+    ``syntax``: ``+ - = , . A :`` between them. A ``-`` that signs a number belongs to that number.
+    """
+    out, state = [], "start"  # start | operand | result | answer
+    for i, ch in enumerate(response):
+        prev = response[i - 1] if i else ""
+        signs_number = ch == "-" and (i == 0 or prev in "=,:+-") and i + 1 < len(response) and response[i + 1].isdigit()
+        if ch.isdigit() or signs_number:
+            if state == "start":
+                out.append("step start")
+                state = "operand"
+            else:
+                out.append("computation" if state in ("result", "answer") else "operand")
+            continue
+        out.append("syntax")
+        if ch == ",":
+            state = "start"
+        elif ch == "=":
+            state = "result"
+        elif ch == ":":
+            state = "answer"
+    return out
 
 
 # ------------------------------------------------------------------------------------ tokenizer

@@ -1,0 +1,67 @@
+"""Methods side by side: training curves of several runs overlaid on shared axes, seeds averaged.
+
+Runs of one method (``RunData.method``; sead's T/A/C variants by config name) are averaged step by
+step over their seeds, then lightly smoothed, so each method is one line per panel.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from sead.plots import _figure
+from sead.report import RunData
+
+__all__ = ["method_overlay", "PANELS"]
+
+PANELS = (
+    ("reward/mean", "Sampled reward (verifier, training batch)"),
+    ("loss/rkl", "Reverse KL to the teacher, all tokens"),
+    ("entropy/student_mean", "Mean student entropy (nats)"),
+    ("eval/heldout/pass@1", "Held-out greedy accuracy (in-training eval)"),
+)
+
+
+def _running_mean(values: list[float], half: int) -> list[float]:
+    n = len(values)
+    return [statistics.fmean(values[max(0, i - half):i + half + 1]) for i in range(n)]
+
+
+def _mean_series(runs: Sequence[RunData], key: str) -> tuple[list[int], list[float]]:
+    by_step: dict[int, list[float]] = {}
+    for r in runs:
+        for s, v in zip(*r.series(key)):
+            if v == v:  # NaN-free only
+                by_step.setdefault(s, []).append(v)
+    steps = sorted(by_step)
+    return steps, [statistics.fmean(by_step[s]) for s in steps]
+
+
+def method_overlay(runs: Sequence[RunData]):
+    """One figure, a panel per quantity, one line per method (mean over its runs); None without metrics."""
+    groups: dict[str, list[RunData]] = {}
+    for r in runs:
+        if r.metrics:
+            groups.setdefault(r.method, []).append(r)
+    panels = [(k, t) for k, t in PANELS if any(_mean_series(g, k)[0] for g in groups.values())]
+    if len(groups) < 2 or not panels:
+        return None
+    fig = _figure(4.2 * len(panels), 3.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (key, title) in zip(axes, panels):
+        for method, group in groups.items():
+            steps, vals = _mean_series(group, key)
+            if not steps:
+                continue
+            label = f"{method} ({len(group)} run{'s' * (len(group) > 1)})"
+            if key.startswith("eval/"):
+                ax.plot(steps, vals, "o-", ms=4, label=label)
+            else:
+                # Light smoothing: a centred running mean over ~5% of the steps (at least 5 steps).
+                line = ax.plot(steps, _running_mean(vals, max(2, len(vals) // 40)), lw=1.6, label=label)[0]
+                ax.plot(steps, vals, color=line.get_color(), alpha=0.2, lw=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return fig
