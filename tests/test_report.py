@@ -177,8 +177,9 @@ def test_report_two_runs(two_runs, two_run_report):
     for sid, title in SECTIONS:
         assert f'<section id="{sid}"><h2>{title}</h2>' in text
     pngs = sorted(p.name for p in out.parent.glob("*.png"))
-    assert pngs == ["entropy_student.png", "tokens_opd-run.png", "tokens_sead-run.png", "training_opd-run.png",
-                    "training_sead-run.png", "zones_sead-run.png"]
+    assert pngs == ["entropy_student.png", "methods_overlay.png", "tokens_opd-run.png", "tokens_sead-run.png",
+                    "training_opd-run.png", "training_sead-run.png", "zones_sead-run.png"]
+    assert "Methods on shared axes" in text  # two methods: one overlay figure before the per-run curves
     assert all((out.parent / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert text.count("data:image/png;base64,") == len(pngs)
     # self-contained and escaped: no scripts, no external resources; the evil token/prompt shows as text
