@@ -226,3 +226,26 @@ def test_report_default_out_and_missing_data(tmp_path, capsys):
     assert "Not available: sead [empty] has no metrics.jsonl rows" in text
     assert "Not available: no run logged entropy/student_mean" in text
     assert "Not available: no run has eval/*.json" in text
+
+
+def test_overlay_groups_methods_and_alpha_belongs_to_sead_only(tmp_path):
+    from sead.comparison_plots import method_overlay, overlay_caption
+    from sead.plots import uses_alpha
+    from sead.report import RunData
+
+    def run(name, method, reward, curriculum=False):
+        cfg = {"objective": {"method": method, "curriculum": curriculum},
+               "curriculum": {"sampler": "competence" if curriculum else "uniform"}}
+        rows = [{"step": s, "reward/mean": reward + 0.01 * s, "sched/alpha": 0.8} for s in range(1, 21)]
+        return RunData(path=tmp_path / name, name=name, method=method, config=cfg, metrics=rows)
+
+    runs = [run("opd-s0", "opd", 0.2), run("opd-s1", "opd", 0.4), run("sead-s0", "sead", 0.5, curriculum=True)]
+    fig = method_overlay(runs)
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert labels == ["opd (2 runs)", "sead (1 run)"]
+    opd_mean = ax.get_lines()[0].get_ydata()
+    assert abs(opd_mean[10] - (0.3 + 0.11)) < 1e-9  # the mean of the two seeds, smoothed over a linear ramp
+    assert method_overlay(runs[:2]) is None  # one method: nothing to compare
+    assert "curriculum (sead)" in overlay_caption(runs) and "curriculum" not in overlay_caption(runs[:2])
+    assert uses_alpha(runs[2]) and not uses_alpha(runs[0])

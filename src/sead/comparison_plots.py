@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from sead.plots import _figure
 from sead.report import RunData
 
-__all__ = ["method_overlay", "PANELS"]
+__all__ = ["method_overlay", "overlay_caption", "PANELS"]
 
 PANELS = (
     ("reward/mean", "Sampled reward (verifier, training batch)"),
@@ -65,3 +65,14 @@ def method_overlay(runs: Sequence[RunData]):
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     return fig
+
+
+def overlay_caption(runs: Sequence[RunData]) -> str:
+    """The overlay's caption; it says so where the curriculum makes the batch reward fall by design."""
+    text = "Methods on shared axes: mean over each method's runs (seeds), a light running mean, raw values faint."
+    curriculum = sorted({r.method for r in runs if ((r.config or {}).get("objective") or {}).get("curriculum")
+                         and ((r.config or {}).get("curriculum") or {}).get("sampler", "uniform") != "uniform"})
+    if curriculum:
+        text += (f" With the curriculum ({', '.join(curriculum)}) batches start with the easiest prompts and grow "
+                 "harder, so the sampled reward of those runs falls by design; compare held-out accuracy instead.")
+    return text

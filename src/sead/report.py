@@ -308,7 +308,8 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     parts["eval"].append(_eval_table(runs))
     toc = "".join(f'<a href="#{sid}">{title}</a>' for sid, title in SECTIONS)
     body = "".join(f'<section id="{sid}"><h2>{title}</h2>{"".join(parts[sid])}</section>' for sid, title in SECTIONS)
-    title = "sead report: " + ", ".join(r.name for r in runs)
+    title = "sead report: " + (", ".join(r.name for r in runs) if len(runs) <= 3 else
+                               f"{len(runs)} runs of {', '.join(dict.fromkeys(r.method for r in runs))}")
     html_path.write_text(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
                          f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1><nav>{toc}</nav>{body}"
                          f"</body></html>\n", encoding="utf-8")
@@ -329,20 +330,10 @@ def _result_section(runs: list[RunData], demo: dict | None) -> str:
 
 
 def _overlay(runs: list[RunData], figs: _Figures) -> str:
-    """All methods on shared axes (mean over seeds), with a caption where the curriculum bends the reward."""
-    from sead.comparison_plots import method_overlay
+    from sead.comparison_plots import method_overlay, overlay_caption
 
     fig = method_overlay(runs)
-    if fig is None:
-        return ""
-    note = ""
-    curriculum = sorted({r.method for r in runs if ((r.config or {}).get("objective") or {}).get("curriculum")
-                         and ((r.config or {}).get("curriculum") or {}).get("sampler", "uniform") != "uniform"})
-    if curriculum:
-        note = (f" With the curriculum ({', '.join(curriculum)}) batches start with the easiest prompts and grow "
-                "harder, so the sampled reward of those runs falls by design; compare held-out accuracy instead.")
-    return figs.add(fig, "methods_overlay", "Methods on shared axes: mean over each method's runs (seeds), a light "
-                    "running mean, raw values faint." + note) + "<h3>Each run</h3>"
+    return "" if fig is None else figs.add(fig, "methods_overlay", overlay_caption(runs)) + "<h3>Each run</h3>"
 
 
 def _overview(runs: list[RunData]) -> str:
