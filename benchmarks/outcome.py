@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -79,8 +80,6 @@ def main(argv=None) -> int:
             cfg = config(method, seed)
             run_dir = Path(cfg.train.output_dir)
             if not (run_dir / "final").exists():
-                import shutil
-
                 shutil.rmtree(run_dir, ignore_errors=True)
                 Trainer(cfg).setup().train()
             acc, elapsed = _curve(run_dir)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sead.plots import _figure
-from sead.report import RunData
+
+if TYPE_CHECKING:  # type hints only: no import of the report module at run time
+    from sead.report import RunData
 
 __all__ = ["method_overlay", "overlay_caption", "PANELS"]
 
@@ -30,9 +33,8 @@ def _running_mean(values: list[float], half: int) -> list[float]:
 def _mean_series(runs: Sequence[RunData], key: str) -> tuple[list[int], list[float]]:
     by_step: dict[int, list[float]] = {}
     for r in runs:
-        for s, v in zip(*r.series(key)):
-            if v == v:  # NaN-free only
-                by_step.setdefault(s, []).append(v)
+        for s, v in zip(*r.series(key)):  # series() keeps finite values only
+            by_step.setdefault(s, []).append(v)
     steps = sorted(by_step)
     return steps, [statistics.fmean(by_step[s]) for s in steps]
 
@@ -43,14 +45,15 @@ def method_overlay(runs: Sequence[RunData]):
     for r in runs:
         if r.metrics:
             groups.setdefault(r.method, []).append(r)
-    panels = [(k, t) for k, t in PANELS if any(_mean_series(g, k)[0] for g in groups.values())]
+    series = {(k, m): _mean_series(g, k) for k, _ in PANELS for m, g in groups.items()}
+    panels = [(k, t) for k, t in PANELS if any(series[k, m][0] for m in groups)]
     if len(groups) < 2 or not panels:
         return None
     fig = _figure(4.2 * len(panels), 3.6)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (key, title) in zip(axes, panels):
         for method, group in groups.items():
-            steps, vals = _mean_series(group, key)
+            steps, vals = series[key, method]
             if not steps:
                 continue
             label = f"{method} ({len(group)} run{'s' * (len(group) > 1)})"

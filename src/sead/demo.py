@@ -53,7 +53,7 @@ METHOD_OBJECTIVE: dict[str, dict] = {
     "rkl": {},
     "fkl": {},
     "jsd": {"beta": 0.5},
-    "eopd": {"tau": 0.5},
+    "eopd": {},  # tau comes from the preset (it depends on the teacher)
     "sead": {"zones": True, "anneal": True, "curriculum": True, "fractions": [0.5, 0.4, 0.1], "alpha_start": 0.8,
              "alpha_end": 0.0, "lam": 1.0, "zone_c_mix": "eq4"},
     "grpo": {"group_size": 4, "kl_coef": 0.0},

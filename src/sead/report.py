@@ -30,7 +30,8 @@ ZONE_COLORS = {0: "#9e9e9e", 1: "#3b82f6", 2: "#f59e0b", -1: "#a78bfa"}  # A gre
 PAPER_FAIR_SHARE = {0: 0.19, 1: 1.46, 2: 3.19}  # SEAD paper: FKL share / token share per zone
 PAPER_JACCARD = 0.637
 _EVAL_ORDER = (("before", "base", "init", "pre", "start"), ("after", "final", "end"))  # first, last; others between
-SECTIONS = [("result", "Result"), ("overview", "Runs"), ("training", "Training curves"), ("zones", "Token zones and loss concentration"),
+SECTIONS = [("result", "Result"), ("overview", "Runs"), ("training", "Training curves"),
+            ("zones", "Token zones and loss concentration"),
             ("tokens", "Per-token loss and entropy"), ("entropy", "Student entropy over training"),
             ("rollouts", "Rollouts coloured by zone"), ("eval", "Evaluation")]
 
@@ -278,7 +279,7 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     html_path.parent.mkdir(parents=True, exist_ok=True)
     figs, taken = _Figures(html_path.parent), set()
     parts = {sid: [] for sid, _ in SECTIONS}
-    parts["result"].append(_result_section(runs, demo))
+    parts["result"].append(_result_section(demo))
     parts["overview"].append(_overview(runs))
     parts["rollouts"].append(plots.rollout_legend())
     parts["training"].append(_overlay(runs, figs))
@@ -316,8 +317,8 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     return html_path
 
 
-def _result_section(runs: list[RunData], demo: dict | None) -> str:
-    """The demo's comparison table (seed means, intervals, churn) or, for plain runs, the final eval."""
+def _result_section(demo: dict | None) -> str:
+    """The demo's comparison table (seed means, intervals, churn); plain runs point to the eval section."""
     if demo is None:
         return '<p class="note">Per-run evaluation files are listed under <a href="#eval">Evaluation</a>.</p>'
     from sead.demo_summary import caption, summary_rows, verdict_lines

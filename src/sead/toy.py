@@ -39,7 +39,7 @@ TEACHER_SHAPE: dict[str, int] = {"hidden_size": 128, "num_hidden_layers": 4, "nu
                                  "intermediate_size": 512}
 STUDENT_SHAPE: dict[str, int] = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2,
                                  "intermediate_size": 256}
-MAX_POSITIONS = 128  # the longest item (question, worked solution, eos) is 40 tokens
+MAX_POSITIONS = 128  # the longest item (question, worked solution, eos) is 64 tokens
 MAX_NEW_TOKENS = 56  # the longest worked solution plus eos is 52 tokens
 
 # Seeds of the shipped data files (assets/demo/data); the train file excludes every heldout question.
@@ -54,11 +54,8 @@ def solve(expression: str) -> tuple[str, int]:
     >>> solve("98+93-77")
     ('98+93=191,191-77=114.A:114', 114)
     """
-    terms, ops = _terms(expression)
-    value = terms[0]
-    for op, term in zip(ops, terms[1:]):
-        value = value + term if op == "+" else value - term
-    return worked_solution(expression), value
+    text = worked_solution(expression)
+    return text, int(text.rsplit("A:", 1)[1])
 
 
 def _terms(expression: str) -> tuple[list[int], list[str]]:
@@ -108,7 +105,8 @@ def right_to_left_solution(expression: str) -> str:
 
 
 def direct_solution(expression: str) -> str:
-    """The answer with no working (``A:114``): the shortcut the demo's student often takes."""
+    """The answer with no working (``A:114``); ``build_demo_models.py --student-direct`` measures a student
+    trained on it (it sums one-digit chains in one go, so it leaves no gap: see the assets README)."""
     return f"A:{solve(expression)[1]}"
 
 
