@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from sead.grpo import clipped_pg_token_losses, group_advantages, k3_kl
+from sead.grpo import group_advantages, k3_kl
+from sead.objectives import clipped_pg_token_losses
 from tiny import char_tokenizer
 
 
@@ -49,7 +50,8 @@ def test_k3_is_nonnegative_and_zero_at_equality():
 def test_opsd_teacher_context_has_privileged_text_and_student_does_not(tmp_path):
     from sead.config import load_config
     from sead.rollout import generate_rollouts
-    from sead.step import _teacher_inputs, split_micro_batches
+    from sead.step import _teacher_inputs
+    from sead.stepping import split_micro_batches
     from tiny import tiny_llama
 
     tok = char_tokenizer()

@@ -13,7 +13,7 @@ import transformers
 
 from sead.config import ObjectiveConfig
 from sead.scoring import FusedBackend, LogitsBackend, fused_support, matching_backbone, response_hidden
-from sead.step import MicroBatch
+from sead.stepping import MicroBatch
 from sead.zones import assign_zones
 
 VOCAB = 24

@@ -15,11 +15,12 @@ import torch
 
 from sead.divergence import entropy
 from sead.methods import sampled_logprobs
+from sead.objectives import clipped_pg_token_losses
 from sead.rollout import generate_rollouts
-from sead.step import StepResult, _sum_processes, split_micro_batches
-from sead.teacher import response_logits
+from sead.scoring import response_logits
+from sead.stepping import StepResult, apply_update, split_micro_batches, sum_processes
 
-__all__ = ["group_advantages", "clipped_pg_token_losses", "k3_kl", "grpo_step"]
+__all__ = ["group_advantages", "k3_kl", "grpo_step"]
 
 
 def group_advantages(rewards_N: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
@@ -33,24 +34,6 @@ def group_advantages(rewards_N: torch.Tensor, group_size: int, eps: float = 1e-6
     mean = groups.mean(-1, keepdim=True)
     std = groups.std(-1, unbiased=False, keepdim=True)
     return ((groups - mean) / (std + eps)).reshape(-1)
-
-
-def clipped_pg_token_losses(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-) -> torch.Tensor:
-    """Per-token -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A), r = exp(logp - logp_old): (B, T).
-
-    ``advantages`` is (B, T) or (B, 1) (one per sequence, broadcast over its tokens); 0 where masked.
-    """
-    adv = advantages.float().detach()
-    ratio = torch.exp(logprobs.float() - old_logprobs.float().detach())
-    surrogate = torch.minimum(ratio * adv, ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * adv)
-    return torch.where(mask.bool(), -surrogate, torch.zeros_like(surrogate))
 
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -72,7 +55,7 @@ def grpo_step(*, cfg, accelerator, student, reference, tokenizer, optimizer, sch
     rewards = torch.tensor([float(verifier(t, a)) for t, a in zip(rollout.response_texts, row_answers)])
     advantages = group_advantages(rewards, group).to(accelerator.device)
     mbs = split_micro_batches(rollout, cfg.train.micro_batch_size)
-    tokens = _sum_processes(accelerator, float(sum(int(mb.mask.sum()) for mb in mbs)))
+    tokens = sum_processes(accelerator, float(sum(int(mb.mask.sum()) for mb in mbs)))
     world, t_fwd, t_bwd = accelerator.num_processes, 0.0, 0.0
     loss_sum, kl_sum, ent_sum = 0.0, 0.0, 0.0
     for i, mb in enumerate(mbs):
@@ -99,34 +82,27 @@ def grpo_step(*, cfg, accelerator, student, reference, tokenizer, optimizer, sch
         loss_sum += float(tl.detach().sum())
         ent_sum += float(entropy(logits.detach())[mb.mask].sum())
     t0 = time.perf_counter()
-    lr = float(scheduler.get_last_lr()[0])
-    grad_norm = float(accelerator.clip_grad_norm_(student.parameters(), cfg.optim.max_grad_norm))
-    loss = _sum_processes(accelerator, loss_sum) / max(tokens, 1.0)
-    finite = torch.isfinite(torch.tensor([grad_norm, loss])).all().item()
-    if finite:
-        optimizer.step()
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    loss = sum_processes(accelerator, loss_sum) / max(tokens, 1.0)
+    update = apply_update(accelerator, student, optimizer, scheduler, cfg.optim.max_grad_norm, loss)
     timings.update({"time/student_s": t_fwd, "time/backward_s": t_bwd, "time/optim_s": time.perf_counter() - t0,
                     "time/teacher_s": 0.0})
-    n_rows = _sum_processes(accelerator, float(len(rewards)))
-    reward_mean = _sum_processes(accelerator, float(rewards.sum())) / n_rows
+    n_rows = sum_processes(accelerator, float(len(rewards)))
+    reward_mean = sum_processes(accelerator, float(rewards.sum())) / n_rows
     metrics = {
         "loss/total": loss,
         "zones/tokens": tokens,
-        "entropy/student_mean": _sum_processes(accelerator, ent_sum) / max(tokens, 1.0),
+        "entropy/student_mean": sum_processes(accelerator, ent_sum) / max(tokens, 1.0),
         "reward/mean": reward_mean,
         "reward/std": float(rewards.std(unbiased=False)),
         "reward/zero_adv_groups": float((rewards.reshape(-1, group).std(-1) == 0).float().mean()),
-        "optim/lr": lr,
-        "optim/grad_norm": grad_norm,
+        "optim/lr": update.lr,
+        "optim/grad_norm": update.grad_norm,
         "rollout/response_len_mean": float(rollout.response_mask.sum(-1).float().mean()),
         **timings,
     }
     if obj.kl_coef > 0:
-        metrics["kl/ref_k3"] = _sum_processes(accelerator, kl_sum) / max(tokens, 1.0)
-    per_prompt = rewards.reshape(-1, group).mean(-1).tolist()
-    metrics["_rewards"] = per_prompt  # one pass fraction per prompt, for the curriculum sampler
+        metrics["kl/ref_k3"] = sum_processes(accelerator, kl_sum) / max(tokens, 1.0)
+    per_prompt = rewards.reshape(-1, group).mean(-1).tolist()  # one pass fraction per prompt
     samples = []
     if want_samples and accelerator.is_main_process:
         for row in range(min(cfg.logging.num_samples, len(rollout.response_texts))):
@@ -134,4 +110,4 @@ def grpo_step(*, cfg, accelerator, student, reference, tokenizer, optimizer, sch
             samples.append({"step": step + 1, "method": "grpo", "prompt": rollout.prompts[row],
                             "response": rollout.response_texts[row], "tokens": [tokenizer.decode([t]) for t in ids],
                             "zone": [-1] * len(ids), "reward": float(rewards[row]), "advantage": float(advantages[row])})
-    return StepResult(metrics=metrics, samples=samples, finite=bool(finite))
+    return StepResult(metrics=metrics, samples=samples, finite=update.applied, prompt_rewards=per_prompt)

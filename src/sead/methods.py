@@ -1,20 +1,171 @@
-"""Per-method token losses on one micro-batch: the bridge from config to ``sead.objectives``."""
+"""The method registry: one ``Method`` record per training method, asked by everything above it.
+
+Config validation reads the names, the trainer reads the teacher kind, the step algorithm and
+whether every prompt needs a reference answer, ``sead.scoring`` reads the per-token loss on
+materialised logits and the per-token ``(w_rkl, w_fkl)`` weights of the fused kernel. Adding a
+distillation method is one record here plus its tests and docs (docs/DESIGN.md has a worked
+example); nothing else branches on the method's name.
+
+Shapes: B rollout rows, R response positions, V vocabulary.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 
-from sead.config import ObjectiveConfig
 from sead.objectives import (
     divergence_token_losses,
     eopd_token_losses,
     opd_token_losses,
     sead_token_losses,
 )
+from sead.fused import sead_weights
 from sead.schedule import cosine_alpha
 from sead.zones import Zone
 
-__all__ = ["alpha_at", "uses_zone_loss", "token_losses", "sampled_logprobs", "normalizer_mask"]
+if TYPE_CHECKING:  # the config module imports this one for the method names
+    from sead.config import ObjectiveConfig
+
+__all__ = [
+    "Method", "METHODS", "METHOD_NAMES", "get_method", "loss_method", "alpha_at", "uses_zone_loss",
+    "normalizer_mask", "sampled_logprobs", "token_losses", "fused_weights", "fused_reason",
+]
+
+# (cfg, student_logits_BRV, teacher_logits_BRV, targets_BR, mask_BR, zones_BR, alpha) -> token losses (B, R)
+TokenLosses = Callable[..., torch.Tensor]
+# (cfg, mask_BR, zones_BR, alpha, teacher_entropy_BR) -> (w_rkl, w_fkl), each (B, R)
+FusedWeights = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def _never(cfg: ObjectiveConfig) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Method:
+    """What one method is made of. ``knobs`` are the ``objective.*`` keys it reads.
+
+    ``teacher``: ``model`` (a separate teacher checkpoint), ``self`` (the student scores with
+    privileged context, ``objective.opsd_*``) or ``none`` (reward-only). ``step``: the step
+    algorithm, ``distill`` (``sead.step``) or ``grpo`` (``sead.grpo``). ``loss_from``: the config
+    key naming another method whose per-token loss this one uses (OPSD's divergence).
+    """
+
+    name: str
+    summary: str
+    teacher: str = "model"
+    step: str = "distill"
+    token_losses: TokenLosses | None = None
+    fused_weights: FusedWeights | None = None
+    fused_off_reason: str = ""
+    zoned: Callable[[ObjectiveConfig], bool] = _never  # the loss itself depends on zones
+    uses_alpha: bool = False  # the loss reads the annealed forward-KL weight
+    needs_answers: bool = False  # every prompt needs a reference answer
+    initial_copy: Callable[[ObjectiveConfig], bool] = _never  # keep a frozen copy of the initial student
+    loss_from: str | None = None
+    knobs: tuple[str, ...] = ()
+
+
+def sampled_logprobs(logits_BRV: torch.Tensor, targets_BR: torch.Tensor) -> torch.Tensor:
+    """Float32 log-probability of each sampled token: (B, R, V), (B, R) -> (B, R)."""
+    logp = torch.log_softmax(logits_BRV.float(), dim=-1)
+    return logp.gather(-1, targets_BR.unsqueeze(-1)).squeeze(-1)
+
+
+# ------------------------------------------------------------------ per-method token losses
+def _opd_losses(cfg, student_BRV, teacher_BRV, targets_BR, mask_BR, zones_BR, alpha):
+    logprobs = sampled_logprobs(student_BRV, targets_BR)
+    teacher_lp = sampled_logprobs(teacher_BRV, targets_BR)
+    return opd_token_losses(logprobs, logprobs.detach(), teacher_lp, mask_BR, cfg.clip_eps)
+
+
+def _divergence_losses(kind: str) -> TokenLosses:
+    def losses(cfg, student_BRV, teacher_BRV, targets_BR, mask_BR, zones_BR, alpha):
+        return divergence_token_losses(student_BRV, teacher_BRV, mask_BR, kind, cfg.beta, cfg.top_k)
+
+    return losses
+
+
+def _eopd_losses(cfg, student_BRV, teacher_BRV, targets_BR, mask_BR, zones_BR, alpha):
+    return eopd_token_losses(student_BRV, teacher_BRV, mask_BR, cfg.tau, cfg.top_k)
+
+
+def _sead_losses(cfg, student_BRV, teacher_BRV, targets_BR, mask_BR, zones_BR, alpha):
+    if cfg.zones:
+        return sead_token_losses(student_BRV, teacher_BRV, zones_BR, alpha, cfg.lam, cfg.zone_c_mix, cfg.top_k)
+    rkl = divergence_token_losses(student_BRV, teacher_BRV, mask_BR, "rkl", top_k=cfg.top_k)
+    fkl = divergence_token_losses(student_BRV, teacher_BRV, mask_BR, "fkl", top_k=cfg.top_k)
+    return rkl + alpha * cfg.lam * fkl
+
+
+# ------------------------------------------------------------------ per-method fused weights
+def _rkl_weights(cfg, mask_BR, zones_BR, alpha, teacher_entropy_BR):
+    valid = mask_BR.float()
+    return valid, 0 * valid
+
+
+def _fkl_weights(cfg, mask_BR, zones_BR, alpha, teacher_entropy_BR):
+    valid = mask_BR.float()
+    return 0 * valid, valid
+
+
+def _eopd_weights(cfg, mask_BR, zones_BR, alpha, teacher_entropy_BR):
+    valid = mask_BR.float()  # forward KL only where the teacher is unsure (the pass-1 entropy)
+    return valid, valid * (teacher_entropy_BR > cfg.tau).float()
+
+
+def _sead_weights(cfg, mask_BR, zones_BR, alpha, teacher_entropy_BR):
+    if not cfg.zones:
+        valid = mask_BR.float()
+        return valid, alpha * cfg.lam * valid
+    return sead_weights(zones_BR, alpha, cfg.lam, cfg.zone_c_mix)
+
+
+_ZONE_KNOBS = ("zones", "anneal", "curriculum", "fractions", "zone_mode", "teacher_threshold", "student_threshold",
+               "alpha_start", "alpha_end", "lam", "zone_c_mix")
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("opd", "sampled-token reverse KL as a clipped policy gradient (plain on-policy distillation)",
+           token_losses=_opd_losses, fused_off_reason="needs sampled-token terms the fused kernel does not compute",
+           knobs=("clip_eps",)),
+    Method("rkl", "full-vocabulary reverse KL(student || teacher) on every token",
+           token_losses=_divergence_losses("rkl"), fused_weights=_rkl_weights, knobs=("top_k",)),
+    Method("fkl", "full-vocabulary forward KL(teacher || student) on every token",
+           token_losses=_divergence_losses("fkl"), fused_weights=_fkl_weights, knobs=("top_k",)),
+    Method("jsd", "generalised Jensen-Shannon divergence with weight beta",
+           token_losses=_divergence_losses("jsd"), fused_off_reason="needs JSD terms the fused kernel does not compute",
+           knobs=("beta", "top_k")),
+    Method("eopd", "reverse KL everywhere plus forward KL where the teacher's entropy exceeds tau (EOPD)",
+           token_losses=_eopd_losses, fused_weights=_eopd_weights, knobs=("tau", "top_k")),
+    Method("sead", "entropy zones: skip A, reverse KL on B, annealed forward KL on C; optional curriculum",
+           token_losses=_sead_losses, fused_weights=_sead_weights, zoned=lambda cfg: cfg.zones, uses_alpha=True,
+           knobs=(*_ZONE_KNOBS, "top_k")),
+    Method("grpo", "verifier rewards, group-normalised advantages, clipped surrogate; no teacher",
+           teacher="none", step="grpo", needs_answers=True, initial_copy=lambda cfg: cfg.kl_coef > 0,
+           knobs=("group_size", "clip_eps", "clip_eps_high", "kl_coef")),
+    Method("opsd", "the student is its own teacher, with the reference answer in the teacher's context",
+           teacher="self", needs_answers=True, initial_copy=lambda cfg: cfg.opsd_teacher == "initial",
+           loss_from="opsd_divergence", knobs=("opsd_teacher", "opsd_divergence", "opsd_template")),
+)}
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+
+
+def get_method(name: str) -> Method:
+    """The record of ``name`` (names are validated at config load; this is for callers past it)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"method {name!r} is not registered; registered: {', '.join(METHOD_NAMES)}") from None
+
+
+def loss_method(cfg: ObjectiveConfig) -> Method:
+    """The record whose per-token loss ``cfg.method`` trains with (OPSD's is its ``opsd_divergence``)."""
+    method = get_method(cfg.method)
+    return get_method(getattr(cfg, method.loss_from)) if method.loss_from else method
 
 
 def alpha_at(cfg: ObjectiveConfig, step: int, total_steps: int) -> float:
@@ -24,14 +175,9 @@ def alpha_at(cfg: ObjectiveConfig, step: int, total_steps: int) -> float:
     return cfg.alpha_start
 
 
-def _divergence_kind(cfg: ObjectiveConfig) -> str:
-    """The per-token divergence: the method's own, or OPSD's ``opsd_divergence``."""
-    return cfg.opsd_divergence if cfg.method == "opsd" else cfg.method
-
-
 def uses_zone_loss(cfg: ObjectiveConfig) -> bool:
     """True when the loss itself depends on zones (SEAD, or OPSD with SEAD zones, with T on)."""
-    return _divergence_kind(cfg) == "sead" and cfg.zones
+    return loss_method(cfg).zoned(cfg)
 
 
 def normalizer_mask(cfg: ObjectiveConfig, mask: torch.Tensor, zones: torch.Tensor) -> torch.Tensor:
@@ -39,12 +185,6 @@ def normalizer_mask(cfg: ObjectiveConfig, mask: torch.Tensor, zones: torch.Tenso
     if uses_zone_loss(cfg):
         return (zones == Zone.B) | (zones == Zone.C)
     return mask.bool()
-
-
-def sampled_logprobs(logits_BRV: torch.Tensor, targets_BR: torch.Tensor) -> torch.Tensor:
-    """Float32 log-probability of each sampled token: (B, R, V), (B, R) -> (B, R)."""
-    logp = torch.log_softmax(logits_BRV.float(), dim=-1)
-    return logp.gather(-1, targets_BR.unsqueeze(-1)).squeeze(-1)
 
 
 def token_losses(
@@ -57,21 +197,23 @@ def token_losses(
     alpha: float,
 ) -> torch.Tensor:
     """Per-token loss (B, R) for ``cfg.method``; zero on masked (and, for zoned SEAD, Zone A) tokens."""
-    method = _divergence_kind(cfg)
-    if method == "opd":
-        logprobs = sampled_logprobs(student_logits, targets)
-        teacher_lp = sampled_logprobs(teacher_logits, targets)
-        return opd_token_losses(logprobs, logprobs.detach(), teacher_lp, mask, cfg.clip_eps)
-    if method in ("rkl", "fkl", "jsd"):
-        return divergence_token_losses(student_logits, teacher_logits, mask, method, cfg.beta, cfg.top_k)
-    if method == "eopd":
-        return eopd_token_losses(student_logits, teacher_logits, mask, cfg.tau, cfg.top_k)
-    if method == "sead":
-        if cfg.zones:
-            return sead_token_losses(
-                student_logits, teacher_logits, zones, alpha, cfg.lam, cfg.zone_c_mix, cfg.top_k
-            )
-        rkl = divergence_token_losses(student_logits, teacher_logits, mask, "rkl", top_k=cfg.top_k)
-        fkl = divergence_token_losses(student_logits, teacher_logits, mask, "fkl", top_k=cfg.top_k)
-        return rkl + alpha * cfg.lam * fkl
-    raise ValueError(f"method {method!r} has no token loss here")
+    method = loss_method(cfg)
+    if method.token_losses is None:
+        raise ValueError(f"method {method.name!r} has no per-token distillation loss (its step computes its own)")
+    return method.token_losses(cfg, student_logits, teacher_logits, targets, mask, zones, alpha)
+
+
+def fused_reason(cfg: ObjectiveConfig) -> str:
+    """Why ``cfg`` cannot use the fused hidden-state loss; empty when it can."""
+    method = loss_method(cfg)
+    if method.fused_weights is None:
+        return f"{cfg.method} {method.fused_off_reason or 'has no fused weights'}"
+    if cfg.top_k is not None:
+        return "objective.top_k is set (the fused kernel is full-vocabulary)"
+    return ""
+
+
+def fused_weights(cfg: ObjectiveConfig, mask: torch.Tensor, zones: torch.Tensor, alpha: float,
+                  teacher_entropy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token (w_rkl, w_fkl) of ``cfg.method`` for the fused kernel; a token with both 0 costs nothing."""
+    return loss_method(cfg).fused_weights(cfg, mask, zones, alpha, teacher_entropy)

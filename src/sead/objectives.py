@@ -19,6 +19,7 @@ from sead.zones import Zone
 
 __all__ = [
     "ZONE_C_MIXES",
+    "clipped_pg_token_losses",
     "sead_token_losses",
     "sead_loss",
     "eopd_token_losses",
@@ -181,6 +182,29 @@ def eopd_loss(student_logits, teacher_logits, mask, tau, normalizer=None, top_k=
     return reduce_loss(tokens, int(mask.sum()), normalizer)
 
 
+def clipped_pg_token_losses(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+) -> torch.Tensor:
+    """Per-token clipped policy-gradient surrogate -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A): (B, T).
+
+    r = exp(log p_theta - log p_old); ``advantages`` is (B, T) or (B, 1) (one per sequence, broadcast
+    over its tokens) and gets no gradient; 0 where masked. Shared by OPD and GRPO.
+    """
+    valid = mask.bool()
+    old = old_logprobs.float().detach()
+    # Padding values are replaced *before* the arithmetic: a -inf or NaN log-prob at a masked
+    # position would otherwise turn the (discarded) surrogate's gradient into NaN there.
+    advantage = torch.where(valid, advantages.float().detach(), 0.0)
+    ratio = torch.exp(torch.where(valid, logprobs.float() - old, 0.0))
+    surrogate = torch.minimum(ratio * advantage, ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * advantage)
+    return torch.where(valid, -surrogate, torch.zeros_like(surrogate))
+
+
 def opd_token_losses(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -197,12 +221,8 @@ def opd_token_losses(
     """
     valid = mask.bool()
     old = old_logprobs.float().detach()
-    # Padding values are replaced *before* the arithmetic: a -inf or NaN log-prob at a masked
-    # position would otherwise turn the (discarded) surrogate's gradient into NaN there.
     advantage = torch.where(valid, teacher_logprobs.float().detach() - old, 0.0)
-    ratio = torch.exp(torch.where(valid, logprobs.float() - old, 0.0))
-    surrogate = torch.minimum(ratio * advantage, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * advantage)
-    return torch.where(valid, -surrogate, torch.zeros_like(surrogate))
+    return clipped_pg_token_losses(logprobs, old, advantage, valid, clip_eps, clip_eps)
 
 
 def opd_loss(logprobs, old_logprobs, teacher_logprobs, mask, clip_eps=0.2, normalizer=None) -> torch.Tensor:

@@ -12,8 +12,8 @@ which one runs:
 ``LogitsBackend`` keeps (B, R, V) logits: every method works on it. ``FusedBackend`` keeps
 (B, R, H) last hidden states and the heads, and computes everything in row chunks of
 ``chunk_size`` through ``sead.fused``: no (tokens x vocab) tensor is ever whole, and Zone A
-tokens cost no backward compute. It serves the full-vocabulary methods (sead, rkl, fkl, eopd, and
-opsd with one of those divergences).
+tokens cost no backward compute. It serves the methods whose registry record (``sead.methods``)
+has fused weights: sead, rkl, fkl, eopd, and opsd with one of those divergences.
 """
 
 from __future__ import annotations
@@ -24,16 +24,32 @@ import torch
 
 from sead.config import ObjectiveConfig
 from sead.divergence import entropy, forward_kl, reverse_kl
-from sead.methods import _divergence_kind, token_losses, uses_zone_loss
+from sead.fused import divergence_stats_from_hidden, fused_divergence, transform_logits
+from sead.methods import fused_reason, fused_weights, token_losses
 from sead.rollout import position_ids_from_mask
-from sead.teacher import response_logits
 
 __all__ = [
     "TokenStats", "LogitsBackend", "FusedBackend", "fused_support", "fused_kind_ok", "matching_backbone",
-    "response_hidden", "token_stats",
+    "response_logits", "response_hidden", "token_stats",
 ]
 
-FUSED_KINDS = ("sead", "rkl", "fkl", "eopd")
+
+def response_logits(model, input_ids, attention_mask, prompt_len: int, vocab_size: int) -> torch.Tensor:
+    """Logits predicting each response token: (B, P + R) inputs -> (B, R, V).
+
+    Only the last R + 1 positions go through the LM head (``logits_to_keep``), and only the first
+    ``vocab_size`` rows are kept (the vocabulary shared with the other model). Teacher and student
+    both go through here, so position t of either output predicts response token t.
+    """
+    response_len = input_ids.shape[1] - prompt_len
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=response_len + 1,
+        use_cache=False,
+    )
+    return out.logits[:, :-1, :vocab_size]
 
 
 @dataclass
@@ -100,8 +116,6 @@ def fused_support(model, vocab: int) -> tuple[bool, str]:
     head = model.get_output_embeddings()
     if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor) or getattr(head, "bias", None) is not None:
         return False, "the model has no plain linear output embedding"
-    from sead.fused import transform_logits
-
     out, _ = _probe(model, vocab)
     scale, softcap = _logit_transform(model)
     rebuilt = transform_logits(out.hidden_states[-1].float() @ head.weight[:vocab].float().T, scale, softcap)
@@ -183,41 +197,19 @@ class FusedBackend:
 
     def stats(self, s, t, mask) -> TokenStats:
         """One chunked pass over the valid rows (``sead.fused``): never the whole (N, V), no float32 head copies."""
-        from sead.fused import divergence_stats_from_hidden
-
         s_head, t_head = self._heads()
         return TokenStats(*divergence_stats_from_hidden(s, s_head, t, t_head, mask.bool(), self.chunk, self.s_scale,
                                                         self.s_cap, (self.t_scale, self.t_cap)))  # fmt: skip
 
-    def _weights(self, mask, zones, alpha, stats: TokenStats):
-        """Per-token (w_rkl, w_fkl) of the method; a token with both 0 costs nothing."""
-        from sead.fused import sead_weights
-
-        cfg, valid = self.cfg, mask.float()
-        kind = _divergence_kind(cfg)
-        if kind == "sead":
-            if uses_zone_loss(cfg):
-                return sead_weights(zones, alpha, cfg.lam, cfg.zone_c_mix)
-            return valid, alpha * cfg.lam * valid
-        if kind == "eopd":  # forward KL only where the teacher is unsure (the pass-1 entropy)
-            return valid, valid * (stats.teacher_entropy > cfg.tau).float()
-        return {"rkl": (valid, 0 * valid), "fkl": (0 * valid, valid)}[kind]
-
     def losses(self, s, t, mb, zones, alpha, denom: float, stats: TokenStats):
-        from sead.fused import fused_divergence
-
         s_head, t_head = self._heads()
-        w_rkl, w_fkl = self._weights(mb.mask, zones, alpha, stats)
+        w_rkl, w_fkl = fused_weights(self.cfg, mb.mask, zones, alpha, stats.teacher_entropy)
         return fused_divergence(s, s_head, t, t_head, w_rkl, w_fkl, normalizer=denom, chunk_size=self.chunk,
                                 logit_scale=self.s_scale, softcap=self.s_cap,
                                 teacher_transform=(self.t_scale, self.t_cap))
 
 
 def fused_kind_ok(cfg: ObjectiveConfig) -> tuple[bool, str]:
-    """Whether the method can run fused; the reason when not."""
-    if _divergence_kind(cfg) not in FUSED_KINDS:
-        return False, f"{cfg.method} needs sampled-token or JSD terms the fused kernel does not compute"
-    if cfg.top_k is not None:
-        return False, "objective.top_k is set (the fused kernel is full-vocabulary)"
-    return True, ""
-
+    """Whether the method can run fused; the reason when not (the method registry decides)."""
+    reason = fused_reason(cfg)
+    return not reason, reason

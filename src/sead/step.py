@@ -9,7 +9,6 @@ the whole global batch, so the update does not depend on how the batch is cut.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 
@@ -19,75 +18,24 @@ from sead.config import RunConfig
 from sead.divergence import topk_mass
 from sead.methods import alpha_at, normalizer_mask, uses_zone_loss
 from sead.metrics import zone_statistics
-from sead.rollout import Rollout, generate_rollouts
-from sead.scoring import LogitsBackend
+from sead.rollout import Rollout, encode_prompts, generate_rollouts
+from sead.scoring import LogitsBackend, TokenStats
+from sead.stepping import MicroBatch, StepResult, apply_update, gather_flat, split_micro_batches, sum_processes
 from sead.zones import MASKED, assign_zones, assign_zones_threshold
 
-__all__ = ["MicroBatch", "split_micro_batches", "StepResult", "distill_step"]
+__all__ = ["distill_step"]
 
 
 @dataclass
-class MicroBatch:
-    """Rows ``rows`` of a rollout, trimmed to their longest response.
+class _MicroState:
+    """What one micro-batch carries through the step; (b, R) tensors, 0 / MASKED off the mask."""
 
-    ``input_ids``/``attention_mask``: (b, P + R); ``targets``/``mask``: (b, R) response tokens.
-    """
-
-    rows: slice
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    targets: torch.Tensor
-    mask: torch.Tensor
-    prompt_len: int
-
-
-def split_micro_batches(rollout: Rollout, size: int) -> list[MicroBatch]:
-    out = []
-    prompt_len = rollout.prompt_len
-    for start in range(0, rollout.input_ids.shape[0], size):
-        rows = slice(start, start + size)
-        resp_mask = rollout.response_mask[rows, prompt_len:]
-        width = max(int(resp_mask.sum(-1).max()), 1)
-        end = prompt_len + width
-        out.append(
-            MicroBatch(
-                rows=rows,
-                input_ids=rollout.input_ids[rows, :end],
-                attention_mask=rollout.attention_mask[rows, :end],
-                targets=rollout.input_ids[rows, prompt_len:end],
-                mask=resp_mask[:, :width].bool(),
-                prompt_len=prompt_len,
-            )
-        )
-    return out
-
-
-@dataclass
-class StepResult:
-    metrics: dict
-    samples: list[dict]
-    finite: bool
-
-
-def _gather_flat(accelerator, values_N: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Concatenate a 1-D tensor over processes in rank order; returns (global, this rank's offset)."""
-    if accelerator is None or accelerator.num_processes == 1:
-        return values_N, 0
-    from accelerate.utils import gather, pad_across_processes
-
-    sizes = gather(torch.tensor([values_N.numel()], device=values_N.device)).tolist()
-    padded = pad_across_processes(values_N, dim=0)
-    everything = gather(padded).reshape(len(sizes), -1)
-    flat = torch.cat([everything[r, : sizes[r]] for r in range(len(sizes))])
-    return flat, sum(sizes[: accelerator.process_index])
-
-
-def _sum_processes(accelerator, value: float) -> float:
-    if accelerator is None or accelerator.num_processes == 1:
-        return value
-    from accelerate.utils import reduce
-
-    return float(reduce(torch.tensor([value], dtype=torch.float64, device=accelerator.device), "sum"))
+    mb: MicroBatch
+    teacher_view: torch.Tensor  # (b, R, V) logits or (b, R, H) hidden states, by backend
+    stats: TokenStats | None = None
+    graph: torch.Tensor | None = None  # the student's view with its autograd graph, while kept
+    zones: torch.Tensor | None = None
+    token_losses: torch.Tensor | None = None
 
 
 def _scatter_zones(zones_flat: torch.Tensor, masks: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -105,14 +53,30 @@ def _teacher_inputs(tokenizer, cfg, mb: MicroBatch, rollout: Rollout, teacher_pr
     """(input_ids, attention_mask, prompt_len) the teacher scores: the student's own, or with its context."""
     if teacher_prompts is None:
         return mb.input_ids, mb.attention_mask, mb.prompt_len
-    from sead.rollout import encode_prompts
-
     rows = [teacher_prompts[i] for i in rollout.prompt_index[mb.rows]]
     enc = encode_prompts(tokenizer, rows, cfg.rollout.chat_template)
     device = mb.input_ids.device
     ids = torch.cat([enc["input_ids"].to(device), mb.targets], dim=1)
     att = torch.cat([enc["attention_mask"].to(device), mb.mask.long()], dim=1)
     return ids, att, enc["input_ids"].shape[1]
+
+
+def _zones(cfg: RunConfig, accelerator, states: list[_MicroState]) -> None:
+    """Zones over the whole global batch (every process's valid tokens), scattered back per micro-batch."""
+    obj = cfg.objective
+    masks = [st.mb.mask for st in states]
+    t_flat = torch.cat([st.stats.teacher_entropy[st.mb.mask] for st in states])
+    s_flat = torch.cat([st.stats.student_entropy[st.mb.mask] for st in states])
+    t_global, offset = gather_flat(accelerator, t_flat)
+    s_global, _ = gather_flat(accelerator, s_flat)
+    everywhere = torch.ones_like(t_global, dtype=torch.bool)
+    if uses_zone_loss(obj) and obj.zone_mode == "threshold":
+        zones_global = assign_zones_threshold(t_global, s_global, everywhere, obj.teacher_threshold,
+                                              obj.student_threshold)
+    else:  # percentile zones: the loss's for zoned SEAD, an analysis label for every other method
+        zones_global = assign_zones(t_global, s_global, everywhere, obj.fractions)
+    for st, z in zip(states, _scatter_zones(zones_global[offset : offset + t_flat.numel()], masks)):
+        st.zones = z
 
 
 def distill_step(
@@ -146,148 +110,125 @@ def distill_step(
     t0 = time.perf_counter()
     rollout = generate_rollouts(unwrapped, tokenizer, prompts, cfg.rollout, cfg.train.samples_per_prompt).to(device)
     timings["time/rollout_s"] = time.perf_counter() - t0
-    mbs = split_micro_batches(rollout, cfg.train.micro_batch_size)
 
     backend = backend or LogitsBackend(obj, vocab)
     t0 = time.perf_counter()
-    teacher_views = [backend.teacher(teacher, *_teacher_inputs(tokenizer, cfg, mb, rollout, teacher_prompts))
-                     for mb in mbs]
+    states = [_MicroState(mb, backend.teacher(teacher, *_teacher_inputs(tokenizer, cfg, mb, rollout, teacher_prompts)))
+              for mb in split_micro_batches(rollout, cfg.train.micro_batch_size)]
     timings["time/teacher_s"] = time.perf_counter() - t0
 
     # Zoned SEAD needs every process's entropies before any loss: with one micro-batch keep its
     # graph; with several, a no-grad pass first (cheaper than holding every graph).
-    keep_graph = len(mbs) == 1
+    keep_graph = len(states) == 1
     t0 = time.perf_counter()
-    graphs: list[torch.Tensor | None] = [None] * len(mbs)
-    stats = []
-    for i, mb in enumerate(mbs):
+    for st in states:
         if keep_graph:
-            graphs[i] = backend.student(student, mb)
-            stats.append(backend.stats(graphs[i].detach(), teacher_views[i], mb.mask))
+            st.graph = backend.student(student, st.mb)
+            st.stats = backend.stats(st.graph.detach(), st.teacher_view, st.mb.mask)
         else:
             with torch.no_grad():
-                stats.append(backend.stats(backend.student(student, mb), teacher_views[i], mb.mask))
+                st.stats = backend.stats(backend.student(student, st.mb), st.teacher_view, st.mb.mask)
     timings["time/student_s"] = time.perf_counter() - t0
-    teacher_ent = [st.teacher_entropy for st in stats]
-    student_ent = [st.student_entropy for st in stats]
-    fkl_list = [st.fkl for st in stats]
-    rkl_list = [st.rkl for st in stats]
 
-    masks = [mb.mask for mb in mbs]
-    t_flat = torch.cat([e[m] for e, m in zip(teacher_ent, masks)])
-    s_flat = torch.cat([e[m] for e, m in zip(student_ent, masks)])
-    t_global, offset = _gather_flat(accelerator, t_flat)
-    s_global, _ = _gather_flat(accelerator, s_flat)
-    if uses_zone_loss(obj) and obj.zone_mode == "threshold":
-        zones_global = assign_zones_threshold(
-            t_global, s_global, torch.ones_like(t_global, dtype=torch.bool), obj.teacher_threshold, obj.student_threshold
-        )
-    else:  # percentile zones: the loss's for zoned SEAD, an analysis label for every other method
-        zones_global = assign_zones(t_global, s_global, torch.ones_like(t_global, dtype=torch.bool), obj.fractions)
-    zones = _scatter_zones(zones_global[offset : offset + t_flat.numel()], masks)
-    counted = sum(int(normalizer_mask(obj, m, z).sum()) for m, z in zip(masks, zones))
-    normalizer = _sum_processes(accelerator, float(counted))
+    _zones(cfg, accelerator, states)
+    counted = sum(int(normalizer_mask(obj, st.mb.mask, st.zones).sum()) for st in states)
+    normalizer = sum_processes(accelerator, float(counted))
     world = accelerator.num_processes
     alpha = alpha_at(obj, step, cfg.train.steps)
 
     t_bwd = 0.0
-    token_loss_list = []
     loss_sum = torch.zeros((), device=device)
-    for i, mb in enumerate(mbs):
-        last = i == len(mbs) - 1
+    for i, st in enumerate(states):
+        last = i == len(states) - 1
         ctx = accelerator.no_sync(student) if not last else contextlib.nullcontext()
         with ctx:
             t0 = time.perf_counter()
-            view = graphs[i] if graphs[i] is not None else backend.student(student, mb)
+            view = st.graph if st.graph is not None else backend.student(student, st.mb)
             # DDP averages gradients over processes; divide by global count / world so the
             # update is (sum over the global batch) / (global count).
-            loss, tl = backend.losses(view, teacher_views[i], mb, zones[i], alpha, max(normalizer, 1.0) / world,
-                                      stats[i])
+            loss, st.token_losses = backend.losses(view, st.teacher_view, st.mb, st.zones, alpha,
+                                                   max(normalizer, 1.0) / world, st.stats)
             timings["time/student_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             accelerator.backward(loss)
             t_bwd += time.perf_counter() - t0
-        token_loss_list.append(tl)
-        loss_sum += tl.sum()
-        graphs[i] = view = None
+        loss_sum += st.token_losses.sum()
+        st.graph = view = None
     timings["time/backward_s"] = t_bwd
 
     t0 = time.perf_counter()
-    lr = float(scheduler.get_last_lr()[0])  # the rate this update uses
-    grad_norm = accelerator.clip_grad_norm_(student.parameters(), cfg.optim.max_grad_norm)
-    grad_norm = float(grad_norm)
-    total_loss = _sum_processes(accelerator, float(loss_sum)) / max(normalizer, 1.0)
-    finite = math.isfinite(grad_norm) and math.isfinite(total_loss)
-    if finite:
-        optimizer.step()
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    total_loss = sum_processes(accelerator, float(loss_sum)) / max(normalizer, 1.0)
+    update = apply_update(accelerator, student, optimizer, scheduler, cfg.optim.max_grad_norm, total_loss)
     timings["time/optim_s"] = time.perf_counter() - t0
 
-    metrics = _step_metrics(
-        cfg, accelerator, zones, masks, teacher_ent, student_ent, fkl_list, rkl_list, token_loss_list,
-        normalizer, total_loss, grad_norm, alpha, lr, rollout, teacher_views if backend.name == "logits" else None,
-    )
+    metrics = _step_metrics(cfg, accelerator, states, normalizer, total_loss, update, alpha, rollout,
+                            topk_logits=backend.name == "logits")
     metrics.update(timings)
+    rewards = prompt_rewards = None
     if rewards_fn is not None:
         rewards = rewards_fn(rollout)
-        metrics["reward/mean"] = _sum_processes(accelerator, float(sum(rewards))) / _sum_processes(
+        metrics["reward/mean"] = sum_processes(accelerator, float(sum(rewards))) / sum_processes(
             accelerator, float(len(rewards))
         )
-        metrics["_rewards"] = rewards
+        spp = cfg.train.samples_per_prompt
+        prompt_rewards = [sum(rewards[i * spp : (i + 1) * spp]) / spp for i in range(len(prompts))]
     samples = []
     if want_samples and accelerator.is_main_process:
-        samples = _sample_records(cfg, tokenizer, rollout, mbs, zones, teacher_ent, student_ent,
-                                  token_loss_list, fkl_list, metrics.get("_rewards"), step)
-    return StepResult(metrics=metrics, samples=samples, finite=finite)
+        samples = _sample_records(cfg, tokenizer, rollout, states, rewards, step)
+    return StepResult(metrics=metrics, samples=samples, finite=update.applied, prompt_rewards=prompt_rewards)
 
 
-def _step_metrics(cfg, accelerator, zones, masks, teacher_ent, student_ent, fkl_list, rkl_list, token_loss_list,
-                  normalizer, total_loss, grad_norm, alpha, lr, rollout, teacher_logits) -> dict:
-    flat = lambda xs: torch.cat([x[m] for x, m in zip(xs, masks)]).float()  # noqa: E731
-    gathered = [_gather_flat(accelerator, flat(xs))[0] for xs in (zones, teacher_ent, student_ent, fkl_list, rkl_list,
-                                                                   token_loss_list)]
-    z, te, se, fkl, rkl, tl = gathered
-    metrics = zone_statistics(z.long(), te, se, fkl, rkl)
+def _step_metrics(cfg, accelerator, states: list[_MicroState], normalizer: float, total_loss: float, update,
+                  alpha: float, rollout: Rollout, topk_logits: bool) -> dict:
+    def flat(values):  # (b, R) per micro-batch -> every process's valid tokens, float32
+        mine = torch.cat([v[st.mb.mask] for v, st in zip(values, states)]).float()
+        return gather_flat(accelerator, mine)[0]
+
+    z = flat([st.zones for st in states]).long()
+    te = flat([st.stats.teacher_entropy for st in states])
+    se = flat([st.stats.student_entropy for st in states])
+    fkl = flat([st.stats.fkl for st in states])
+    rkl = flat([st.stats.rkl for st in states])
+    tl = flat([st.token_losses for st in states])
+    metrics = zone_statistics(z, te, se, fkl, rkl)
     metrics["loss/total"] = total_loss
     if uses_zone_loss(cfg.objective):
         denom = max(normalizer, 1.0)
         metrics["loss/zone_b"] = float(tl[z == 1].sum()) / denom
         metrics["loss/zone_c"] = float(tl[z == 2].sum()) / denom
     metrics["sched/alpha"] = alpha
-    metrics["optim/lr"] = lr
-    metrics["optim/grad_norm"] = grad_norm
+    metrics["optim/lr"] = update.lr
+    metrics["optim/grad_norm"] = update.grad_norm
     lengths = rollout.response_mask.sum(-1).float()
-    metrics["rollout/response_len_mean"] = _sum_processes(accelerator, float(lengths.sum())) / _sum_processes(
+    metrics["rollout/response_len_mean"] = sum_processes(accelerator, float(lengths.sum())) / sum_processes(
         accelerator, float(lengths.numel())
     )
-    if cfg.objective.top_k is not None and teacher_logits is not None:
-        mass = torch.cat([topk_mass(t, cfg.objective.top_k)[m] for t, m in zip(teacher_logits, masks)])
-        metrics["teacher/topk_mass"] = float(_gather_flat(accelerator, mass)[0].mean())
+    if cfg.objective.top_k is not None and topk_logits:
+        mass = torch.cat([topk_mass(st.teacher_view, cfg.objective.top_k)[st.mb.mask] for st in states])
+        metrics["teacher/topk_mass"] = float(gather_flat(accelerator, mass)[0].mean())
     return metrics
 
 
-def _sample_records(cfg, tokenizer, rollout, mbs, zones, teacher_ent, student_ent, token_loss_list, fkl_list,
-                    rewards, step) -> list[dict]:
+def _sample_records(cfg, tokenizer, rollout: Rollout, states: list[_MicroState], rewards, step: int) -> list[dict]:
     records = []
-    for i, mb in enumerate(mbs):
-        for r in range(mb.mask.shape[0]):
+    for st in states:
+        for r in range(st.mb.mask.shape[0]):
             if len(records) >= cfg.logging.num_samples:
                 return records
-            row = mb.rows.start + r
-            m = mb.mask[r]
-            ids = mb.targets[r][m].tolist()
+            row = st.mb.rows.start + r
+            m = st.mb.mask[r]
+            ids = st.mb.targets[r][m].tolist()
             records.append({
                 "step": step + 1,
                 "method": cfg.objective.method,
                 "prompt": rollout.prompts[row],
                 "response": rollout.response_texts[row],
                 "tokens": [tokenizer.decode([t]) for t in ids],
-                "zone": zones[i][r][m].tolist(),
-                "teacher_entropy": [round(x, 5) for x in teacher_ent[i][r][m].tolist()],
-                "student_entropy": [round(x, 5) for x in student_ent[i][r][m].tolist()],
-                "loss": [round(x, 6) for x in token_loss_list[i][r][m].tolist()],
-                "fkl": [round(x, 6) for x in fkl_list[i][r][m].tolist()],
+                "zone": st.zones[r][m].tolist(),
+                "teacher_entropy": [round(x, 5) for x in st.stats.teacher_entropy[r][m].tolist()],
+                "student_entropy": [round(x, 5) for x in st.stats.student_entropy[r][m].tolist()],
+                "loss": [round(x, 6) for x in st.token_losses[r][m].tolist()],
+                "fkl": [round(x, 6) for x in st.stats.fkl[r][m].tolist()],
                 "reward": None if rewards is None else rewards[row],
             })
     return records

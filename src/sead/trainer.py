@@ -16,13 +16,17 @@ from pathlib import Path
 
 import torch
 
+from sead import grpo
+from sead import step as distillation
 from sead.checkpoint import _SafetensorError, latest_checkpoint, load_checkpoint, save_checkpoint
 from sead.config import RunConfig, config_to_dict, save_config
 from sead.errors import CheckpointError, ConfigError, DataError, SeadError
+from sead.methods import get_method
 from sead.metrics import MetricsWriter
 from sead.models import check_shared_vocab, head_rows, load_model, load_tokenizer
 from sead.optim import build_optimizer, lr_lambda
 from sead.run_dir import append_samples, drop_records_after, prepare_run_dir
+from sead.scoring import FusedBackend, LogitsBackend, fused_kind_ok, fused_support
 
 __all__ = ["Trainer", "lr_lambda", "train_main"]  # lr_lambda lives in sead.optim; kept importable from here
 
@@ -32,6 +36,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, accelerator=None):
         self.cfg = cfg
+        self.method = get_method(cfg.objective.method)
         self.run_dir = Path(cfg.train.output_dir)
         self.accelerator = accelerator
         self.step = 0  # completed optimiser steps
@@ -67,8 +72,8 @@ class Trainer:
         set_seed(cfg.train.seed)  # the same stream whether or not difficulty estimation just ran
         self.optimizer, self.scheduler = build_optimizer(self.student, cfg.optim, cfg.train.steps)
         self.student, self.optimizer, self.scheduler = acc.prepare(self.student, self.optimizer, self.scheduler)
-        if cfg.objective.method == "opsd" and self.teacher is None:
-            self.teacher = acc.unwrap_model(self.student)
+        if self.method.teacher == "self" and self.teacher is None:
+            self.teacher = acc.unwrap_model(self.student)  # OPSD with the live weights as its teacher
         for frozen in (self.teacher, self.reference):
             if frozen is not None:
                 frozen.to(acc.device)
@@ -86,11 +91,9 @@ class Trainer:
 
     def _choose_backend(self):
         """Fused hidden-state loss where the method and both models allow it, else logits."""
-        from sead.scoring import FusedBackend, LogitsBackend, fused_kind_ok, fused_support
-
         obj = self.cfg.objective
-        if obj.method == "grpo":
-            return None
+        if self.method.step != "distill":
+            return None  # a step without a teacher scores nothing
         fallback = LogitsBackend(obj, self.vocab)
         if not obj.fused:
             return fallback
@@ -115,8 +118,7 @@ class Trainer:
                                         trust_remote_code=m.trust_remote_code)
         self.student = load_model(m.student, m.dtype, m.gguf_file, "model.student", m.trust_remote_code)
         self.reference = None
-        method = self.cfg.objective.method
-        if method in ("grpo", "opsd"):
+        if self.method.teacher != "model":
             # No separate teacher: GRPO has none, OPSD's is the student itself (a frozen initial copy or live).
             self._load_self_teacher()
             return
@@ -139,9 +141,9 @@ class Trainer:
 
         obj = self.cfg.objective
         self.vocab = check_shared_vocab(self.tokenizer, None, head_rows(self.student), head_rows(self.student))
-        frozen = obj.method == "opsd" and obj.opsd_teacher == "initial" or obj.method == "grpo" and obj.kl_coef > 0
+        frozen = self.method.initial_copy(obj)
         copy_of_initial = copy.deepcopy(self.student).eval().requires_grad_(False) if frozen else None
-        if obj.method == "grpo":
+        if self.method.teacher == "none":  # the copy is a KL reference, not a teacher
             self.teacher, self.reference = None, copy_of_initial
         else:
             self.teacher = copy_of_initial  # None means "the live student", bound after accelerate.prepare
@@ -172,7 +174,7 @@ class Trainer:
         sampler_cfg = cfg.curriculum if use_curriculum else type(cfg.curriculum)(seed=cfg.curriculum.seed)
         self.sampler = build_sampler(sampler_cfg, len(self.items), cfg.train.steps, difficulties)
         has_answers = any(item.answer is not None for item in self.items)
-        if cfg.objective.method in ("grpo", "opsd") and not all(item.answer is not None for item in self.items):
+        if self.method.needs_answers and not all(item.answer is not None for item in self.items):
             raise ConfigError(
                 f"objective.method={cfg.objective.method} needs a reference answer for every prompt; "
                 "set data.answer_field to the answer column"
@@ -277,35 +279,15 @@ class Trainer:
         return final
 
     def _one_step(self, progress) -> None:
-        from sead.step import distill_step
-
         cfg, acc = self.cfg, self.accelerator
         t_step = time.perf_counter()
         indices = self.sampler.next_batch(self.step, cfg.train.batch_size)
         share = len(indices) // acc.num_processes
         mine = indices[acc.process_index * share : (acc.process_index + 1) * share]
         want_samples = cfg.logging.samples_every > 0 and (self.step + 1) % cfg.logging.samples_every == 0
-        prompts = [self.items[i].prompt for i in mine]
-        common = dict(cfg=cfg, accelerator=acc, student=self.student, tokenizer=self.tokenizer,
-                      optimizer=self.optimizer, scheduler=self.scheduler, prompts=prompts, step=self.step,
-                      vocab=self.vocab, want_samples=want_samples)
-        if cfg.objective.method == "grpo":
-            from sead.grpo import grpo_step
-
-            result = grpo_step(**common, reference=self.reference, answers=[self.items[i].answer for i in mine],
-                               verifier=self.verifier)
-            group = 1  # grpo_step already reports one pass fraction per prompt
-        else:
-            teacher_prompts = None
-            if cfg.objective.method == "opsd":
-                teacher_prompts = [cfg.objective.opsd_template.format(prompt=self.items[i].prompt,
-                                                                      answer=self.items[i].answer) for i in mine]
-            result = distill_step(**common, teacher=self.teacher, rewards_fn=self._rewards(mine),
-                                  teacher_prompts=teacher_prompts, backend=self.backend)
-            group = cfg.train.samples_per_prompt
-        rewards = result.metrics.pop("_rewards", None)
-        if rewards is not None:
-            self._update_sampler(indices, mine, rewards, group)
+        result = self._run_step(mine, want_samples)
+        if result.prompt_rewards is not None:
+            self._update_sampler(indices, result.prompt_rewards)
         self.bad_streak = 0 if result.finite else self.bad_streak + 1
         self.step += 1
         record = self._record(result, t_step, self.bad_streak)
@@ -325,10 +307,27 @@ class Trainer:
             acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
         progress.update(self.step, record)
 
-    def _update_sampler(self, indices, mine, rewards_local, spp: int) -> None:
+    def _run_step(self, mine: list[int], want_samples: bool):
+        """The method's step algorithm on this process's prompts ``mine``."""
+        cfg = self.cfg
+        common = dict(cfg=cfg, accelerator=self.accelerator, student=self.student, tokenizer=self.tokenizer,
+                      optimizer=self.optimizer, scheduler=self.scheduler, prompts=[self.items[i].prompt for i in mine],
+                      step=self.step, vocab=self.vocab, want_samples=want_samples)
+        # Looked up on the module at call time, so a test or benchmark can wrap the step function.
+        if self.method.step == "grpo":
+            return grpo.grpo_step(**common, reference=self.reference, answers=[self.items[i].answer for i in mine],
+                                  verifier=self.verifier)
+        teacher_prompts = None
+        if self.method.teacher == "self":  # OPSD: the teacher reads the reference answer too
+            teacher_prompts = [cfg.objective.opsd_template.format(prompt=self.items[i].prompt,
+                                                                  answer=self.items[i].answer) for i in mine]
+        return distillation.distill_step(**common, teacher=self.teacher, rewards_fn=self._rewards(mine),
+                                         teacher_prompts=teacher_prompts, backend=self.backend)
+
+    def _update_sampler(self, indices, prompt_rewards_local: list[float]) -> None:
         from accelerate.utils import gather_object
 
-        per_prompt = [sum(rewards_local[i * spp:(i + 1) * spp]) / spp for i in range(len(mine))]
+        per_prompt = prompt_rewards_local
         if self.accelerator.num_processes > 1:
             per_prompt = gather_object(per_prompt)
         self.sampler.update(list(indices), list(per_prompt))
