@@ -4,14 +4,14 @@ Variants (each measured in its own subprocess, ratios against ``naive`` of the s
 
 * ``naive``: materialise both logits (``hidden @ head.T``), zones from ``entropy`` +
   ``assign_zones``, ``sead.objectives.sead_loss``, autograd backward.
-* ``fused``: ``sead.fused.sead_loss_from_hidden`` (pass 1 entropies + zones, pass 2 on B u C).
+* ``fused``: ``sead.fused_losses.sead_loss_from_hidden`` (pass 1 entropies + zones, pass 2 on B u C).
 * ``fused_zones``: the same with zones given (what a trainer calls per micro-batch once the zones of
   the global batch are known): pass 2 only.
 * ``chunked``: zones from pass 1, then a plain chunked loop over the B u C rows computing each
   chunk's logits and ``sead_loss`` with autograd and calling backward per chunk.
 * ``trl``: zones from pass 1, then TRL's ``ChunkedDivergenceFunction`` (token x vocab tiles,
   online logsumexp, recompute in backward): reverse KL on B rows, forward KL on C rows.
-* ``fused_1pass``: ``sead.fused.sead_loss_single_pass`` with thresholds from the previous step
+* ``fused_1pass``: ``sead.fused_single_pass.sead_loss_single_pass`` with thresholds from the previous step
   (here: this batch's exact percentile thresholds, computed during setup).
 
 ``--drift STEPS`` instead trains a toy student with the single-pass mode (thresholds = running
@@ -40,15 +40,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import available_bytes, limit_memory, measure, ratio_table, run_worker  # noqa: E402
 
 from sead.divergence import entropy  # noqa: E402
-from sead.fused import (  # noqa: E402
-    percentile_thresholds,
-    sead_loss_from_hidden,
-    sead_loss_single_pass,
-    token_entropies_from_hidden,
-    zones_from_hidden,
-)
+from sead.fused_losses import sead_loss_from_hidden, token_entropies_from_hidden, zones_from_hidden  # noqa: E402
+from sead.fused_single_pass import percentile_thresholds, sead_loss_single_pass  # noqa: E402
 from sead.objectives import sead_loss  # noqa: E402
-from sead.zones import Zone, assign_zones  # noqa: E402
+from sead.schedule import cosine_alpha  # noqa: E402
+from sead.zones import Zone, assign_zones, zone_counts  # noqa: E402
 
 ALPHA, LAM = 0.5, 1.0
 VARIANTS = ("naive", "fused", "fused_zones", "fused_1pass", "chunked", "trl")
@@ -115,7 +111,7 @@ def step_chunked(x: dict, chunk: int) -> float:
 
 
 def step_trl(x: dict, chunk: int) -> float:
-    from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+    from trl.kernels.chunked_divergence import ChunkedDivergenceFunction  # optional: only this variant needs TRL
 
     zones, rows = _zones_and_rows(x, chunk)
     b_idx, c_idx = (zones == Zone.B).nonzero().squeeze(-1), (zones == Zone.C).nonzero().squeeze(-1)
@@ -172,9 +168,6 @@ def drift(steps: int, momentum: float, n: int = 512, v: int = 4096, h: int = 64,
     percentile thresholds (step 0 uses exact zones). Exact zones (``assign_zones`` on the same
     entropies) are what the two-pass loss would have used.
     """
-    from sead.schedule import cosine_alpha
-    from sead.zones import zone_counts
-
     g = torch.Generator().manual_seed(0)
     t_head = torch.randn(v, h, generator=g) * (2.0 / h**0.5)
     proj = torch.linalg.qr(torch.randn(h, h, generator=g))[0]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kill_resume import make_assets
-from sead import fused
+from sead import fused_losses
 from sead.metrics import read_metrics
 from test_fused import grads, make, reference_sead
 from test_trainer import run
@@ -41,10 +41,10 @@ def test_fused_sead_on_cuda_matches_the_cpu_reference(dtype, chunk_size):
     cpu = make(n=300, h=64, h_t=48, v=5003, v_t=5010, dtype=dtype, seed=71)
     ref_loss, ref_zones, ref_grads = reference_sead(cpu, alpha=0.6)
     gpu = _to_cuda(cpu)
-    _, zones = fused.sead_loss_from_hidden(*gpu, alpha=0.6, chunk_size=chunk_size)
+    _, zones = fused_losses.sead_loss_from_hidden(*gpu, alpha=0.6, chunk_size=chunk_size)
     # GPU and CPU matmuls round differently: near-equal entropies may swap zones, rarely.
     assert zones.device.type == "cuda" and (zones.cpu() != ref_zones).float().mean() < 0.02
-    loss, _ = fused.sead_loss_from_hidden(*gpu, alpha=0.6, chunk_size=chunk_size, zones=ref_zones.cuda())
+    loss, _ = fused_losses.sead_loss_from_hidden(*gpu, alpha=0.6, chunk_size=chunk_size, zones=ref_zones.cuda())
     got = grads(loss, *gpu[:2])
     torch.testing.assert_close(loss.cpu(), ref_loss.float(), **TOL[dtype])
     for g, want in zip(got, ref_grads):

@@ -1,10 +1,14 @@
-"""Chunk kernels behind :mod:`sead.fused` (internal): in-place float32 work on reusable ``(rows, V)``
-buffers, the autograd function that hands the precomputed gradients back, and the shared input checks.
+"""Chunked kernels of the fused losses: input checks, the reusable workspace, the per-chunk float32
+work and the autograd function that hands the precomputed gradients back.
 
-Per chunk of rows: both logits are projected into two ``(rows, V)`` float32 buffers and turned into
-log-probabilities in place; everything else (entropies, KL terms, the logit gradient) runs over
-blocks of rows (32, or more when 4 MiB holds more) in three small scratch buffers, and the
+Shapes as in :mod:`sead.fused`: N flattened positions, S selected rows of N, V vocabulary, H hidden,
+C chunk rows. Per chunk of rows: both logits are projected into two ``(C, V)`` float32 buffers and
+turned into log-probabilities in place; everything else (entropies, KL terms, the logit gradient)
+runs over blocks of rows (32, or more when 4 MiB holds more) in three small scratch buffers, and the
 gradient overwrites the student's log-probabilities. See :mod:`sead.fused` for the maths.
+
+The public names are the building blocks :mod:`sead.fused` (training), :mod:`sead.fused_losses` and
+:mod:`sead.fused_single_pass` share; everything prefixed ``_`` stays inside this module.
 """
 
 from __future__ import annotations
@@ -14,14 +18,24 @@ from dataclasses import dataclass
 
 import torch
 
+__all__ = [
+    "check_transform", "teacher_logit_transform", "flatten_hidden", "head_rows", "checked_inputs",
+    "two_pass_workspace", "chunked_entropies", "ZoneRule", "KernelOptions", "ChunkOut", "run_chunks",
+    "apply_fused_divergence",
+]  # fmt: skip
 
-def _flat(hidden: torch.Tensor, mask_shape: torch.Size, name: str) -> torch.Tensor:
+# ---------------------------------------------------------------------------------------------
+# Input checks shared by every entry point
+
+
+def flatten_hidden(hidden: torch.Tensor, mask_shape: torch.Size, name: str) -> torch.Tensor:
+    """``hidden (..., H)`` as ``(N, H)`` after checking its leading dims are ``mask_shape``."""
     if hidden.dim() < 2 or hidden.shape[:-1] != mask_shape:
         raise ValueError(f"{name} {tuple(hidden.shape)} must be mask shape {tuple(mask_shape)} + (H,)")
     return hidden.reshape(-1, hidden.shape[-1])
 
 
-def _head_rows(head: torch.Tensor, hidden_N_H: torch.Tensor, vocab: int | None, name: str) -> torch.Tensor:
+def head_rows(head: torch.Tensor, hidden_N_H: torch.Tensor, vocab: int | None, name: str) -> torch.Tensor:
     """``head[:vocab]`` after checking ``head`` is ``(V_h >= vocab, H)`` with H = hidden's width."""
     if head.dim() != 2 or head.shape[1] != hidden_N_H.shape[1]:
         raise ValueError(f"{name} {tuple(head.shape)} must be (V, {hidden_N_H.shape[1]})")
@@ -32,14 +46,15 @@ def _head_rows(head: torch.Tensor, hidden_N_H: torch.Tensor, vocab: int | None, 
     return head if head.shape[0] == vocab else head[:vocab]  # no view: autograd hands our grad straight to .grad
 
 
-def _teacher_transform(logit_scale, softcap, teacher_transform) -> tuple[float, float | None]:
+def teacher_logit_transform(logit_scale, softcap, teacher_transform) -> tuple[float, float | None]:
     """The teacher's (logit_scale, softcap): ``teacher_transform`` if given, else the student's."""
     scale, cap = (logit_scale, softcap) if teacher_transform is None else teacher_transform
-    _check_transform(scale, cap)
+    check_transform(scale, cap)
     return float(scale), cap
 
 
-def _check_transform(logit_scale: float, softcap: float | None, chunk_size: int = 1) -> None:
+def check_transform(logit_scale: float, softcap: float | None, chunk_size: int = 1) -> None:
+    """ValueError naming the bad value unless softcap > 0 (or None), logit_scale > 0, chunk_size >= 1."""
     for ok, what in ((softcap is None or softcap > 0, f"softcap must be > 0 or None, got {softcap}"),
                      (logit_scale > 0, f"logit_scale must be > 0, got {logit_scale}"),
                      (chunk_size >= 1, f"chunk_size must be >= 1, got {chunk_size}")):  # fmt: skip
@@ -47,8 +62,21 @@ def _check_transform(logit_scale: float, softcap: float | None, chunk_size: int 
             raise ValueError(what)
 
 
+def checked_inputs(student_hidden, student_head, teacher_hidden, teacher_head, shape, chunk_size, logit_scale,
+                   softcap, teacher_transform):  # fmt: skip
+    """Checked, flattened inputs: ``(s_N_H, s_head_V_H, t_N_H, t_head_V_H, teacher (scale, softcap))``;
+    the teacher's side detached and its head cut to the student's V rows."""
+    check_transform(logit_scale, softcap, chunk_size)
+    teacher_transform = teacher_logit_transform(logit_scale, softcap, teacher_transform)
+    s_N_H = flatten_hidden(student_hidden, shape, "student_hidden")
+    t_N_H = flatten_hidden(teacher_hidden, shape, "teacher_hidden").detach()
+    s_head_V_H = head_rows(student_head, s_N_H, None, "student_head")
+    t_head_V_H = head_rows(teacher_head.detach(), t_N_H, s_head_V_H.shape[0], "teacher_head")
+    return s_N_H, s_head_V_H, t_N_H, t_head_V_H, teacher_transform
+
+
 # ---------------------------------------------------------------------------------------------
-# Chunk kernels: in-place float32 work on reusable (rows, V) buffers, no (rows, V) allocations
+# Chunk kernels: in-place float32 work on reusable (C, V) buffers, no (C, V) allocations
 
 _SCRATCH_ROWS = 32  # at least this many rows per scratch block ...
 _SCRATCH_ELEMENTS = 1 << 20  # ... or as many as fit in 1 Mi floats (4 MiB): at small V, one block per chunk
@@ -74,7 +102,7 @@ def _scratch_rows(rows: int, vocab: int) -> int:
     return min(rows, max(_SCRATCH_ROWS, _SCRATCH_ELEMENTS // max(vocab, 1)))
 
 
-def _workspace(n_valid, n_rows2, chunk_size, count2, vocab, device, workspace=None):
+def two_pass_workspace(n_valid, n_rows2, chunk_size, count2, vocab, device, workspace=None):
     """Pass-1 chunk rows and one flat workspace for both passes, sized for pass 2 (``count2``
     buffers of its rows plus scratch); pass 1 (one buffer) takes as many rows as fit, never raising
     the peak.
@@ -93,13 +121,13 @@ def _row_blocks(n: int, scratch_rows: int):
     return (slice(i, min(i + scratch_rows, n)) for i in range(0, n, max(scratch_rows, 1)))
 
 
-def _project(out, hidden_n_H, head_V_H, logit_scale, softcap, tanh_out=None) -> None:
+def _project(out, hidden_C_H, head_V_H, logit_scale, softcap, tanh_out=None) -> None:
     """``out <- transform(hidden @ head.T)`` in float32; ``tanh_out <- tanh(.)`` when given (softcap)."""
-    hidden_n_H = hidden_n_H.to(head_V_H.dtype)
+    hidden_C_H = hidden_C_H.to(head_V_H.dtype)
     if head_V_H.dtype == torch.float32:
-        torch.mm(hidden_n_H, head_V_H.t(), out=out)
+        torch.mm(hidden_C_H, head_V_H.t(), out=out)
     else:  # low-precision product, rounded like the materialised reference, then upcast
-        out.copy_(hidden_n_H @ head_V_H.t())
+        out.copy_(hidden_C_H @ head_V_H.t())
     if softcap is not None:
         out.mul_(logit_scale / softcap).tanh_()
         if tanh_out is not None:
@@ -137,12 +165,16 @@ def _entropy_(z: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _entropies(hidden_N_H, head_V_H, rows_M, chunk_size, logit_scale, softcap, workspace=None) -> torch.Tensor:
+def chunked_entropies(hidden_N_H, head_V_H, rows_S, chunk_size, logit_scale, softcap, workspace=None) -> torch.Tensor:
+    """Float32 ``H(softmax(transform(hidden @ head.T)))`` at the rows ``rows_S`` of ``(N,)``, 0 elsewhere.
+
+    No gradient; one ``(C, V)`` buffer and one scratch block, carved from ``workspace`` when it fits.
+    """
     out_N = torch.zeros(hidden_N_H.shape[0], dtype=torch.float32, device=hidden_N_H.device)
-    rows = min(chunk_size, rows_M.numel())
+    rows = min(chunk_size, rows_S.numel())
     bufs = _buffers(1, rows, head_V_H.shape[0], hidden_N_H.device, workspace, scratch=1) if rows else []
-    for start in range(0, rows_M.numel(), max(rows, 1)):
-        idx = rows_M[start : start + rows]
+    for start in range(0, rows_S.numel(), max(rows, 1)):
+        idx = rows_S[start : start + rows]
         z = bufs[0][: idx.numel()]
         _project(z, hidden_N_H.index_select(0, idx), head_V_H, logit_scale, softcap)
         out_N[idx] = _entropy_(z, bufs[1])
@@ -150,7 +182,7 @@ def _entropies(hidden_N_H, head_V_H, rows_M, chunk_size, logit_scale, softcap, w
 
 
 @dataclass(frozen=True)
-class _ZoneRule:
+class ZoneRule:
     """In-chunk zones: C if H(p_t) > teacher, else B if H(p_s) > student, else A (weights 0)."""
 
     teacher: float
@@ -159,19 +191,22 @@ class _ZoneRule:
     c: tuple[float, float]  # (w_rkl, w_fkl) of C rows
 
     def weights(self, ent_t, ent_s):
+        """``(w_rkl, w_fkl, in_zone)`` per row from the rows' teacher and student entropies."""
         is_c = (ent_t.double() > self.teacher).float()  # float64: exact compare with the Python value
         is_b = (1.0 - is_c) * (ent_s.double() > self.student).float()
         return is_b * self.b[0] + is_c * self.c[0], is_b * self.b[1] + is_c * self.c[1], is_b + is_c
 
 
 @dataclass(frozen=True)
-class _Opts:
+class KernelOptions:
+    """What :func:`run_chunks` computes: transforms, normaliser, zone rule, which gradients, statistics."""
+
     chunk_size: int
     logit_scale: float
     softcap: float | None
     teacher_transform: tuple[float, float | None]  # (logit_scale, softcap) of the teacher
     inv_norm: float | None  # None: 1 / |B u C| counted by the zone rule, applied after the pass
-    rule: _ZoneRule | None
+    rule: ZoneRule | None
     need_hidden_grad: bool
     need_head_grad: bool
     workspace: torch.Tensor | None = None  # flat float32 scratch to carve the chunk buffers from
@@ -179,8 +214,8 @@ class _Opts:
 
 
 @dataclass
-class _ChunkOut:
-    """Per-row results of one chunk, all ``(n,)`` float32; ``grad`` is the ``(n, V)`` logit gradient."""
+class ChunkOut:
+    """Per-row results of one chunk, all ``(C,)`` float32; ``grad`` is the ``(C, V)`` logit gradient."""
 
     values: torch.Tensor
     grad: torch.Tensor | None
@@ -193,25 +228,25 @@ class _ChunkOut:
     ent_s: torch.Tensor | None = None
 
 
-def _keeps_tanh(opts: _Opts) -> bool:
+def _keeps_tanh(opts: KernelOptions) -> bool:
     """Soft-capped logits with a gradient to compute keep tanh in a third ``(rows, V)`` buffer."""
     return opts.softcap is not None and (opts.need_hidden_grad or opts.need_head_grad)
 
 
-def _chunks(s_N_H, s_head_V_H, t_N_H, t_head_V_H, rows_M, w_rkl_M, w_fkl_M, opts: _Opts):
-    """Run :func:`_chunk` over ``rows_M`` in chunks of ``opts.chunk_size`` rows on buffers reused
-    throughout; yields ``(row indices, student hidden rows, buffers, _ChunkOut)`` per chunk."""
-    rows = min(opts.chunk_size, rows_M.numel())
+def run_chunks(s_N_H, s_head_V_H, t_N_H, t_head_V_H, rows_S, w_rkl_S, w_fkl_S, opts: KernelOptions):
+    """Run :func:`_chunk` over ``rows_S`` in chunks of ``opts.chunk_size`` rows on buffers reused
+    throughout; yields ``(row indices, student hidden rows, buffers, ChunkOut)`` per chunk."""
+    rows = min(opts.chunk_size, rows_S.numel())
     count = 2 + _keeps_tanh(opts)
     bufs = _buffers(count, rows, s_head_V_H.shape[0], s_N_H.device, opts.workspace) if rows else []
-    for start in range(0, rows_M.numel(), max(rows, 1)):
-        idx, sl = rows_M[start : start + rows], slice(start, start + rows)
+    for start in range(0, rows_S.numel(), max(rows, 1)):
+        idx, sl = rows_S[start : start + rows], slice(start, start + rows)
         hs = s_N_H.index_select(0, idx)
-        out = _chunk(bufs, hs, s_head_V_H, t_N_H.index_select(0, idx), t_head_V_H, w_rkl_M[sl], w_fkl_M[sl], opts)
+        out = _chunk(bufs, hs, s_head_V_H, t_N_H.index_select(0, idx), t_head_V_H, w_rkl_S[sl], w_fkl_S[sl], opts)
         yield idx, hs, bufs, out
 
 
-def _chunk(bufs, hs, s_head, ht, t_head, w_r, w_f, opts: _Opts) -> _ChunkOut:
+def _chunk(bufs, hs, s_head, ht, t_head, w_r, w_f, opts: KernelOptions) -> ChunkOut:
     """Weighted divergence of one chunk, its logit gradient (in ``bufs[0]``) and the zone rule's outputs.
 
     value = w_r RKL + w_f FKL; gradient = k (w_r p_s (log p_s - log p_t - RKL) + w_f (p_s - p_t))
@@ -229,7 +264,7 @@ def _chunk(bufs, hs, s_head, ht, t_head, w_r, w_f, opts: _Opts) -> _ChunkOut:
     rule = opts.rule
     want_t = opts.entropies or rule is not None
     want_s = opts.entropies or (rule is not None and rule.student > -math.inf)
-    out = _ChunkOut(None, None, w_r, w_f, *(torch.zeros(n, dtype=torch.float32, device=device) for _ in range(2)))
+    out = ChunkOut(None, None, w_r, w_f, *(torch.zeros(n, dtype=torch.float32, device=device) for _ in range(2)))
     if want_t:
         out.ent_t, out.ent_s = (torch.zeros(n, dtype=torch.float32, device=device) for _ in range(2))
     if rule is not None:
@@ -263,12 +298,16 @@ def _chunk(bufs, hs, s_head, ht, t_head, w_r, w_f, opts: _Opts) -> _ChunkOut:
     return out
 
 
-def _addmm_fp32(acc_V_H: torch.Tensor, g_n_V: torch.Tensor, g_low, h_n_H: torch.Tensor) -> None:
+def _addmm_fp32(acc_V_H: torch.Tensor, g_C_V: torch.Tensor, g_low, h_C_H: torch.Tensor) -> None:
     """``acc += g.T @ h`` into a float32 accumulator (bf16/fp16 products not rounded first)."""
     if g_low is not None and acc_V_H.device.type == "cuda" and _MM_OUT_DTYPE:
-        torch.addmm(acc_V_H, g_low.t(), h_n_H, out_dtype=torch.float32, out=acc_V_H)
+        torch.addmm(acc_V_H, g_low.t(), h_C_H, out_dtype=torch.float32, out=acc_V_H)
     else:
-        acc_V_H.addmm_(g_n_V.t(), h_n_H.float())
+        acc_V_H.addmm_(g_C_V.t(), h_C_H.float())
+
+
+# ---------------------------------------------------------------------------------------------
+# The autograd function and its entry point
 
 
 class _FusedDivergence(torch.autograd.Function):
@@ -279,14 +318,14 @@ class _FusedDivergence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_M, w_rkl_M, w_fkl_M, opts):
+    def forward(ctx, s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_S, w_rkl_S, w_fkl_S, opts):
         (n_tokens, width), vocab, device = s_hidden_N_H.shape, s_head_V_H.shape[0], s_hidden_N_H.device
         tokens_N, ent_t_N, ent_s_N = (torch.zeros(n_tokens, dtype=torch.float32, device=device) for _ in range(3))
         grad_h = torch.zeros_like(s_hidden_N_H) if opts.need_hidden_grad else None
         grad_w = torch.zeros(vocab, width, dtype=torch.float32, device=device) if opts.need_head_grad else None
         low, count = s_head_V_H.dtype != torch.float32, 0
-        for idx, hs, bufs, out in _chunks(s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_M, w_rkl_M,
-                                          w_fkl_M, opts):  # fmt: skip
+        for idx, hs, bufs, out in run_chunks(s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_S, w_rkl_S,
+                                          w_fkl_S, opts):  # fmt: skip
             tokens_N[idx], g = out.values, out.grad
             if out.in_zone is not None:
                 ent_t_N[idx], ent_s_N[idx], count = out.ent_t, out.ent_s, count + int(out.in_zone.sum())
@@ -321,30 +360,24 @@ class _FusedDivergence(torch.autograd.Function):
         return grad_h, grad_w, None, None, None, None, None, None
 
 
-def _inputs(student_hidden, student_head, teacher_hidden, teacher_head, shape, chunk_size, logit_scale, softcap,
-            teacher_transform):  # fmt: skip
-    """Checked, flattened inputs: ``(s_N_H, s_head_V_H, t_N_H, t_head_V_H, teacher (scale, softcap))``;
-    the teacher's side detached and its head cut to the student's V rows."""
-    _check_transform(logit_scale, softcap, chunk_size)
-    teacher_transform = _teacher_transform(logit_scale, softcap, teacher_transform)
-    s_N_H = _flat(student_hidden, shape, "student_hidden")
-    t_N_H = _flat(teacher_hidden, shape, "teacher_hidden").detach()
-    s_head_V_H = _head_rows(student_head, s_N_H, None, "student_head")
-    t_head_V_H = _head_rows(teacher_head.detach(), t_N_H, s_head_V_H.shape[0], "teacher_head")
-    return s_N_H, s_head_V_H, t_N_H, t_head_V_H, teacher_transform
+def apply_fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head, weight_shape, w_rkl_N,
+                           w_fkl_N, rows_S, normalizer, chunk_size, logit_scale, softcap, teacher_transform,
+                           rule=None, workspace=None):  # fmt: skip
+    """``(loss, token_losses, teacher_entropy, student_entropy)``, the last three shaped ``weight_shape``.
 
-
-def _run(student_hidden, student_head, teacher_hidden, teacher_head, weight_shape, w_rkl_N, w_fkl_N, rows_M,
-         normalizer, chunk_size, logit_scale, softcap, teacher_transform, rule=None, workspace=None):  # fmt: skip
-    """Checks shapes, builds the options and applies the autograd function (all public paths)."""
-    s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, teacher_transform = _inputs(
+    Checks shapes, builds the options and applies the autograd function over the rows ``rows_S``
+    with per-position weights ``w_rkl_N``, ``w_fkl_N``. ``normalizer=None``: 1 / |B u C| counted by
+    ``rule``. Every differentiable fused loss goes through here.
+    """
+    s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, teacher_transform = checked_inputs(
         student_hidden, student_head, teacher_hidden, teacher_head, weight_shape, chunk_size, logit_scale, softcap,
         teacher_transform)  # fmt: skip
     inv_norm = None if normalizer is None else 1.0 / max(float(normalizer), 1.0)
     grad_on = torch.is_grad_enabled()
-    opts = _Opts(chunk_size, float(logit_scale), softcap, teacher_transform, inv_norm, rule,
-                 grad_on and s_hidden_N_H.requires_grad, grad_on and s_head_V_H.requires_grad, workspace)  # fmt: skip
-    w_r_M, w_f_M = w_rkl_N.index_select(0, rows_M), w_fkl_N.index_select(0, rows_M)
-    loss, *per_position = _FusedDivergence.apply(s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_M,
-                                                 w_r_M, w_f_M, opts)  # fmt: skip
+    opts = KernelOptions(chunk_size, float(logit_scale), softcap, teacher_transform, inv_norm, rule,
+                         grad_on and s_hidden_N_H.requires_grad, grad_on and s_head_V_H.requires_grad,
+                         workspace)  # fmt: skip
+    w_r_S, w_f_S = w_rkl_N.index_select(0, rows_S), w_fkl_N.index_select(0, rows_S)
+    loss, *per_position = _FusedDivergence.apply(s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_S,
+                                                 w_r_S, w_f_S, opts)  # fmt: skip
     return loss, *(x.reshape(weight_shape) for x in per_position)
