@@ -7,8 +7,10 @@ import json
 import pytest
 import yaml
 
-import sead.compare as cmp
-from sead.compare import compare_main, plan_variants, problem_scores, resolve_variants
+from sead import compare_rows, compare_run, compare_tables
+from sead.compare import compare_main
+from sead.compare_plan import plan_variants, resolve_variants
+from sead.compare_tables import problem_scores
 from sead.config import load_config
 from sead.errors import ConfigError, DataError
 from sead.metrics import read_metrics
@@ -89,14 +91,14 @@ def _fake_row(tmp_path, name, correct, greedy=True):
             for bench, oks in correct.items() for i, ok in enumerate(oks)]
     path.with_name("final.samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     path.write_text(json.dumps({"compare": {"fp": 1}}))
-    return cmp._Row(name, name, name, cfg, None, path, {"fp": 1})
+    return compare_rows.Row(name, name, name, cfg, None, path, {"fp": 1})
 
 
 def test_tabulate_pairs_problems_and_marks_clear_differences(tmp_path):
     a = [True] * 10 + [False] * 20
     b = [True] * 18 + [False] * 12  # solves everything a solves, and 8 more
     rows = [_fake_row(tmp_path, "opd", {"x": a, "y": a[:10]}), _fake_row(tmp_path, "sead", {"y": b[:10], "x": b})]
-    result = cmp.tabulate(rows, tmp_path, "opd", n_resamples=1000)
+    result = compare_tables.tabulate(rows, tmp_path, "opd", n_resamples=1000)
     assert list(result["benchmarks"]) == ["x", "y"]
     sead = result["rows"][1]
     assert sead["scores"]["x"]["mean"] == pytest.approx(0.6) and sead["diff"]["x"]["mean"] == pytest.approx(8 / 30)
@@ -107,7 +109,7 @@ def test_tabulate_pairs_problems_and_marks_clear_differences(tmp_path):
     assert "| sead | +26.7 [" in md and "] * |" in md
     rows.append(_fake_row(tmp_path, "bad", {"x": a[:29], "y": a[:10]}))
     with pytest.raises(DataError, match="different problems"):
-        cmp.tabulate(rows, tmp_path, "opd")
+        compare_tables.tabulate(rows, tmp_path, "opd")
 
 
 def test_compare_trains_evaluates_tabulates_and_resumes(base, monkeypatch, capsys):
@@ -147,8 +149,8 @@ def test_compare_trains_evaluates_tabulates_and_resumes(base, monkeypatch, capsy
     def boom(*a, **k):
         raise AssertionError("must not run again")
 
-    monkeypatch.setattr(cmp, "train_variant", boom)
-    monkeypatch.setattr(cmp, "evaluate_row", boom)
+    monkeypatch.setattr(compare_run, "train_variant", boom)
+    monkeypatch.setattr(compare_run, "evaluate_row", boom)
     assert compare_main(argv) == 0
     assert final.stat().st_mtime_ns == mtime and (out / "comparison.json").read_text() == table
     monkeypatch.undo()
@@ -163,8 +165,8 @@ def test_compare_trains_evaluates_tabulates_and_resumes(base, monkeypatch, capsy
     shutil.rmtree(out / "runs" / "opd" / "final")
     (out / "runs" / "opd" / "eval" / "final.json").unlink()
     calls = []
-    real_eval = cmp.evaluate_row
-    monkeypatch.setattr(cmp, "evaluate_row", lambda row, *a, **k: calls.append(row.name) or real_eval(row, *a, **k))
+    real_eval = compare_run.evaluate_row
+    monkeypatch.setattr(compare_run, "evaluate_row", lambda row, *a, **k: calls.append(row.name) or real_eval(row, *a, **k))
     assert compare_main(argv + ["--only", "opd"]) == 0
     assert calls == ["opd"] and (out / "runs" / "opd" / "final").is_dir()
     assert [r["step"] for r in read_metrics(out / "runs" / "opd" / "metrics.jsonl")] == [1, 2]
