@@ -179,3 +179,63 @@ def test_compare_trains_evaluates_tabulates_and_resumes(base, monkeypatch, capsy
     result = json.loads((out / "comparison.json").read_text())
     assert [r["status"] for r in result["rows"]] == ["done", "done", "untrained", "done"]
     print(md)
+
+
+def test_options_are_checked_before_any_model_library_loads():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import sead
+    from sead.compare_options import CompareOptions
+
+    assert CompareOptions().methods == ("opd", "sead") and CompareOptions().n_resamples == 2000
+    for bad, match in (({"metric": "pass@2"}, "--metric 'pass@2'"), ({"n_resamples": 10}, "--resamples"),
+                       ({"confidence": 1.0}, "--confidence"), ({"only": ["opd"], "tabulate_only": True}, "exclude")):
+        with pytest.raises(ConfigError, match=match):
+            CompareOptions(**bad)
+    # cli.py builds the compare parser on every `sead` call: importing the command must stay light.
+    code = "import sys, sead.compare; print(sorted({'torch', 'accelerate'} & set(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": str(Path(sead.__file__).parents[1])}  # the sead under test
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "[]"
+
+
+def test_saved_config_check_frees_what_the_trainer_frees_on_resume(base, tmp_path):
+    from sead.config import config_to_dict
+    from sead.run_dir import RESUME_FREE, resume_changes
+
+    cfg = resolve_variants(load_config(base["config"]), plan_variants(["opd"]), tmp_path)["opd"]
+    row = compare_rows.variant_row(plan_variants(["opd"])[0], cfg)
+    saved = config_to_dict(cfg)
+    row.run_dir.mkdir(parents=True)
+    assert row.saved_config() == {}  # no run yet
+    for section, key in sorted(RESUME_FREE):  # train.max_bad_steps among them: the trainer resumes over it
+        changed = json.loads(json.dumps(saved))
+        changed[section][key] = 7 if key in ("max_bad_steps", "torch_threads") else "elsewhere"
+        (row.run_dir / "config.yaml").write_text(yaml.safe_dump(changed))
+        assert row.saved_config() == changed
+    eval_edit = json.loads(json.dumps(saved))
+    eval_edit["eval"]["max_new_tokens"] = 9
+    (row.run_dir / "config.yaml").write_text(yaml.safe_dump(eval_edit))
+    assert row.saved_config() == eval_edit  # evaluation does not change training ...
+    assert resume_changes(eval_edit, cfg) == ["eval.max_new_tokens"]  # ... but the trainer needs it forced
+    trained = json.loads(json.dumps(saved))
+    trained["optim"]["lr"] = 0.5
+    (row.run_dir / "config.yaml").write_text(yaml.safe_dump(trained))
+    with pytest.raises(ConfigError, match=r"different config \(optim.lr\).* retrain opd"):
+        row.saved_config()
+
+
+def test_problem_scores_refuses_a_bad_samples_file(tmp_path):
+    good = json.dumps({"benchmark": "b", "id": 0, "mode": "greedy", "correct": True})
+    path = tmp_path / "x.samples.jsonl"
+    path.write_text(good + "\n\n" + '{"benchmark": "b", "id"\n')
+    with pytest.raises(DataError, match="line 3 is not valid JSON"):
+        problem_scores(path)
+    path.write_text(good + "\n" + json.dumps({"benchmark": "b", "id": 1}) + "\n")
+    with pytest.raises(DataError, match="record 2 is not an eval sample record"):
+        problem_scores(path)
+    with pytest.raises(DataError, match="cannot read"):
+        problem_scores(tmp_path / "absent.samples.jsonl")

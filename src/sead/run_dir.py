@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from pathlib import Path
 
 import yaml
@@ -28,7 +28,7 @@ RESUME_FREE = frozenset({("train", "resume"), ("train", "force_resume"), ("loggi
                          ("train", "output_dir")})  # output_dir: a run folder may be moved
 
 
-def config_diff(saved: dict, new: dict, free: set) -> list[str]:
+def config_diff(saved: dict, new: dict, free: Set[tuple[str, str]]) -> list[str]:
     """Keys whose saved value differs from the new one (keys the saved file lacks count as equal)."""
     return [
         f"{section}.{key}"
