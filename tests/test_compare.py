@@ -7,8 +7,10 @@ import json
 import pytest
 import yaml
 
-import sead.compare as cmp
-from sead.compare import compare_main, plan_variants, problem_scores, resolve_variants
+from sead import compare_rows, compare_run, compare_tables
+from sead.compare import compare_main
+from sead.compare_plan import plan_variants, resolve_variants
+from sead.compare_tables import problem_scores
 from sead.config import load_config
 from sead.errors import ConfigError, DataError
 from sead.metrics import read_metrics
@@ -89,14 +91,14 @@ def _fake_row(tmp_path, name, correct, greedy=True):
             for bench, oks in correct.items() for i, ok in enumerate(oks)]
     path.with_name("final.samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     path.write_text(json.dumps({"compare": {"fp": 1}}))
-    return cmp._Row(name, name, name, cfg, None, path, {"fp": 1})
+    return compare_rows.Row(name, name, name, cfg, None, path, {"fp": 1})
 
 
 def test_tabulate_pairs_problems_and_marks_clear_differences(tmp_path):
     a = [True] * 10 + [False] * 20
     b = [True] * 18 + [False] * 12  # solves everything a solves, and 8 more
     rows = [_fake_row(tmp_path, "opd", {"x": a, "y": a[:10]}), _fake_row(tmp_path, "sead", {"y": b[:10], "x": b})]
-    result = cmp.tabulate(rows, tmp_path, "opd", n_resamples=1000)
+    result = compare_tables.tabulate(rows, tmp_path, "opd", n_resamples=1000)
     assert list(result["benchmarks"]) == ["x", "y"]
     sead = result["rows"][1]
     assert sead["scores"]["x"]["mean"] == pytest.approx(0.6) and sead["diff"]["x"]["mean"] == pytest.approx(8 / 30)
@@ -107,7 +109,7 @@ def test_tabulate_pairs_problems_and_marks_clear_differences(tmp_path):
     assert "| sead | +26.7 [" in md and "] * |" in md
     rows.append(_fake_row(tmp_path, "bad", {"x": a[:29], "y": a[:10]}))
     with pytest.raises(DataError, match="different problems"):
-        cmp.tabulate(rows, tmp_path, "opd")
+        compare_tables.tabulate(rows, tmp_path, "opd")
 
 
 def test_compare_trains_evaluates_tabulates_and_resumes(base, monkeypatch, capsys):
@@ -147,8 +149,8 @@ def test_compare_trains_evaluates_tabulates_and_resumes(base, monkeypatch, capsy
     def boom(*a, **k):
         raise AssertionError("must not run again")
 
-    monkeypatch.setattr(cmp, "train_variant", boom)
-    monkeypatch.setattr(cmp, "evaluate_row", boom)
+    monkeypatch.setattr(compare_run, "train_variant", boom)
+    monkeypatch.setattr(compare_run, "evaluate_row", boom)
     assert compare_main(argv) == 0
     assert final.stat().st_mtime_ns == mtime and (out / "comparison.json").read_text() == table
     monkeypatch.undo()
@@ -163,8 +165,8 @@ def test_compare_trains_evaluates_tabulates_and_resumes(base, monkeypatch, capsy
     shutil.rmtree(out / "runs" / "opd" / "final")
     (out / "runs" / "opd" / "eval" / "final.json").unlink()
     calls = []
-    real_eval = cmp.evaluate_row
-    monkeypatch.setattr(cmp, "evaluate_row", lambda row, *a, **k: calls.append(row.name) or real_eval(row, *a, **k))
+    real_eval = compare_run.evaluate_row
+    monkeypatch.setattr(compare_run, "evaluate_row", lambda row, *a, **k: calls.append(row.name) or real_eval(row, *a, **k))
     assert compare_main(argv + ["--only", "opd"]) == 0
     assert calls == ["opd"] and (out / "runs" / "opd" / "final").is_dir()
     assert [r["step"] for r in read_metrics(out / "runs" / "opd" / "metrics.jsonl")] == [1, 2]
@@ -177,3 +179,63 @@ def test_compare_trains_evaluates_tabulates_and_resumes(base, monkeypatch, capsy
     result = json.loads((out / "comparison.json").read_text())
     assert [r["status"] for r in result["rows"]] == ["done", "done", "untrained", "done"]
     print(md)
+
+
+def test_options_are_checked_before_any_model_library_loads():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import sead
+    from sead.compare_options import CompareOptions
+
+    assert CompareOptions().methods == ("opd", "sead") and CompareOptions().n_resamples == 2000
+    for bad, match in (({"metric": "pass@2"}, "--metric 'pass@2'"), ({"n_resamples": 10}, "--resamples"),
+                       ({"confidence": 1.0}, "--confidence"), ({"only": ["opd"], "tabulate_only": True}, "exclude")):
+        with pytest.raises(ConfigError, match=match):
+            CompareOptions(**bad)
+    # cli.py builds the compare parser on every `sead` call: importing the command must stay light.
+    code = "import sys, sead.compare; print(sorted({'torch', 'accelerate'} & set(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": str(Path(sead.__file__).parents[1])}  # the sead under test
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "[]"
+
+
+def test_saved_config_check_frees_what_the_trainer_frees_on_resume(base, tmp_path):
+    from sead.config import config_to_dict
+    from sead.run_dir import RESUME_FREE, resume_changes
+
+    cfg = resolve_variants(load_config(base["config"]), plan_variants(["opd"]), tmp_path)["opd"]
+    row = compare_rows.variant_row(plan_variants(["opd"])[0], cfg)
+    saved = config_to_dict(cfg)
+    row.run_dir.mkdir(parents=True)
+    assert row.saved_config() == {}  # no run yet
+    for section, key in sorted(RESUME_FREE):  # train.max_bad_steps among them: the trainer resumes over it
+        changed = json.loads(json.dumps(saved))
+        changed[section][key] = 7 if key in ("max_bad_steps", "torch_threads") else "elsewhere"
+        (row.run_dir / "config.yaml").write_text(yaml.safe_dump(changed))
+        assert row.saved_config() == changed
+    eval_edit = json.loads(json.dumps(saved))
+    eval_edit["eval"]["max_new_tokens"] = 9
+    (row.run_dir / "config.yaml").write_text(yaml.safe_dump(eval_edit))
+    assert row.saved_config() == eval_edit  # evaluation does not change training ...
+    assert resume_changes(eval_edit, cfg) == ["eval.max_new_tokens"]  # ... but the trainer needs it forced
+    trained = json.loads(json.dumps(saved))
+    trained["optim"]["lr"] = 0.5
+    (row.run_dir / "config.yaml").write_text(yaml.safe_dump(trained))
+    with pytest.raises(ConfigError, match=r"different config \(optim.lr\).* retrain opd"):
+        row.saved_config()
+
+
+def test_problem_scores_refuses_a_bad_samples_file(tmp_path):
+    good = json.dumps({"benchmark": "b", "id": 0, "mode": "greedy", "correct": True})
+    path = tmp_path / "x.samples.jsonl"
+    path.write_text(good + "\n\n" + '{"benchmark": "b", "id"\n')
+    with pytest.raises(DataError, match="line 3 is not valid JSON"):
+        problem_scores(path)
+    path.write_text(good + "\n" + json.dumps({"benchmark": "b", "id": 1}) + "\n")
+    with pytest.raises(DataError, match="record 2 is not an eval sample record"):
+        problem_scores(path)
+    with pytest.raises(DataError, match="cannot read"):
+        problem_scores(tmp_path / "absent.samples.jsonl")

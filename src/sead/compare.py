@@ -27,158 +27,62 @@ one resolved now (in anything that changes training) is an error, never silently
 Several machines: ``--only VARIANT`` runs one variant (or ``base``), and ``--tabulate-only``
 gathers the tables once all are done (docs/compare.md).
 
-This module is the command; variants are planned, trained and evaluated in `sead.compare_variants`
-and tabulated in `sead.compare_tables`.
+This module is the command's face: `run_compare` (Python) and `compare_main` (CLI). The
+options are `sead.compare_options`, the variants `sead.compare_plan`, the rows and their state
+on disk `sead.compare_rows`, training and evaluation `sead.compare_run`, the tables
+`sead.compare_tables`.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
-from sead.compare_tables import problem_scores, tabulate
-# run_compare calls train_variant / evaluate_row through these names: patch them on sead.compare.
-from sead.compare_variants import (
-    ABLATIONS,
-    Variant,
-    _check_saved_config,
-    _describe,
-    _eval_fingerprint,
-    _is_main,
-    _Row,
-    _say,
-    _state,
-    evaluate_row,
-    plan_variants,
-    resolve_variants,
-    train_variant,
-)
-from sead.errors import ConfigError
+from sead.compare_options import ABLATIONS, METRICS, CompareOptions
 
-__all__ = [
-    "Variant",
-    "plan_variants",
-    "resolve_variants",
-    "problem_scores",
-    "tabulate",
-    "run_compare",
-    "add_compare_arguments",
-    "compare_main",
-]
+__all__ = ["run_compare", "add_compare_arguments", "compare_main"]
 
-BASE = "base"
+_DEFAULTS = CompareOptions()
+
+
+def run_compare(config: str | None, overrides: Sequence[str] = (), **options) -> dict | None:
+    """Train, evaluate and tabulate (see the module doc); ``options`` are `CompareOptions` fields
+    (``methods``, ``ablation``, ``out``, ``only``, ``tabulate_only``, ``reference``, ``metric``,
+    ``n_resamples``, ``confidence``, ``seed``). Returns the comparison JSON, or None when ``only``
+    restricted the run to some variants (tables come with ``tabulate_only``)."""
+    checked = CompareOptions(**options)  # a bad option fails before torch is loaded
+    # Imported on use: cli.py builds this command's parser on every `sead` call, and the runner
+    # loads torch and the trainer (seconds), which only a comparison needs.
+    from sead.compare_run import run_comparison
+
+    return run_comparison(config, overrides, checked)
 
 
 def _split(values: Sequence[str] | None) -> list[str]:
     return [x.strip() for v in values or [] for x in v.split(",") if x.strip()]
 
 
-def run_compare(
-    config: str | None,
-    overrides: Sequence[str] = (),
-    methods: Sequence[str] = ("opd", "sead"),
-    ablation: str | None = None,
-    out: str | Path = "runs/compare",
-    only: Sequence[str] = (),
-    tabulate_only: bool = False,
-    reference: str | None = None,
-    metric: str = "pass@1",
-    n_resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict | None:
-    """Train, evaluate and tabulate (see the module doc); returns the comparison JSON, or None
-    when ``only`` restricted the run to some variants (tables come with ``tabulate_only``)."""
-    from sead.config import load_config
-    from sead.evaluate import load_benchmarks
-
-    if only and tabulate_only:
-        raise ConfigError("--only and --tabulate-only exclude each other; run --only per variant, then --tabulate-only")
-    if metric not in ("pass@1", "avg@k"):
-        raise ConfigError(f"--metric {metric!r} is unknown; use pass@1 or avg@k")
-    if not isinstance(n_resamples, int) or n_resamples < 100:
-        raise ConfigError(f"--resamples must be an integer >= 100, got {n_resamples!r}; the default is 2000")
-    if not 0 < confidence < 1:
-        raise ConfigError(f"--confidence must be in (0, 1), got {confidence!r}; e.g. 0.95")
-    base_cfg = load_config(config, list(overrides))
-    variants = plan_variants(list(methods), ablation)
-    out = Path(out)
-    cfgs = resolve_variants(base_cfg, variants, out)
-    names = [BASE] + [v.name for v in variants]
-    if reference is None:
-        reference = "opd" if "opd" in names else variants[0].name
-    elif reference not in names:
-        raise ConfigError(f"--reference {reference!r} is not a compared variant; use one of {', '.join(names)}")
-    for name in only:
-        if name not in names:
-            raise ConfigError(f"--only {name!r} is not a variant of this comparison; use one of {', '.join(names)}")
-
-    student = {"student": base_cfg.model.student, "tokenizer": base_cfg.model.tokenizer,
-               "gguf_file": base_cfg.model.gguf_file, "dtype": base_cfg.model.dtype}
-    rows = [_Row(BASE, None, "initial student", base_cfg, None, out / BASE / "eval" / f"{BASE}.json",
-                 _eval_fingerprint(base_cfg, student))]
-    for v in variants:
-        cfg = cfgs[v.name]
-        run_dir = Path(cfg.train.output_dir)
-        rows.append(_Row(v.name, v.method, _describe(cfg), cfg, run_dir, run_dir / "eval" / "final.json",
-                         _eval_fingerprint(cfg)))
-    selected = [r for r in rows if not only or r.name in only]
-    for r in selected:  # a changed config fails here, before any hour of training is spent or tabulated
-        if r.run_dir is not None:
-            _check_saved_config(r)
-
-    if not tabulate_only:
-        from sead.progress import quiet_libraries
-
-        quiet_libraries()
-        benchmarks = None
-        for i, r in enumerate(selected, 1):
-            state = r.state()
-            tag = f"[{i}/{len(selected)}] {r.name}"
-            if state == "done":
-                _say(f"{tag}: trained and evaluated already, skipped")
-                continue
-            if not r.trained():
-                _say(f"{tag}: {r.description}")
-                train_variant(r)
-            if _is_main():
-                benchmarks = benchmarks if benchmarks is not None else load_benchmarks(base_cfg.eval)
-                if state == "stale":
-                    _say(f"{tag}: eval settings changed since its evaluation; evaluating again")
-                evaluate_row(r, benchmarks, progress=base_cfg.logging.progress)
-            _state().wait_for_everyone()
-        if only:
-            _say(f"finished {', '.join(r.name for r in selected)}; when every variant is done, gather the tables "
-                 "with the same command and --tabulate-only (without --only)")
-            return None
-    result = None
-    if _is_main():
-        result = tabulate(rows, out, reference, metric, n_resamples, confidence, seed)
-        print((out / "comparison.md").read_text(encoding="utf-8"))
-        print(f"compare: tables in {out / 'comparison.md'} and {out / 'comparison.json'}; runs in {out / 'runs'}")
-    _state().wait_for_everyone()
-    return result
-
-
 def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    d = _DEFAULTS
     parser.add_argument("--config", help="base YAML config: seed, data, budget, eval.data shared by every variant")
-    parser.add_argument("--methods", default="opd,sead",
-                        help="comma-separated methods, e.g. opd,eopd,sead,grpo,opsd (default opd,sead)")
-    parser.add_argument("--ablation", choices=ABLATIONS, default=None,
+    parser.add_argument("--methods", default=",".join(d.methods),
+                        help=f"comma-separated methods, e.g. opd,eopd,sead,grpo,opsd (default {','.join(d.methods)})")
+    parser.add_argument("--ablation", choices=ABLATIONS, default=d.ablation,
                         help="tac: the 8 combinations of sead's T (zones), A (anneal), C (curriculum)")
-    parser.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
+    parser.add_argument("--out", default=str(d.out), help=f"output directory (default {d.out})")
     parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
                         help="run only these variants (comma-separated or repeated; 'base' = the initial student)")
     parser.add_argument("--tabulate-only", action="store_true",
                         help="train and evaluate nothing; write the tables from what OUT holds")
-    parser.add_argument("--reference", default=None,
+    parser.add_argument("--reference", default=d.reference,
                         help="variant the paired differences are taken to (default opd, else the first method)")
-    parser.add_argument("--metric", choices=("pass@1", "avg@k"), default="pass@1",
+    parser.add_argument("--metric", choices=METRICS, default=d.metric,
                         help="per-problem score: pass@1 (greedy when eval.greedy, else mean of k samples) or avg@k")
-    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
-    parser.add_argument("--stats-seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--resamples", type=int, default=d.n_resamples,
+                        help=f"bootstrap resamples (default {d.n_resamples})")
+    parser.add_argument("--confidence", type=float, default=d.confidence,
+                        help=f"interval level (default {d.confidence})")
+    parser.add_argument("--stats-seed", type=int, default=d.seed, help=f"bootstrap seed (default {d.seed})")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="applied to the base config, e.g. train.steps=200 eval.data=[math=math.jsonl]")
     return parser
@@ -190,7 +94,8 @@ def compare_main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         parser = add_compare_arguments(argparse.ArgumentParser(prog="sead compare"))
         args = parser.parse_args(list(args) if args is not None else None)
     run_compare(
-        args.config, args.overrides, _split([args.methods]), args.ablation, args.out, _split(args.only),
-        args.tabulate_only, args.reference, args.metric, args.resamples, args.confidence, args.stats_seed,
+        args.config, args.overrides, methods=_split([args.methods]), ablation=args.ablation, out=args.out,
+        only=_split(args.only), tabulate_only=args.tabulate_only, reference=args.reference, metric=args.metric,
+        n_resamples=args.resamples, confidence=args.confidence, seed=args.stats_seed,
     )
     return 0

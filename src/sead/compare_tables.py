@@ -3,18 +3,26 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
+
+from sead.compare_options import METRICS
+from sead.compare_rows import Row
 from sead.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from sead.compare_variants import _Row
+from sead.jsonio import atomic_write_json, atomic_write_text, read_jsonl
+from sead.stats import compare_scores
 
 __all__ = ["problem_scores", "tabulate", "comparison_markdown"]
+
+_SAMPLE_FIELDS = "benchmark, id, mode, correct"
+
+
+def _not_a_record(where: str, problem: str) -> None:
+    raise DataError(f"{where} {problem}, not an eval sample record ({_SAMPLE_FIELDS}); "
+                    "re-evaluate by deleting its eval JSON")
 
 
 def problem_scores(samples_path: str | Path, metric: str = "pass@1") -> dict[str, dict[str, float]]:
@@ -23,22 +31,19 @@ def problem_scores(samples_path: str | Path, metric: str = "pass@1") -> dict[str
     ``pass@1``: greedy correctness when the file has greedy records, else the mean over the k
     samples (the eval JSON's pass@1); ``avg@k``: the mean over the k samples.
     """
-    if metric not in ("pass@1", "avg@k"):
-        raise ConfigError(f"--metric {metric!r} is unknown; use pass@1 or avg@k")
+    if metric not in METRICS:
+        raise ConfigError(f"--metric {metric!r} is unknown; use {' or '.join(METRICS)}")
     path = Path(samples_path)
-    by_mode: dict[str, dict[str, dict[str, list[float]]]] = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        records = read_jsonl(path, on_bad_line=_not_a_record)
     except OSError as err:
         raise DataError(f"cannot read {path} ({err.strerror}); re-evaluate by deleting its eval JSON") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    by_mode: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for number, rec in enumerate(records, 1):
         try:
-            rec = json.loads(line)
             bench, pid, mode, ok = rec["benchmark"], str(rec["id"]), rec["mode"], rec["correct"]
-        except (ValueError, KeyError, TypeError):
-            raise DataError(f"{path}:{number} is not an eval sample record (benchmark, id, mode, correct); "
+        except KeyError:
+            raise DataError(f"{path} record {number} is not an eval sample record ({_SAMPLE_FIELDS}); "
                             "re-evaluate by deleting its eval JSON") from None
         by_mode.setdefault(bench, {}).setdefault(mode, {}).setdefault(pid, []).append(float(bool(ok)))
     out: dict[str, dict[str, float]] = {}
@@ -64,13 +69,9 @@ def _cell(iv: dict | None, signed: bool = False) -> str:
     return f"{_fmt(iv['mean'], signed)} [{_fmt(iv['low'], signed)}, {_fmt(iv['high'], signed)}]{star}"
 
 
-def tabulate(rows: Sequence[_Row], out_dir: str | Path, reference: str, metric: str = "pass@1",
+def tabulate(rows: Sequence[Row], out_dir: str | Path, reference: str, metric: str = "pass@1",
              n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
     """Write ``comparison.json`` and ``comparison.md`` for the rows that are done; returns the JSON."""
-    import numpy as np
-
-    from sead.stats import compare_scores
-
     out_dir = Path(out_dir)
     states = {r.name: r.state() for r in rows}
     done = [r for r in rows if states[r.name] == "done"]
@@ -116,16 +117,9 @@ def tabulate(rows: Sequence[_Row], out_dir: str | Path, reference: str, metric: 
                   "batch_size": first.cfg.train.batch_size},
         "rows": table_rows,
     }
-    _write_atomic(out_dir / "comparison.json", json.dumps(result, indent=2) + "\n")
-    _write_atomic(out_dir / "comparison.md", comparison_markdown(result))
+    atomic_write_json(out_dir / "comparison.json", result)
+    atomic_write_text(out_dir / "comparison.md", comparison_markdown(result))
     return result
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def comparison_markdown(result: dict) -> str:

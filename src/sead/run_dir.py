@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import json
 import math
-import os
+from collections.abc import Iterable, Set
 from pathlib import Path
 
+import yaml
+
 from sead.checkpoint import latest_checkpoint
-from sead.config import config_to_dict
+from sead.config import RunConfig, config_to_dict
 from sead.errors import ConfigError
+from sead.jsonio import read_jsonl, write_jsonl
 
-__all__ = ["RESUME_FREE", "config_diff", "prepare_run_dir", "drop_records_after", "append_samples"]
+__all__ = ["RESUME_FREE", "config_diff", "resume_changes", "prepare_run_dir", "drop_records_after", "append_samples"]
 
-# Settings that may change between a run and its resumption without changing the result.
-RESUME_FREE = {("train", "resume"), ("train", "force_resume"), ("logging", "progress"), ("train", "torch_threads"),
-               ("train", "max_bad_steps"), ("train", "output_dir")}  # output_dir: a run folder may be moved
+# Settings that may change between a run and its resumption without changing the result: the one
+# list, for the trainer's resume check and for `sead compare` (through `resume_changes`).
+RESUME_FREE = frozenset({("train", "resume"), ("train", "force_resume"), ("logging", "progress"),
+                         ("train", "torch_threads"), ("train", "max_bad_steps"),
+                         ("train", "output_dir")})  # output_dir: a run folder may be moved
 
 
-def config_diff(saved: dict, new: dict, free: set) -> list[str]:
+def config_diff(saved: dict, new: dict, free: Set[tuple[str, str]]) -> list[str]:
     """Keys whose saved value differs from the new one (keys the saved file lacks count as equal)."""
     return [
         f"{section}.{key}"
@@ -32,6 +37,13 @@ def config_diff(saved: dict, new: dict, free: set) -> list[str]:
         for key, value in values.items()
         if (section, key) not in free and (saved.get(section) or {}).get(key, value) != value
     ]
+
+
+def resume_changes(saved: dict, cfg: RunConfig, also_free: Iterable[tuple[str, str]] = ()) -> list[str]:
+    """What a resume of ``cfg`` over ``saved`` (a run's ``config.yaml``, read back) refuses without
+    ``train.force_resume``: the changed keys, bar ``RESUME_FREE`` and the ``(section, key)`` pairs of
+    ``also_free``."""
+    return config_diff(saved, config_to_dict(cfg), RESUME_FREE | set(also_free))
 
 
 def prepare_run_dir(accelerator, run_dir: Path, cfg) -> None:
@@ -57,11 +69,9 @@ def prepare_run_dir(accelerator, run_dir: Path, cfg) -> None:
     accelerator.wait_for_everyone()
 
 
-def _check_resume_config(saved: Path, cfg) -> None:
-    import yaml
-
+def _check_resume_config(saved: Path, cfg: RunConfig) -> None:
     old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-    changed = config_diff(old, config_to_dict(cfg), RESUME_FREE)
+    changed = resume_changes(old, cfg)
     if changed and not cfg.train.force_resume:
         raise ConfigError(
             f"resuming with a changed config ({', '.join(changed[:4])}); restore those values "
@@ -75,11 +85,8 @@ def drop_records_after(accelerator, metrics, run_dir: Path, step: int) -> None:
         metrics.truncate_after(step)
         samples = run_dir / "samples.jsonl"
         if samples.exists():
-            kept = [line for line in samples.read_text(encoding="utf-8").splitlines()
-                    if _step_of(line) is not None and _step_of(line) <= step]
-            tmp = samples.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
-            os.replace(tmp, samples)
+            rows = read_jsonl(samples, on_bad_line=None)  # a torn line (a crash mid-write) is dropped
+            write_jsonl(samples, [row for row in rows if _step_of(row) is not None and _step_of(row) <= step])
     accelerator.wait_for_everyone()
 
 
@@ -100,8 +107,8 @@ def _json_safe(value):
     return value
 
 
-def _step_of(line: str):
+def _step_of(row: dict) -> int | None:
     try:
-        return int(json.loads(line).get("step"))
-    except (ValueError, TypeError, AttributeError):
+        return int(row.get("step"))
+    except (ValueError, TypeError):
         return None
