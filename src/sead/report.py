@@ -238,9 +238,9 @@ def _zone_section(r: RunData, slug: str, tok: dict[str, list], figs: _Figures) -
         return body + _missing(f"{r.name} has no samples with zones for the per-zone share table")
     steps = sorted({s.step for s in r.samples})
     rows = [[ZONE_NAMES[z], str(s.tokens), _pct(s.token_share), _pct(s.loss_share),
-             f"{s.ratio:.2f}×" if math.isfinite(s.ratio) else "–"] + [f"{PAPER_FAIR_SHARE[z]}×"] * paper
+             f"{s.ratio:.2f}×" if math.isfinite(s.ratio) else "–"] + ([f"{PAPER_FAIR_SHARE[z]}×"] if paper else [])
             for z, s in shares.items()]
-    header = ["zone", "tokens", "token share %", "forward-KL share %", "× fair share"] + ["paper"] * paper
+    header = ["zone", "tokens", "token share %", "forward-KL share %", "× fair share"] + (["paper"] if paper else [])
     return (body + _table(header, rows)
             + f'<p class="note">From {len(r.samples)} logged rollouts (steps {steps[0]}–{steps[-1]}), per-token '
             f"<code>fkl</code> and <code>zone</code> of samples.jsonl. B+C carry "
