@@ -22,10 +22,10 @@ import torch
 
 from sead import toy
 from sead.divergence import entropy, forward_kl, reverse_kl
-from sead.zones import assign_zones
+from sead.zones import Zone, assign_zones
 
 ROOT = Path(__file__).resolve().parents[1]
-ZONES = {0: "A", 1: "B", 2: "C"}
+ZONES = {int(z): z.name for z in Zone}
 
 
 def _score(model, ids_B_T, mask_B_T):
@@ -62,24 +62,14 @@ def analyse(asset_dir: Path, n_prompts: int = 512, seed: int = 0, temperature: f
     zones_B_R = assign_zones(h_t, h_s, mask_B_R, (0.5, 0.4, 0.1))
     fkl, rkl = forward_kl(s_logits, t_logits), reverse_kl(s_logits, t_logits)
 
-    cats, valid = [], mask_B_R.reshape(-1).tolist()
-    for b in range(resp_B_R.shape[0]):
-        # One character per token; eos and pad read as "." (syntax, no change of state).
-        text = "".join(t if len(t) == 1 else "." for t in tok.convert_ids_to_tokens(resp_B_R[b].tolist()))
-        cats += toy.token_categories(text)
-    cats_N = [c for c, v in zip(cats, valid) if v]
+    cats = []
+    for b in range(resp_B_R.shape[0]):  # the whole row; masked positions are dropped below
+        cats += toy.response_token_categories(tok.convert_ids_to_tokens(resp_B_R[b].tolist()))
+    cats_N = [c for c, v in zip(cats, mask_B_R.reshape(-1).tolist()) if v]
     zones_N = zones_B_R.reshape(-1)[mask_B_R.reshape(-1)].tolist()
     h_t_N, fkl_N, rkl_N = (x.reshape(-1)[mask_B_R.reshape(-1)] for x in (h_t, fkl, rkl))
     n = len(zones_N)
-    by_cat = {}
-    for cat in toy.TOKEN_CATEGORIES:
-        idx = [i for i, c in enumerate(cats_N) if c == cat]
-        if not idx:
-            continue
-        zs = [zones_N[i] for i in idx]
-        by_cat[cat] = {"tokens": len(idx), "share": len(idx) / n,
-                       "teacher_entropy": float(h_t_N[idx].mean()),
-                       "p_zone": {ZONES[z]: zs.count(z) / len(zs) for z in ZONES}}
+    by_cat = toy.zones_by_category(cats_N, zones_N, h_t_N.tolist(), ZONES)
     z_t = torch.tensor(zones_N)
     sead_loss = torch.where(z_t == 1, rkl_N, torch.where(z_t == 2, alpha * fkl_N, torch.zeros_like(rkl_N)))
     concentration = {}

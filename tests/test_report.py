@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from sead.errors import DataError
-from sead.plots import fair_share_from_metrics, pooled_tokens, top_fraction_jaccard, zone_fair_share
-from sead.report import SECTIONS, RunData, build_report, load_run, report_main
+from sead.plots import fair_share_from_metrics, pooled_tokens, top_fraction_jaccard, zone_fair_share, zone_figure
+from sead.report import SECTIONS, build_report, report_main
+from sead.run_data import ZONE_LETTERS, RunData, load_run
+from sead.toy import is_question, response_token_categories, zones_by_category
 
 pytest.importorskip("matplotlib")
 
@@ -231,7 +233,7 @@ def test_report_default_out_and_missing_data(tmp_path, capsys):
 def test_overlay_groups_methods_and_alpha_belongs_to_sead_only(tmp_path):
     from sead.comparison_plots import method_overlay, overlay_caption
     from sead.plots import uses_alpha
-    from sead.report import RunData
+    from sead.run_data import RunData
 
     def run(name, method, reward, curriculum=False):
         cfg = {"objective": {"method": method, "curriculum": curriculum},
@@ -249,3 +251,72 @@ def test_overlay_groups_methods_and_alpha_belongs_to_sead_only(tmp_path):
     assert method_overlay(runs[:2]) is None  # one method: nothing to compare
     assert "curriculum (sead)" in overlay_caption(runs) and "curriculum" not in overlay_caption(runs[:2])
     assert uses_alpha(runs[2]) and not uses_alpha(runs[0])
+
+
+# ---------------------------------------------------------------- demo-task table, paper markers
+def _demo_run(root: Path, objective: dict) -> Path:
+    """Two logged rollouts of the embedded demo task, zones and teacher entropies set by hand."""
+    run = root / "demo-run"
+    run.mkdir()
+    (run / "config.yaml").write_text(json.dumps({"name": "demo-run", "objective": objective}), encoding="utf-8")
+    _write_jsonl(run / "metrics.jsonl", [{"step": 1, "loss/total": 1.0}])
+    tokens = list("1+2=3.A:3") + ["<eos>"]  # step start, syntax, operand, syntax, computation, 4 syntax, ...
+    rows = []
+    for prompt, zone in (("1+2=", [2, 0, 1, 0, 1, 0, 0, 0, 1, 0]), ("4-1=", [1, 0, 0, 0, 2, 1, 0, 0, 1, 0])):
+        n = len(tokens)
+        rows.append({"step": 1, "method": "sead", "prompt": prompt, "response": "".join(tokens[:-1]), "tokens": tokens,
+                     "zone": zone, "teacher_entropy": [0.3] + [0.1] * (n - 1), "student_entropy": [0.2] * n,
+                     "loss": [0.1] * n, "fkl": [0.5 if z == 2 else 0.1 for z in zone], "reward": 1.0})
+    _write_jsonl(run / "samples.jsonl", rows)
+    return run
+
+
+def test_zone_by_category_table_on_a_demo_run_and_no_paper_markers_for_threshold_zones(tmp_path):
+    run = _demo_run(tmp_path, {"method": "sead", "zone_mode": "threshold"})
+    text = build_report([run]).read_text(encoding="utf-8")
+    assert 'id="categories-demo-run"' in text and "P(zone | token category)" in text
+    # category, tokens, token share %, teacher entropy, zone A/B/C % (20 tokens: 2 step start, 2 operand,
+    # 4 computation, 12 syntax; e.g. computation zones 1, 1, 2, 1 -> B 75%, C 25%)
+    for row in ("step start</td><td>2</td><td>10.0</td><td>0.300</td><td>0.0</td><td>50.0</td><td>50.0",
+                "operand</td><td>2</td><td>10.0</td><td>0.100</td><td>50.0</td><td>50.0</td><td>0.0",
+                "computation</td><td>4</td><td>20.0</td><td>0.100</td><td>0.0</td><td>75.0</td><td>25.0",
+                "syntax</td><td>12</td><td>60.0</td><td>0.100</td><td>91.7</td><td>8.3</td><td>0.0"):
+        assert f"<td>{row}</td>" in text, row
+    # threshold zones are not the paper's percentile zones: no paper column, markers or 90% reference
+    zones_part = text[text.index('<section id="zones">'):text.index('<section id="tokens">')]
+    assert "no paper markers: its zones are not the paper&#x27;s 50/40/10 percentile zones" in zones_part  # escaped
+    assert "<th>paper</th>" not in zones_part and "paper: about 90%" not in zones_part
+
+
+def test_no_category_table_without_demo_prompts_and_markers_with_paper_zones(two_run_report):
+    text = two_run_report.read_text(encoding="utf-8")
+    assert "P(zone | token category)" not in text and 'id="categories-' not in text  # prompts are not demo questions
+    zones_part = text[text.index('<section id="zones">'):text.index('<section id="tokens">')]
+    assert "black ticks: the SEAD paper" in zones_part and "<th>paper</th>" in zones_part
+    assert "<td>3.19×</td>" in zones_part and "paper: about 90%" in zones_part
+
+
+def test_zone_figure_draws_paper_markers_only_for_the_paper_zone_rule(two_runs):
+    run = load_run(two_runs[0])
+    tok = pooled_tokens(run.samples)
+    shares = zone_fair_share(tok["fkl"], tok["zone"])
+
+    def marker_labels(config):
+        run.config = config
+        ax = zone_figure(run, shares, {}).axes[2]
+        return [line.get_label() for line in ax.get_lines() if "paper" in line.get_label()]
+
+    assert marker_labels({"objective": {"method": "sead"}}) == ["paper (OLMo-3-7B)"]  # defaults: 50/40/10 percentile
+    assert marker_labels({"objective": {"fractions": [0.5, 0.4, 0.1], "zone_mode": "percentile"}}) == ["paper (OLMo-3-7B)"]
+    assert marker_labels({"objective": {"fractions": [0.6, 0.3, 0.1]}}) == []
+    assert marker_labels({"objective": {"zone_mode": "threshold"}}) == []
+    assert marker_labels({}) == []  # no config.yaml: the zone rule is unknown
+
+
+def test_demo_category_helpers():
+    assert is_question("98+93-77=") and not is_question("Compute 98+93-77=")
+    assert response_token_categories(["1", "+", "2", "<eos>"]) == ["step start", "syntax", "operand", "syntax"]
+    assert response_token_categories(["12", "+"]) is None  # another tokenizer's pieces: no per-character split
+    table = zones_by_category(["operand", "operand", "syntax"], [1, -1, 0], [0.2, 9.0, 0.0], ZONE_LETTERS)
+    assert table == {"operand": {"tokens": 1, "share": 0.5, "teacher_entropy": 0.2, "p_zone": {"A": 0, "B": 1, "C": 0}},
+                     "syntax": {"tokens": 1, "share": 0.5, "teacher_entropy": 0.0, "p_zone": {"A": 1, "B": 0, "C": 0}}}

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from sead.plots import _figure
-
-if TYPE_CHECKING:  # type hints only: no import of the report module at run time
-    from sead.report import RunData
+from sead.plots import new_figure
+from sead.run_data import RunData
 
 __all__ = ["method_overlay", "overlay_caption", "PANELS"]
 
@@ -49,7 +46,7 @@ def method_overlay(runs: Sequence[RunData]):
     panels = [(k, t) for k, t in PANELS if any(series[k, m][0] for m in groups)]
     if len(groups) < 2 or not panels:
         return None
-    fig = _figure(4.2 * len(panels), 3.6)
+    fig = new_figure(4.2 * len(panels), 3.6)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (key, title) in zip(axes, panels):
         for method, group in groups.items():

@@ -1,28 +1,27 @@
 """Figures of ``sead report`` and the numbers they show, all from data read by
-:func:`sead.report.load_run`.
+:func:`sead.run_data.load_run`.
 
 - numbers: per-zone share of the forward KL against the share of tokens, top-20% entropy Jaccard;
-- rollouts rendered as HTML text, each token's background coloured by zone;
 - matplotlib figures, drawn with the object API on the Agg canvas (no pyplot, no global backend
-  switch); each returns a ``Figure`` or None when the run has nothing to draw. matplotlib is
-  imported on use.
+  switch); each returns a ``Figure`` or None when the run has nothing to draw. matplotlib (an
+  optional dependency, the ``demo`` extra) is imported on use, so the numbers work without it.
 """
 
 from __future__ import annotations
 
-import html
 import io
 import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sead.report import PAPER_FAIR_SHARE, ZONE_COLORS, ZONE_NAMES, RunData, Sample
+import numpy as np
+
+from sead.run_data import PAPER_FAIR_SHARE, ZONE_COLORS, ZONE_LETTERS, ZONE_NAMES, RunData, Sample
 
 __all__ = [
     "ZoneShare", "zone_fair_share", "fair_share_from_metrics", "top_fraction_jaccard", "pooled_tokens",
-    "render_rollout", "rollout_legend", "to_png", "training_curves", "zone_figure", "token_figure",
-    "entropy_collapse",
+    "new_figure", "to_png", "training_curves", "zone_figure", "token_figure", "entropy_collapse",
 ]
 
 _KEY_COLORS = {"loss/total": "k", "loss/zone_b": ZONE_COLORS[1], "loss/zone_c": ZONE_COLORS[2]}
@@ -43,14 +42,14 @@ class ZoneShare:
 
 
 def zone_fair_share(fkl: Sequence[float], zone: Sequence[int]) -> dict[int, ZoneShare]:
-    """Per zone (0, 1, 2): its share of tokens and of the forward-KL sum. Zoneless (-1) tokens and
-    non-finite values are left out; empty dict when no zoned token remains."""
-    pairs = [(float(f), int(z)) for f, z in zip(fkl, zone) if z in (0, 1, 2) and math.isfinite(f)]
+    """Per zone (0, 1, 2 = A, B, C): its share of tokens and of the forward-KL sum. Zoneless (-1) tokens
+    and non-finite values are left out; empty dict when no zoned token remains."""
+    pairs = [(float(f), int(z)) for f, z in zip(fkl, zone) if z in ZONE_LETTERS and math.isfinite(f)]
     if not pairs:
         return {}
     total = sum(f for f, _ in pairs)
     out = {}
-    for z in (0, 1, 2):
+    for z in ZONE_LETTERS:
         vals = [f for f, zz in pairs if zz == z]
         out[z] = ZoneShare(len(vals), len(vals) / len(pairs), sum(vals) / total if total > 0 else math.nan)
     return out
@@ -59,7 +58,8 @@ def zone_fair_share(fkl: Sequence[float], zone: Sequence[int]) -> dict[int, Zone
 def fair_share_from_metrics(run: RunData) -> dict[int, tuple[list[int], list[float]]]:
     """Per zone, the per-step ratio kl/fkl_share_z / zones/frac_z over the steps that logged both."""
     out = {}
-    for z, letter in ((0, "a"), (1, "b"), (2, "c")):
+    for z, name in ZONE_LETTERS.items():
+        letter = name.lower()
         pts = [(r["step"], r[f"kl/fkl_share_{letter}"] / r[f"zones/frac_{letter}"]) for r in run.metrics
                if isinstance(r.get(f"kl/fkl_share_{letter}"), (int, float))
                and isinstance(r.get(f"zones/frac_{letter}"), (int, float)) and r[f"zones/frac_{letter}"] > 0]
@@ -86,47 +86,12 @@ def pooled_tokens(samples: Sequence[Sample]) -> dict[str, list]:
     return {k: [v for s in samples for v in getattr(s, k)] for k in keys}
 
 
-# ---------------------------------------------------------------- rollouts as HTML text
-def _e(text) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def render_rollout(sample: Sample, max_tokens: int = 1500, scale: float | None = None) -> str:
-    """A rollout as HTML: each token's background coloured by zone, opacity by |per-token loss|."""
-    losses = [abs(x) for x in sample.loss if math.isfinite(x)]
-    scale = scale or (max(losses) if losses and max(losses) > 0 else 1.0)
-    spans = []
-    for i, tok in enumerate(sample.tokens[:max_tokens]):
-        z, loss = sample.zone[i], sample.loss[i]
-        alpha = 0.12 + 0.78 * min(1.0, abs(loss) / scale) if math.isfinite(loss) else 0.12
-        c = ZONE_COLORS.get(z, ZONE_COLORS[-1])
-        rgba = f"rgba({int(c[1:3], 16)},{int(c[3:5], 16)},{int(c[5:7], 16)},{alpha:.2f})"
-        tip = (f"zone {ZONE_NAMES.get(z, z)} | loss {loss:.4g} | fkl {sample.fkl[i]:.4g} | "
-               f"H_teacher {sample.teacher_entropy[i]:.3g} | H_student {sample.student_entropy[i]:.3g}")
-        spans.append(f'<span class="tok" style="background:{rgba}" title="{_e(tip)}">{_e(tok)}</span>')
-    more = len(sample.tokens) - max_tokens
-    tail = f'<span class="more"> … {more} more tokens not shown</span>' if more > 0 else ""
-    reward = "–" if sample.reward is None else f"{sample.reward:g}"
-    return (f'<div class="rollout"><div class="meta">step {sample.step} · method {_e(sample.method or "?")} · '
-            f"{len(sample.tokens)} tokens · reward {reward}</div>"
-            f"<details><summary>prompt</summary><pre>{_e(sample.prompt)}</pre></details>"
-            f'<div class="text">{"".join(spans)}{tail}</div></div>')
-
-
-def rollout_legend() -> str:
-    sw = "".join(f'<span class="tok" style="background:{ZONE_COLORS[z]}">&nbsp;{n}&nbsp;</span> '
-                 for z, n in ((0, "Zone A (skipped)"), (1, "Zone B (reverse KL)"), (2, "Zone C (forward KL)"),
-                              (-1, "no zone")))
-    return (f'<p class="legend">{sw} — opacity grows with the token\'s |loss| (faint = small, solid = the '
-            f"largest loss in the rollout). Hover a token for its numbers.</p>")
-
-
 # ---------------------------------------------------------------- matplotlib figures
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """An empty matplotlib ``Figure`` (constrained layout) of ``width`` x ``height`` inches."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
-    return fig
+    return Figure(figsize=(width, height), layout="constrained")
 
 
 def to_png(fig, dpi: int = 110) -> bytes:
@@ -163,7 +128,7 @@ def _plot(ax, steps, values, label, color=None, style="-"):
 
 
 def _zlabel(z: int) -> str:
-    return f"zone {ZONE_NAMES[z]}" if z in (0, 1, 2) else "no zone (-1)"
+    return f"zone {ZONE_NAMES[z]}" if z in ZONE_LETTERS else "no zone (-1)"
 
 
 def _empty(ax, text="not logged"):
@@ -182,7 +147,7 @@ def training_curves(run: RunData):
     """Loss, KL to the teacher (all tokens), reward/eval accuracy, lr + alpha, response length, grad norm."""
     if not run.metrics:
         return None
-    fig = _figure(12, 6.2)
+    fig = new_figure(12, 6.2)
     axes = fig.subplots(2, 3).ravel()
     evals = sorted(k for k in run.metric_keys() if k.startswith("eval/") and k.endswith("pass@1"))
     panels = [
@@ -237,8 +202,9 @@ def _by_step_from_samples(run: RunData):
 
 
 def zone_figure(run: RunData, shares: dict[int, ZoneShare], ratios: dict[int, tuple[list[int], list[float]]]):
-    """Zone fractions over training, fair-share ratio over training, pooled fair-share bars."""
-    fig = _figure(12, 3.6)
+    """Zone fractions over training, fair-share ratio over training, pooled fair-share bars; the bars carry
+    the paper's ratios (black ticks) only when ``run.zones_as_paper``, i.e. the same zone rule."""
+    fig = new_figure(12, 3.6)
     ax1, ax2, ax3 = fig.subplots(1, 3)
     per_step = None
     steps, fa = run.series("zones/frac_a")
@@ -247,11 +213,11 @@ def zone_figure(run: RunData, shares: dict[int, ZoneShare], ratios: dict[int, tu
     if not (steps and len(fa) == len(fb) == len(fc)):
         per_step = _by_step_from_samples(run)
         steps = list(per_step)
-        fa, fb, fc = ([per_step[s][z].token_share for s in steps] for z in (0, 1, 2))
+        fa, fb, fc = ([per_step[s][z].token_share for s in steps] for z in ZONE_LETTERS)
         source = "samples"
     if steps:
-        ax1.stackplot(steps, fa, fb, fc, colors=[ZONE_COLORS[z] for z in (0, 1, 2)], alpha=0.85,
-                      labels=[f"zone {ZONE_NAMES[z]}" for z in (0, 1, 2)])
+        ax1.stackplot(steps, fa, fb, fc, colors=[ZONE_COLORS[z] for z in ZONE_LETTERS], alpha=0.85,
+                      labels=[f"zone {ZONE_NAMES[z]}" for z in ZONE_LETTERS])
         ax1.set_ylim(0, 1)
         ax1.set_xlim(steps[0], steps[-1] if len(steps) > 1 else steps[0] + 1)
         ax1.legend(fontsize=8, loc="lower left")
@@ -263,7 +229,7 @@ def zone_figure(run: RunData, shares: dict[int, ZoneShare], ratios: dict[int, tu
     source = "metrics"
     if not ratios:
         per_step = per_step if per_step is not None else _by_step_from_samples(run)
-        ratios = {z: (list(per_step), [per_step[s][z].ratio for s in per_step]) for z in (0, 1, 2)} if per_step else {}
+        ratios = {z: (list(per_step), [per_step[s][z].ratio for s in per_step]) for z in ZONE_LETTERS} if per_step else {}
         source = "samples"
     for z, (st, vals) in ratios.items():
         _plot(ax2, st, vals, f"zone {ZONE_NAMES[z]}", ZONE_COLORS[z])
@@ -279,13 +245,15 @@ def zone_figure(run: RunData, shares: dict[int, ZoneShare], ratios: dict[int, tu
     ax2.set_title(f"Forward-KL share ÷ token share (from {source})", fontsize=10)
 
     if shares:
-        zs = [0, 1, 2]
+        zs = list(ZONE_LETTERS)
         vals = [shares[z].ratio if math.isfinite(shares[z].ratio) else 0.0 for z in zs]
         ax3.bar([f"zone {ZONE_NAMES[z]}\n{v:.2f}×" for z, v in zip(zs, vals)], vals, color=[ZONE_COLORS[z] for z in zs])
-        ax3.plot(range(3), [PAPER_FAIR_SHARE[z] for z in zs], "k_", ms=28, mew=2, label="paper (OLMo-3-7B)")
+        paper = [PAPER_FAIR_SHARE[z] for z in zs] if run.zones_as_paper else []  # other zones: another quantity
+        if paper:
+            ax3.plot(range(len(zs)), paper, "k_", ms=28, mew=2, label="paper (OLMo-3-7B)")
+            ax3.legend(fontsize=8, loc="upper left")
         ax3.axhline(1.0, color="k", lw=0.8, ls=":")
-        ax3.set_ylim(0, max(vals + [PAPER_FAIR_SHARE[2]]) * 1.18)
-        ax3.legend(fontsize=8, loc="upper left")
+        ax3.set_ylim(0, max(vals + paper) * 1.18 or 1.0)
     else:
         _empty(ax3, "no samples with zones")
     ax3.set_title("Loss concentration, all logged samples", fontsize=10)
@@ -301,14 +269,12 @@ def _thin(n: int) -> list[int]:
 
 def token_figure(run: RunData, tok: dict[str, list], jaccard: float):
     """Sorted per-token forward KL coloured by zone (with cumulative share) and the entropy scatter."""
-    import numpy as np
-
     fkl = np.asarray(tok["fkl"], dtype=float)
     zone = np.asarray(tok["zone"], dtype=int)
     ht, hs = np.asarray(tok["teacher_entropy"], dtype=float), np.asarray(tok["student_entropy"], dtype=float)
     from matplotlib.lines import Line2D
 
-    fig = _figure(12, 4.6)
+    fig = new_figure(12, 4.6)
     left, right = fig.subfigures(1, 2)
     ok = np.isfinite(fkl)
     order = np.argsort(-fkl[ok], kind="stable")
@@ -385,7 +351,7 @@ def entropy_collapse(runs: list[RunData]):
     series = [(r, s, v) for r, s, v in series if s]
     if not series:
         return None
-    fig = _figure(8, 4)
+    fig = new_figure(8, 4)
     ax = fig.subplots()
     for r, steps, vals in series:
         _plot(ax, steps, vals, f"{r.name} ({r.method})")

@@ -1,8 +1,10 @@
 """``sead report``: one self-contained HTML file (figures inlined as base64 PNG) from run directories.
 
-Everything is read through :func:`load_run` (figures and their numbers: :mod:`sead.plots`), from the files of docs/FORMATS.md alone
-(``metrics.jsonl``, ``samples.jsonl``, ``config.yaml``, ``eval/*.json``), so any old run can be
-re-reported. A missing or unreadable piece never stops the report: its section says what is missing.
+Layers, bottom up: the run data model (:mod:`sead.run_data`, from the files of docs/FORMATS.md
+alone, so any old run can be re-reported), figures and their numbers (:mod:`sead.plots`,
+:mod:`sead.comparison_plots`), and this module: the HTML page, rollouts as coloured HTML text and the
+``sead report`` command. A missing or unreadable piece never stops the report: its section says what
+is missing. Paper reference numbers are shown only beside the same quantity measured the same way.
 
 Output: ``build_report([RUN])`` writes ``RUN/report/report.html``; with several runs it writes
 ``<parent of the first run>/report/report.html``. ``out`` may name a directory (``out/report.html``)
@@ -14,180 +16,28 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
+import importlib.util
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from sead.errors import DataError, SeadError
+import yaml
 
-__all__ = ["Sample", "RunData", "load_run", "build_report", "add_report_arguments", "report_main"]
+from sead import demo_summary, plots, toy
+from sead.comparison_plots import method_overlay, overlay_caption
+from sead.errors import SeadError
+from sead.run_data import (PAPER_FAIR_SHARE, PAPER_FRACTIONS, PAPER_JACCARD, ZONE_COLORS, ZONE_LETTERS, ZONE_NAMES,
+                            RunData, Sample, load_run)
+from sead.zones import MASKED
 
-ZONE_NAMES = {0: "A", 1: "B", 2: "C", -1: "none"}
-ZONE_COLORS = {0: "#9e9e9e", 1: "#3b82f6", 2: "#f59e0b", -1: "#a78bfa"}  # A grey, B blue, C orange
-PAPER_FAIR_SHARE = {0: 0.19, 1: 1.46, 2: 3.19}  # SEAD paper: FKL share / token share per zone
-PAPER_JACCARD = 0.637
-_EVAL_ORDER = (("before", "base", "init", "pre", "start"), ("after", "final", "end"))  # first, last; others between
+__all__ = ["SECTIONS", "build_report", "render_rollout", "rollout_legend", "add_report_arguments", "report_main"]
+
 SECTIONS = [("result", "Result"), ("overview", "Runs"), ("training", "Training curves"),
             ("zones", "Token zones and loss concentration"),
             ("tokens", "Per-token loss and entropy"), ("entropy", "Student entropy over training"),
             ("rollouts", "Rollouts coloured by zone"), ("eval", "Evaluation")]
-
-
-def _floats(values) -> list[float]:
-    return [float(v) if isinstance(v, (int, float)) else math.nan for v in values]
-
-
-@dataclass
-class Sample:
-    """One logged rollout of ``samples.jsonl``; per-token lists are cut to the length of ``tokens``."""
-
-    step: int
-    method: str
-    prompt: str
-    response: str
-    tokens: list[str]
-    zone: list[int]
-    teacher_entropy: list[float]
-    student_entropy: list[float]
-    loss: list[float]
-    fkl: list[float]
-    reward: float | None = None
-
-    @classmethod
-    def from_json(cls, row: dict) -> Sample:
-        tokens = [str(t) for t in row.get("tokens") or []]
-        n = len(tokens)
-
-        def cut(key: str, fill) -> list:
-            vals = list(row.get(key) or [])[:n]
-            return vals + [fill] * (n - len(vals))
-
-        reward = row.get("reward")
-        return cls(int(row.get("step", 0)), str(row.get("method") or ""), str(row.get("prompt") or ""),
-                   str(row.get("response") or ""), tokens,
-                   [int(z) if isinstance(z, (int, float)) else -1 for z in cut("zone", -1)],
-                   _floats(cut("teacher_entropy", None)), _floats(cut("student_entropy", None)),
-                   _floats(cut("loss", None)), _floats(cut("fkl", None)),
-                   float(reward) if isinstance(reward, (int, float)) else None)
-
-
-@dataclass
-class RunData:
-    """Everything the report reads from one run directory."""
-
-    path: Path
-    name: str
-    method: str
-    config: dict = field(default_factory=dict)
-    metrics: list[dict] = field(default_factory=list)  # one merged row per step, sorted by step
-    samples: list[Sample] = field(default_factory=list)
-    evals: dict[str, dict] = field(default_factory=dict)  # eval file stem -> parsed JSON
-    missing: list[str] = field(default_factory=list)  # files of the format that are absent
-    notes: list[str] = field(default_factory=list)  # problems met while reading
-
-    def series(self, key: str) -> tuple[list[int], list[float]]:
-        """(steps, values) of a metric over the steps that logged a finite value for it."""
-        pts = [(r["step"], float(r[key])) for r in self.metrics
-               if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-        return [s for s, _ in pts], [v for _, v in pts]
-
-    def metric_keys(self) -> set[str]:
-        return {k for r in self.metrics for k in r}
-
-    @property
-    def has_zones(self) -> bool:
-        return bool(self.series("zones/frac_c")[0]) or any(z >= 0 for s in self.samples for z in s.zone)
-
-    def latest_samples(self) -> list[Sample]:
-        if not self.samples:
-            return []
-        last = max(s.step for s in self.samples)
-        return [s for s in self.samples if s.step == last]
-
-
-def _read_jsonl(path: Path, notes: list[str]) -> list[dict]:
-    rows, bad = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            bad += 1
-    if bad:
-        notes.append(f"{path.name}: skipped {bad} unreadable line(s)")
-    return rows
-
-
-def _eval_order(f: Path) -> tuple:
-    """before/base/... first, after/final last, the rest by name with numbers compared as numbers (step-20 < step-100)."""
-    stem = f.stem.lower()
-    rank = 0 if stem.startswith(_EVAL_ORDER[0]) else 2 if stem.startswith(_EVAL_ORDER[1]) else 1
-    return rank, [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", stem) if p]
-
-
-def _config_value(config: dict, *keys: str) -> str | None:
-    for key in keys:
-        node = config
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, (str, int, float)) and str(node):
-            return str(node)
-    return None
-
-
-def load_run(path: str | Path) -> RunData:
-    """Read a run directory (docs/FORMATS.md). Raises DataError only when ``path`` is not a directory."""
-    root = Path(path)
-    if not root.is_dir():
-        raise DataError(f"run directory {str(root)!r} does not exist; pass the folder holding metrics.jsonl")
-    notes: list[str] = []
-    missing = [f for f in ("config.yaml", "metrics.jsonl", "samples.jsonl") if not (root / f).is_file()]
-    config: dict = {}
-    if (root / "config.yaml").is_file():
-        try:
-            import yaml
-
-            loaded = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))
-            config = loaded if isinstance(loaded, dict) else {}
-        except Exception as err:  # a broken config must not hide the metrics
-            notes.append(f"config.yaml: unreadable ({type(err).__name__})")
-    merged: dict[int, dict] = {}
-    if (root / "metrics.jsonl").is_file():
-        for row in _read_jsonl(root / "metrics.jsonl", notes):
-            if isinstance(row.get("step"), (int, float)):
-                merged.setdefault(int(row["step"]), {}).update(row, step=int(row["step"]))
-    samples: list[Sample] = []
-    if (root / "samples.jsonl").is_file():
-        for row in _read_jsonl(root / "samples.jsonl", notes):
-            try:
-                samples.append(Sample.from_json(row))
-            except (TypeError, ValueError):
-                notes.append("samples.jsonl: skipped a malformed record")
-    evals: dict[str, dict] = {}
-    eval_files = sorted((root / "eval").glob("*.json")) if (root / "eval").is_dir() else []
-    for f in sorted(eval_files, key=_eval_order):
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-            if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), dict):
-                raise ValueError("no 'benchmarks' object")
-            evals[f.stem] = data
-        except (ValueError, OSError) as err:
-            notes.append(f"eval/{f.name}: unreadable ({err})")
-    if not evals:
-        missing.append("eval/*.json")
-    name = _config_value(config, "name", "run_name", "run.name") or root.resolve().name
-    method = _config_value(config, "method", "objective.method", "loss.method", "train.method", "algorithm.name")
-    method = method or (samples[0].method if samples and samples[0].method else "unknown")
-    return RunData(root, name, method, config, [merged[s] for s in sorted(merged)], samples, evals, missing, notes)
+_PAPER_ZONES = "/".join(f"{100 * f:g}" for f in PAPER_FRACTIONS)  # "50/40/10"
 
 
 # ---------------------------------------------------------------- HTML
@@ -218,6 +68,37 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") 
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def render_rollout(sample: Sample, max_tokens: int = 1500, scale: float | None = None) -> str:
+    """A rollout as HTML: each token's background coloured by zone, opacity by |per-token loss|."""
+    losses = [abs(x) for x in sample.loss if math.isfinite(x)]
+    scale = scale or (max(losses) if losses and max(losses) > 0 else 1.0)
+    spans = []
+    for i, tok in enumerate(sample.tokens[:max_tokens]):
+        z, loss = sample.zone[i], sample.loss[i]
+        alpha = 0.12 + 0.78 * min(1.0, abs(loss) / scale) if math.isfinite(loss) else 0.12
+        c = ZONE_COLORS.get(z, ZONE_COLORS[MASKED])
+        rgba = f"rgba({int(c[1:3], 16)},{int(c[3:5], 16)},{int(c[5:7], 16)},{alpha:.2f})"
+        tip = (f"zone {ZONE_NAMES.get(z, z)} | loss {loss:.4g} | fkl {sample.fkl[i]:.4g} | "
+               f"H_teacher {sample.teacher_entropy[i]:.3g} | H_student {sample.student_entropy[i]:.3g}")
+        spans.append(f'<span class="tok" style="background:{rgba}" title="{_e(tip)}">{_e(tok)}</span>')
+    more = len(sample.tokens) - max_tokens
+    tail = f'<span class="more"> … {more} more tokens not shown</span>' if more > 0 else ""
+    reward = "–" if sample.reward is None else f"{sample.reward:g}"
+    return (f'<div class="rollout"><div class="meta">step {sample.step} · method {_e(sample.method or "?")} · '
+            f"{len(sample.tokens)} tokens · reward {reward}</div>"
+            f"<details><summary>prompt</summary><pre>{_e(sample.prompt)}</pre></details>"
+            f'<div class="text">{"".join(spans)}{tail}</div></div>')
+
+
+def rollout_legend() -> str:
+    """The colour key shown above the rollouts."""
+    sw = "".join(f'<span class="tok" style="background:{ZONE_COLORS[z]}">&nbsp;{n}&nbsp;</span> '
+                 for z, n in ((0, "Zone A (skipped)"), (1, "Zone B (reverse KL)"), (2, "Zone C (forward KL)"),
+                              (MASKED, "no zone")))
+    return (f'<p class="legend">{sw} — opacity grows with the token\'s |loss| (faint = small, solid = the '
+            f"largest loss in the rollout). Hover a token for its numbers.</p>")
+
+
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:auto;
 padding:1em 2em;color:#222;line-height:1.45}h1{border-bottom:2px solid #ddd}h2{margin-top:2em;
 border-bottom:1px solid #eee}table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
@@ -237,9 +118,7 @@ class _Figures:
         self.out_dir, self.written = out_dir, []
 
     def add(self, fig, name: str, caption: str) -> str:
-        from sead.plots import to_png
-
-        data = to_png(fig)
+        data = plots.to_png(fig)
         path = self.out_dir / f"{name}.png"
         path.write_bytes(data)
         self.written.append(path)
@@ -264,12 +143,8 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     ``demo``: the results of ``sead demo`` (``results.json``), shown first as the comparison table."""
     if not run_dirs:
         raise SeadError("no run directory given; pass one or more folders holding metrics.jsonl")
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
+    if importlib.util.find_spec("matplotlib") is None:  # an optional dependency: say so before any work
         raise SeadError("`sead report` needs matplotlib; install it with pip install 'sead[demo]'")
-    from sead import plots
-
     runs = [load_run(p) for p in run_dirs]
     names = [r.name for r in runs]
     for r in runs:  # the config's name is often the default one: tell the runs apart by their folder
@@ -281,7 +156,7 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     parts = {sid: [] for sid, _ in SECTIONS}
     parts["result"].append(_result_section(demo))
     parts["overview"].append(_overview(runs))
-    parts["rollouts"].append(plots.rollout_legend())
+    parts["rollouts"].append(rollout_legend())
     parts["training"].append(_overlay(runs, figs))
     for r in runs:
         slug, head = _slug(r.name, taken), f"<h3>{_e(r.name)} <span class=small>({_e(r.method)})</span></h3>"
@@ -303,7 +178,7 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
         latest = r.latest_samples()[:max_rollouts]
         parts["rollouts"].append(head + (
             f'<p class="note">Latest logged step ({latest[0].step}).</p>'
-            + "".join(plots.render_rollout(s, max_tokens) for s in latest)
+            + "".join(render_rollout(s, max_tokens) for s in latest)
             if latest else _missing(f"{r.name} has no samples.jsonl")))
     parts["entropy"].append(_entropy_section(runs, figs))
     parts["eval"].append(_eval_table(runs))
@@ -321,18 +196,14 @@ def _result_section(demo: dict | None) -> str:
     """The demo's comparison table (seed means, intervals, churn); plain runs point to the eval section."""
     if demo is None:
         return '<p class="note">Per-run evaluation files are listed under <a href="#eval">Evaluation</a>.</p>'
-    from sead.demo_summary import caption, summary_rows, verdict_lines
-
     methods = list(demo["after"])
-    header, rows = summary_rows(demo, methods)
+    header, rows = demo_summary.summary_rows(demo, methods)
     return (_table(header, [[_e(c) for c in row] for row in rows], "eval")
-            + f'<p class="note">{_e(caption(demo))}</p>'
-            + "".join(f"<p>{_e(line)}</p>" for line in verdict_lines(demo, methods)))
+            + f'<p class="note">{_e(demo_summary.caption(demo))}</p>'
+            + "".join(f"<p>{_e(line)}</p>" for line in demo_summary.verdict_lines(demo, methods)))
 
 
 def _overlay(runs: list[RunData], figs: _Figures) -> str:
-    from sead.comparison_plots import method_overlay, overlay_caption
-
     fig = method_overlay(runs)
     return "" if fig is None else figs.add(fig, "methods_overlay", overlay_caption(runs)) + "<h3>Each run</h3>"
 
@@ -345,36 +216,66 @@ def _overview(runs: list[RunData]) -> str:
     out = _table(["run", "method", "path", "last step", "samples", "eval files", "notes"], rows)
     for r in runs:
         if r.config:
-            import yaml
-
             out += (f"<details><summary>config.yaml of {_e(r.name)}</summary>"
                     f"<pre>{_e(yaml.safe_dump(r.config, sort_keys=False))}</pre></details>")
     return out
 
 
 def _zone_section(r: RunData, slug: str, tok: dict[str, list], figs: _Figures) -> str:
-    from sead import plots
-
     if not r.has_zones:
         return _missing(f"{r.name} ({r.method}) has no token zones (no zones/frac_* metrics, samples log zone -1)")
     shares = plots.zone_fair_share(tok["fkl"], tok["zone"])
+    paper = r.zones_as_paper  # the paper's numbers hold for its zone rule only
+    if paper:
+        markers = f"black ticks: the SEAD paper's ratios (OLMo-3-7B), with the same {_PAPER_ZONES} percentile zones"
+    else:
+        why = "its zones are not" if r.config else "no config.yaml says whether its zones are"
+        markers = f"no paper markers: {why} the paper's {_PAPER_ZONES} percentile zones"
     fig = plots.zone_figure(r, shares, plots.fair_share_from_metrics(r))
     body = figs.add(fig, f"zones_{slug}", f"{r.name}: zone fractions and loss concentration (forward KL share "
-                    "divided by token share; 1 = fair share)")
+                    f"divided by token share; 1 = fair share); {markers}")
     if not shares:
         return body + _missing(f"{r.name} has no samples with zones for the per-zone share table")
     steps = sorted({s.step for s in r.samples})
     rows = [[ZONE_NAMES[z], str(s.tokens), _pct(s.token_share), _pct(s.loss_share),
-             f"{s.ratio:.2f}×" if math.isfinite(s.ratio) else "–", f"{PAPER_FAIR_SHARE[z]}×"] for z, s in shares.items()]
-    return (body + _table(["zone", "tokens", "token share %", "forward-KL share %", "× fair share", "paper"], rows)
+             f"{s.ratio:.2f}×" if math.isfinite(s.ratio) else "–"] + ([f"{PAPER_FAIR_SHARE[z]}×"] if paper else [])
+            for z, s in shares.items()]
+    header = ["zone", "tokens", "token share %", "forward-KL share %", "× fair share"] + (["paper"] if paper else [])
+    return (body + _table(header, rows)
             + f'<p class="note">From {len(r.samples)} logged rollouts (steps {steps[0]}–{steps[-1]}), per-token '
             f"<code>fkl</code> and <code>zone</code> of samples.jsonl. B+C carry "
-            f"{_pct(shares[1].loss_share + shares[2].loss_share)}% of the forward KL (paper: about 90%).</p>")
+            f"{_pct(shares[1].loss_share + shares[2].loss_share)}% of the forward KL"
+            + (" (paper: about 90%)." if paper else ".") + "</p>" + _category_section(r, slug))
+
+
+def _category_zones(samples: Sequence[Sample]) -> dict[str, dict] | None:
+    """P(zone | token category) over the logged rollouts when all are of the embedded demo task (its
+    questions as prompts, its character tokens): the token categories exist for that task only."""
+    if not samples or not all(toy.is_question(s.prompt) for s in samples):
+        return None
+    categories = [toy.response_token_categories(s.tokens) for s in samples]
+    if any(c is None for c in categories):
+        return None
+    return toy.zones_by_category([c for cs in categories for c in cs], [z for s in samples for z in s.zone],
+                                 [h for s in samples for h in s.teacher_entropy], ZONE_LETTERS) or None
+
+
+def _category_section(r: RunData, slug: str) -> str:
+    table = _category_zones(r.samples)
+    if table is None:
+        return ""
+    rows = [[_e(cat), str(v["tokens"]), _pct(v["share"]),
+             f"{v['teacher_entropy']:.3f}" if math.isfinite(v["teacher_entropy"]) else "–"]
+            + [_pct(v["p_zone"][name]) for name in ZONE_LETTERS.values()] for cat, v in table.items()]
+    header = ["category", "tokens", "token share %", "teacher entropy"] + [f"zone {n} %" for n in ZONE_LETTERS.values()]
+    return (f'<h4 id="categories-{slug}">P(zone | token category)</h4>' + _table(header, rows)
+            + '<p class="note">The paper\'s Table 3 on the demo task: the share of each token category\'s tokens '
+            "in each zone, over the same logged rollouts and zones (<code>sead.toy.token_categories</code>: step "
+            "start = the first character of a step, where the path is chosen). The shipped models' table, at the "
+            "first step on 512 prompts, is in the demo assets README.</p>")
 
 
 def _entropy_section(runs: list[RunData], figs: _Figures) -> str:
-    from sead import plots
-
     fig = plots.entropy_collapse(runs)
     if fig is None:
         return _missing("no run logged entropy/student_mean")
@@ -388,7 +289,7 @@ def _entropy_section(runs: list[RunData], figs: _Figures) -> str:
     return (figs.add(fig, "entropy_student", "Mean student entropy over training, all runs")
             + _table(["run", "method", "start", "end", "change"], rows)
             + '<p class="note">Start/end: mean over the first/last 10% of logged steps. '
-            "Paper: OPD collapses 0.39 → 0.31, SEAD holds.</p>")
+            "Paper (OLMo-3-7B): OPD collapses 0.39 → 0.31, SEAD holds.</p>")
 
 
 def _eval_table(runs: list[RunData]) -> str:

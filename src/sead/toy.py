@@ -14,6 +14,7 @@ Nothing here runs at import time; ``torch``, ``transformers`` and ``reasoning_gy
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -244,6 +245,43 @@ def token_categories(response: str) -> list[str]:
             state = "result"
         elif ch == ":":
             state = "answer"
+    return out
+
+
+def is_question(text: str) -> bool:
+    """Whether ``text`` is a question of this task, as the demo prompts it (``98+93-77=``)."""
+    return re.fullmatch(r"-?\d+(?:[+-]\d+)+=", text) is not None
+
+
+def response_token_categories(tokens: Sequence[str]) -> list[str] | None:
+    """``token_categories`` of a response given as the character tokenizer's tokens, one per token.
+
+    ``<eos>``, ``<pad>`` and ``<unk>`` read as "." (syntax, no change of state). None when a token is
+    not one of that tokenizer's (another tokenizer's pieces span several characters: no such split).
+    """
+    if not set(tokens) <= {*CHARS, PAD, EOS, UNK}:
+        return None
+    return token_categories("".join(t if len(t) == 1 else "." for t in tokens))
+
+
+def zones_by_category(categories: Sequence[str], zones: Sequence[int], teacher_entropy: Sequence[float],
+                      zone_names: dict[int, str]) -> dict[str, dict[str, Any]]:
+    """P(zone | token category), the paper's Table 3 on this task, from per-token lists of equal length.
+
+    Per category that occurs (in ``TOKEN_CATEGORIES`` order): ``tokens``, ``share`` (of all counted
+    tokens), ``teacher_entropy`` (mean, nats) and ``p_zone`` ({zone name: share of the category's
+    tokens in that zone}, over ``zone_names``, e.g. ``{0: "A", 1: "B", 2: "C"}``). Tokens whose zone
+    is not in ``zone_names`` (masked, -1) are not counted.
+    """
+    kept = [(c, z, h) for c, z, h in zip(categories, zones, teacher_entropy, strict=True) if z in zone_names]
+    out = {}
+    for cat in TOKEN_CATEGORIES:
+        rows = [(z, h) for c, z, h in kept if c == cat]
+        if rows:
+            zs = [z for z, _ in rows]
+            out[cat] = {"tokens": len(rows), "share": len(rows) / len(kept),
+                        "teacher_entropy": math.fsum(h for _, h in rows) / len(rows),
+                        "p_zone": {name: zs.count(z) / len(zs) for z, name in zone_names.items()}}
     return out
 
 
