@@ -61,7 +61,7 @@ def _configs(args: argparse.Namespace) -> int:
 
     rows = [(name, load_config(name).objective.method, recipe_description(recipe_dir() / f"{name}.yaml"))
             for name in recipe_names()]
-    width = max(len(name) for name, _, _ in rows)
+    width = max(len(name) for name in ("recipe", *recipe_names()))
     print(f"{'recipe'.ljust(width)}  method  description")
     for name, method, description in rows:
         print(f"{name.ljust(width)}  {method.ljust(6)}  {description}")

@@ -1,8 +1,11 @@
 """Run configuration: one dataclass per concern, loaded from YAML with ``key=value`` overrides.
 
-Values are coerced to the declared field types (so ``optim.lr=1e-6`` is a float, not YAML's
-string), unknown keys are rejected with a suggestion, and each section validates itself in
-``__post_init__``. The resolved config is saved next to every run (``config.yaml``).
+`RunConfig` holds one typed section per concern; each key is declared with its help text
+(`sead.settings.setting`). Values are coerced to the declared field types (so ``optim.lr=1e-6`` is
+a float, not YAML's string), unknown keys are rejected with a suggestion, and each section
+validates itself in ``__post_init__``. Files (shipped recipes by name, ``base:`` chains, paths
+relative to the file) are read by `sead.config_files`. The resolved config is saved next to every
+run (``config.yaml``).
 """
 
 from __future__ import annotations
@@ -208,7 +211,7 @@ class LoggingConfig:
 class RunConfig:
     """Everything one ``sead train`` run needs; each attribute is one concern's dataclass."""
 
-    name: str = setting("sead", "run name, shown in logs and reports")
+    name: str = setting("sead", "run name, shown in reports")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
