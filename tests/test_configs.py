@@ -12,7 +12,7 @@ import yaml
 
 from sead.cli import main
 from sead.config import RunConfig, config_from_dict, config_to_dict, load_config, save_config, section_types
-from sead.config_files import recipe_dir, recipe_names
+from sead.config_files import PATH_KEYS, recipe_dir, recipe_names
 from sead.data import PromptRows
 from sead.demo import PRESETS, demo_config
 from sead.errors import ConfigError
@@ -205,10 +205,12 @@ def test_bad_config_files_are_one_line_errors_naming_the_fix(tmp_path, case, fra
     assert "\n" not in str(err.value)
 
 
-def test_every_config_key_has_help():
+def test_every_config_key_has_help_and_the_path_keys_exist():
     for cls in [RunConfig, *section_types().values()]:
         missing = [name for name, text in help_texts(cls).items() if not text and name not in section_types()]
         assert not missing, f"{cls.__name__}: {missing}"
+    for section, keys in PATH_KEYS.items():
+        assert set(keys) <= set(help_texts(section_types()[section])), section
 
 
 def test_config_show_prints_every_key_with_its_help_and_loads_back(tmp_path, capsys):

@@ -59,9 +59,10 @@ def _configs(args: argparse.Namespace) -> int:
     from sead.config import load_config
     from sead.config_files import recipe_description, recipe_dir, recipe_names
 
+    names = recipe_names()
     rows = [(name, load_config(name).objective.method, recipe_description(recipe_dir() / f"{name}.yaml"))
-            for name in recipe_names()]
-    width = max(len(name) for name in ("recipe", *recipe_names()))
+            for name in names]
+    width = max(len(name) for name in ("recipe", *names))
     print(f"{'recipe'.ljust(width)}  method  description")
     for name, method, description in rows:
         print(f"{name.ljust(width)}  {method.ljust(6)}  {description}")
@@ -75,9 +76,10 @@ def _config_show(args: argparse.Namespace) -> int:
     from sead.config_files import commented_yaml, find_config
 
     cfg = load_config(args.config, args.overrides)
-    where = find_config(args.config) if args.config else "defaults"
-    print(commented_yaml(cfg, f"resolved config: {where}" + (f" with {' '.join(args.overrides)}" if args.overrides else "")
-                         + "\nkey: value  # help; loads back as a --config file"), end="")
+    where = str(find_config(args.config)) if args.config else "defaults"
+    if args.overrides:
+        where += f" with {' '.join(args.overrides)}"
+    print(commented_yaml(cfg, f"resolved config: {where}\nkey: value  # help; loads back as a --config file"), end="")
     return 0
 
 

@@ -152,21 +152,23 @@ def _base_path(base: Any, path: Path) -> Path:
                       "(a file relative to that config, or a shipped recipe name)")
 
 
-def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+def read_config_file(path: str | Path) -> dict:
     """The nested dict of one config file: its ``base:`` chain merged under it, local paths absolute,
     ``base`` and ``description`` removed."""
-    path = Path(path)
-    real = path.resolve()
-    if real in _chain:
-        loop = " -> ".join(p.name for p in (*_chain[_chain.index(real):], real))
+    return _read_chain(Path(path).resolve(), ())
+
+
+def _read_chain(path: Path, chain: tuple[Path, ...]) -> dict:
+    if path in chain:
+        loop = " -> ".join(p.name for p in (*chain[chain.index(path):], path))
         raise ConfigError(f"config base cycle {loop}; remove one of these base: lines")
     data = _read_yaml(path)
     base = data.pop("base", None)
     data.pop("description", None)
-    data = _localise_paths(data, real.parent)
+    data = _localise_paths(data, path.parent)
     if base is None:
         return data
-    return merge_configs(read_config_file(_base_path(base, real), (*_chain, real)), data)
+    return merge_configs(_read_chain(_base_path(base, path).resolve(), (*chain, path)), data)
 
 
 def _scalar(value: Any) -> str:

@@ -53,11 +53,11 @@ class PromptRows:
     ``data`` and ``eval``)."""
 
     split: str = setting("train", "split of a hub dataset or dataset folder")
-    prompt_field: str = setting("problem", "column holding the prompt text ({problem} in the template)")
-    answer_field: str | None = setting("answer", "column holding the reference answer; data may set null: none (pure distillation)")
-    id_field: str | None = setting(None, "column holding a row id; null: the 0-based row number")
-    template: str = setting(DEFAULT_TEMPLATE, "prompt format string: {problem} and other columns by name, {{ }} for braces")
-    max_prompts: int | None = setting(None, "keep a seeded random subset of this many rows (eval: per benchmark); null: all")
+    prompt_field: str = setting("problem", "prompt text column ({problem} in the template)")
+    answer_field: str | None = setting("answer", "reference answer column; null (data only): none, pure distillation")
+    id_field: str | None = setting(None, "row id column; null: the 0-based row number")
+    template: str = setting(DEFAULT_TEMPLATE, "prompt format: {problem}, other columns by name, {{ }} for literal braces")
+    max_prompts: int | None = setting(None, "a seeded random subset of this many rows (eval: per benchmark); null: all")
 
 
 @dataclass

@@ -31,7 +31,7 @@ def _preset_overlay(preset: str, recipe: dict) -> dict:
     """What a preset changes in a shipped recipe: nothing but the sampled evaluation for ``tiny``
     (the recipes' own models and task); models, data, decoding and the optimiser's scale for ``smollm2``."""
     if preset != "smollm2":
-        return {"eval": {"k": 4, "every": 0}}
+        return {"eval": {"k": 4, "every": 0}}  # the demo evaluates before and after itself, with avg@4 too
     from sead.smollm2 import prepare_smollm2, smollm2_data, smollm2_prompt
 
     teacher, student = prepare_smollm2()
@@ -163,7 +163,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                                                        "(tiny 0,1,2; smollm2 0)")
     parser.add_argument("--seed", type=int, default=None, help="a single training seed (same as --seeds N)")
     parser.add_argument("--prompts", type=int, default=None, help="training prompts used (tiny 1024, smollm2 32)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate of every method (tiny: see sead config show --config sead)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of every method (tiny: the recipes' 1e-4)")
     parser.add_argument("--k", type=int, default=None, help="rollouts per prompt for difficulty (tiny 4, smollm2 2)")
     return parser
 
