@@ -15,6 +15,8 @@ SUBCOMMANDS = {
     "eval": "evaluate a model: greedy pass@1, avg@k, pass@k",
     "report": "build an HTML report from one or more run directories",
     "compare": "train and evaluate several methods on the same budget and tabulate them",
+    "configs": "list the shipped recipes (--config NAME): name, method, what it trains",
+    "config": "config tools: `sead config show --config X [key=value ...]` prints the resolved config with help",
 }
 
 def _train(args: argparse.Namespace) -> int:
@@ -53,6 +55,34 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def _configs(args: argparse.Namespace) -> int:
+    from sead.config import load_config
+    from sead.config_files import recipe_description, recipe_dir, recipe_names
+
+    names = recipe_names()
+    rows = [(name, load_config(name).objective.method, recipe_description(recipe_dir() / f"{name}.yaml"))
+            for name in names]
+    width = max(len(name) for name in ("recipe", *names))
+    print(f"{'recipe'.ljust(width)}  method  description")
+    for name, method, description in rows:
+        print(f"{name.ljust(width)}  {method.ljust(6)}  {description}")
+    print(f"\nrun one: sead train --config NAME [key=value ...]; every key: sead config show --config NAME\n"
+          f"files: {recipe_dir()} (each recipe is base.yaml plus its overlay)")
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from sead.config import load_config
+    from sead.config_files import commented_yaml, find_config
+
+    cfg = load_config(args.config, args.overrides)
+    where = str(find_config(args.config)) if args.config else "defaults"
+    if args.overrides:
+        where += f" with {' '.join(args.overrides)}"
+    print(commented_yaml(cfg, f"resolved config: {where}\nkey: value  # help; loads back as a --config file"), end="")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from sead.report import report_main
 
@@ -60,7 +90,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config (see configs/); omitted: defaults + overrides")
+    p.add_argument("--config", help="a shipped recipe's name (sead configs lists them) or a YAML file; "
+                                    "omitted: defaults + overrides")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. objective.method=eopd optim.lr=1e-6")
 
 
@@ -99,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
 
             add_compare_arguments(p)
             p.set_defaults(func=compare_main)
+        elif name == "configs":
+            p.set_defaults(func=_configs)
+        elif name == "config":
+            tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
+            show = tools.add_parser("show", help="print the resolved config: every key, its value and its help",
+                                    description="print the resolved config: every key, its value and its help")
+            _add_config_args(show)
+            show.set_defaults(func=_config_show)
         elif name == "report":
             from sead.report import add_report_arguments
 

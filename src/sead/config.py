@@ -1,8 +1,11 @@
 """Run configuration: one dataclass per concern, loaded from YAML with ``key=value`` overrides.
 
-Values are coerced to the declared field types (so ``optim.lr=1e-6`` is a float, not YAML's
-string), unknown keys are rejected with a suggestion, and each section validates itself in
-``__post_init__``. The resolved config is saved next to every run (``config.yaml``).
+`RunConfig` holds one typed section per concern; each key is declared with its help text
+(`sead.settings.setting`). Values are coerced to the declared field types (so ``optim.lr=1e-6`` is
+a float, not YAML's string), unknown keys are rejected with a suggestion, and each section
+validates itself in ``__post_init__``. Files (shipped recipes by name, ``base:`` chains, paths
+relative to the file) are read by `sead.config_files`. The resolved config is saved next to every
+run (``config.yaml``).
 """
 
 from __future__ import annotations
@@ -17,8 +20,14 @@ from typing import Any
 
 import yaml
 
+from sead.config_files import find_config, read_config_file
+from sead.curriculum import CurriculumConfig
+from sead.data import DataConfig
 from sead.errors import ConfigError
+from sead.evaluate import EvalConfig
 from sead.rollout import RolloutConfig
+from sead.settings import setting
+from sead.verifier import VerifierConfig
 
 __all__ = [
     "ModelConfig",
@@ -28,6 +37,7 @@ __all__ = [
     "LoggingConfig",
     "RunConfig",
     "METHODS",
+    "section_types",
     "load_config",
     "config_from_dict",
     "config_to_dict",
@@ -43,14 +53,14 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 class ModelConfig:
     """Student and teacher checkpoints: hub names or local directories (``gguf_file`` for GGUF)."""
 
-    student: str = ""
-    teacher: str = ""
-    tokenizer: str | None = None  # default: the student's
-    gguf_file: str | None = None
-    teacher_gguf_file: str | None = None
-    dtype: str = "float32"
-    teacher_dtype: str | None = None  # default: same as dtype
-    trust_remote_code: bool = False
+    student: str = setting("", "student checkpoint: hub name or local folder (the model trained)")
+    teacher: str = setting("", "teacher checkpoint: hub name or local folder")
+    tokenizer: str | None = setting(None, "tokenizer: hub name or local folder; null: the student's")
+    gguf_file: str | None = setting(None, "GGUF file name inside the student checkpoint, if it is one")
+    teacher_gguf_file: str | None = setting(None, "GGUF file name inside the teacher checkpoint, if it is one")
+    dtype: str = setting("float32", "weights dtype: float32 | bfloat16 | float16 | auto")
+    teacher_dtype: str | None = setting(None, "teacher weights dtype; null: the same as dtype")
+    trust_remote_code: bool = setting(False, "let transformers run model code that ships with a checkpoint")
 
     def __post_init__(self):
         for key in ("dtype", "teacher_dtype"):
@@ -66,34 +76,32 @@ class ObjectiveConfig:
     Without T every valid token gets RKL + alpha * lam * FKL; without A alpha stays at alpha_start.
     """
 
-    method: str = "sead"
-    zones: bool = True
-    anneal: bool = True
-    curriculum: bool = False
-    fractions: list[float] = field(default_factory=lambda: [0.5, 0.4, 0.1])
-    zone_mode: str = "percentile"  # percentile | threshold
-    teacher_threshold: float = 1.0
-    student_threshold: float | None = None
-    alpha_start: float = 0.8
-    alpha_end: float = 0.0
-    lam: float = 1.0
-    zone_c_mix: str = "eq4"  # eq4 | interpolate
-    tau: float = 1.0  # EOPD teacher-entropy gate, nats
-    beta: float = 0.5  # JSD
-    clip_eps: float = 0.2  # OPD / GRPO policy-gradient clip
-    top_k: int | None = None  # teacher top-k support (+ tail bucket); None = full vocabulary
-    # Chunked loss from hidden states (no full logits; no backward work on Zone A) where the method
-    # and the models allow it; otherwise materialised logits, with the reason printed.
-    fused: bool = True
-    chunk_size: int = 1024
-    # GRPO: G rollouts per prompt (overrides train.samples_per_prompt), asymmetric clip, KL to the initial policy.
-    group_size: int = 8
-    clip_eps_high: float | None = None  # default: clip_eps
-    kl_coef: float = 0.0
-    # OPSD: the student is its own teacher, with privileged information in the teacher's context.
-    opsd_teacher: str = "initial"  # initial (frozen copy) | current (live weights, no grad)
-    opsd_divergence: str = "rkl"  # rkl | fkl | jsd | sead (zones)
-    opsd_template: str = "{prompt}\n\nReference answer (for you only): {answer}"
+    method: str = setting("sead", "the loss: " + " | ".join(METHODS))
+    zones: bool = setting(True, "sead T: token zones by entropy (A skipped, B reverse KL, C forward KL)")
+    anneal: bool = setting(True, "sead A: anneal the Zone C weight alpha from alpha_start to alpha_end (cosine)")
+    curriculum: bool = setting(False, "sead C: draw prompts by the curriculum section's sampler")
+    fractions: list[float] = setting([0.5, 0.4, 0.1], "percentile zones: shares [A, B, C] of the valid tokens")
+    zone_mode: str = setting("percentile", "percentile (fractions) | threshold (teacher/student_threshold)")
+    teacher_threshold: float = setting(1.0, "threshold zones: teacher entropy (nats) above which a token is C")
+    student_threshold: float | None = setting(None, "threshold zones: B above this student entropy; null: every non-C token")
+    alpha_start: float = setting(0.8, "Zone C forward-KL weight alpha at the first step")
+    alpha_end: float = setting(0.0, "alpha at the last step (with anneal)")
+    lam: float = setting(1.0, "Zone C loss scale lambda")
+    zone_c_mix: str = setting("eq4", "Zone C: eq4 (alpha lam FKL) | interpolate (lam (alpha FKL + (1 - alpha) RKL))")
+    tau: float = setting(1.0, "eopd: teacher-entropy gate, nats")
+    beta: float = setting(0.5, "jsd: mixture weight in [0, 1]")
+    clip_eps: float = setting(0.2, "opd and grpo: policy-gradient ratio clip")
+    top_k: int | None = setting(None, "teacher top-k support plus one tail bucket; null: the full vocabulary")
+    # Where the method and the models allow it; otherwise materialised logits, with the reason printed.
+    fused: bool = setting(True, "chunked loss from hidden states: no full logits, no backward work on Zone A")
+    chunk_size: int = setting(1024, "fused loss: rows per chunk")
+    group_size: int = setting(8, "grpo: rollouts per prompt (replaces train.samples_per_prompt)")
+    clip_eps_high: float | None = setting(None, "grpo: upper ratio clip; null: clip_eps")
+    kl_coef: float = setting(0.0, "grpo: weight of the KL to the initial policy")
+    opsd_teacher: str = setting("initial", "opsd: the teacher is the initial (frozen copy) | current (live, no grad) student")
+    opsd_divergence: str = setting("rkl", "opsd: rkl | fkl | jsd | sead (zones)")
+    opsd_template: str = setting("{prompt}\n\nReference answer (for you only): {answer}",
+                                 "opsd: the teacher's context, with the privileged {answer}")
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -138,14 +146,14 @@ class ObjectiveConfig:
 class OptimConfig:
     """AdamW with linear warmup then ``schedule`` decay to ``min_lr_ratio * lr``."""
 
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    schedule: str = "cosine"  # cosine | linear | constant
-    min_lr_ratio: float = 0.0
-    max_grad_norm: float = 1.0
+    lr: float = setting(1e-5, "peak learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    betas: list[float] = setting([0.9, 0.999], "AdamW betas [beta1, beta2]")
+    eps: float = setting(1e-8, "AdamW epsilon")
+    warmup_steps: int = setting(0, "linear warmup steps from 0 to lr")
+    schedule: str = setting("cosine", "decay after warmup: cosine | linear | constant")
+    min_lr_ratio: float = setting(0.0, "learning rate at the last step, as a fraction of lr")
+    max_grad_norm: float = setting(1.0, "gradient norm clip")
 
     def __post_init__(self):
         if self.lr <= 0:
@@ -162,19 +170,19 @@ class OptimConfig:
 class TrainConfig:
     """Step budget, batch geometry, seeds, checkpoints. ``batch_size`` = prompts per optimiser step."""
 
-    steps: int = 100
-    batch_size: int = 8
-    samples_per_prompt: int = 1
-    micro_batch_size: int = 8  # rollout rows per forward/backward on one process
-    seed: int = 0
-    output_dir: str = "runs/sead"
-    save_every: int = 50
-    keep_checkpoints: int = 2
-    resume: bool = False
-    force_resume: bool = False
-    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
-    max_bad_steps: int = 5
-    torch_threads: int | None = None
+    steps: int = setting(100, "optimiser steps")
+    batch_size: int = setting(8, "prompts per optimiser step, over all processes")
+    samples_per_prompt: int = setting(1, "rollouts per prompt")
+    micro_batch_size: int = setting(8, "rollout rows per forward/backward on one process")
+    seed: int = setting(0, "seed of torch, numpy and random for the run (rollout sampling)")
+    output_dir: str = setting("runs/sead", "run folder; a relative path is relative to the current directory")
+    save_every: int = setting(50, "checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = setting(2, "newest checkpoints kept; 0 keeps all")
+    resume: bool = setting(False, "continue from the latest complete checkpoint in output_dir")
+    force_resume: bool = setting(False, "resume even though the training config changed")
+    mixed_precision: str = setting("no", "accelerate mixed precision: no | bf16 | fp16")
+    max_bad_steps: int = setting(5, "stop after this many non-finite steps in a row")
+    torch_threads: int | None = setting(None, "CPU threads for torch; null: torch's default")
 
     def __post_init__(self):
         for key in ("steps", "batch_size", "samples_per_prompt", "micro_batch_size", "save_every", "max_bad_steps"):
@@ -192,49 +200,34 @@ class TrainConfig:
 class LoggingConfig:
     """Console and file logging; trackers go through accelerate (``tensorboard``, ``wandb``)."""
 
-    progress: bool = True
-    samples_every: int = 10
-    num_samples: int = 2
-    trackers: list[str] = field(default_factory=list)
-    project: str = "sead"
-
-
-def _section_types() -> dict[str, type]:
-    # Imported here so `import sead.config` stays light and the modules own their configs.
-    from sead.curriculum import CurriculumConfig
-    from sead.data import DataConfig
-    from sead.evaluate import EvalConfig
-    from sead.verifier import VerifierConfig
-
-    return {
-        "model": ModelConfig,
-        "data": DataConfig,
-        "rollout": RolloutConfig,
-        "objective": ObjectiveConfig,
-        "optim": OptimConfig,
-        "train": TrainConfig,
-        "logging": LoggingConfig,
-        "verifier": VerifierConfig,
-        "curriculum": CurriculumConfig,
-        "eval": EvalConfig,
-    }
+    progress: bool = setting(True, "show a progress bar")
+    samples_every: int = setting(10, "write rollouts to samples.jsonl every N steps; 0 = never")
+    num_samples: int = setting(2, "rollouts written each time")
+    trackers: list[str] = setting([], "accelerate trackers, e.g. [tensorboard, wandb]")
+    project: str = setting("sead", "tracker project name")
 
 
 @dataclass
 class RunConfig:
     """Everything one ``sead train`` run needs; each attribute is one concern's dataclass."""
 
-    name: str = "sead"
-    model: Any = None
-    data: Any = None
-    rollout: Any = None
-    objective: Any = None
-    optim: Any = None
-    train: Any = None
-    logging: Any = None
-    verifier: Any = None
-    curriculum: Any = None
-    eval: Any = None
+    name: str = setting("sead", "run name, shown in reports")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def section_types() -> dict[str, type]:
+    """``{section name: its dataclass}`` in `RunConfig` order."""
+    hints = typing.get_type_hints(RunConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(hints[f.name])}
 
 
 class _Override(str):
@@ -326,7 +319,7 @@ def config_from_dict(data: dict) -> RunConfig:
     """Build and validate a RunConfig from a nested dict (missing sections take their defaults)."""
     if not isinstance(data, dict):
         raise ConfigError(f"the config must be a mapping of sections, got {type(data).__name__}")
-    sections = _section_types()
+    sections = section_types()
     unknown = [k for k in data if k not in sections and k != "name"]
     if unknown:
         hint = difflib.get_close_matches(unknown[0], list(sections), n=1)
@@ -386,26 +379,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML file (or start from defaults when ``path`` is None) and apply overrides."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist; pass --config with a YAML file (see configs/)")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(err, "problem", None) or "invalid YAML"
-            raise ConfigError(f"{path}{where}: {problem}; fix the YAML syntax") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path} is not UTF-8 text; save the config as UTF-8") from None
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"{path} must be a mapping of sections (train:, optim:, ...), got a YAML {type(data).__name__}; "
-                "see configs/ for examples"
-            )
+    """Read a config file (or start from defaults when ``path`` is None) and apply overrides.
+
+    ``path`` is a YAML file or a shipped recipe's name (``sead``); see `sead.config_files` for
+    ``base:`` chains and how paths inside a file resolve."""
+    data = read_config_file(find_config(path)) if path is not None else {}
     return config_from_dict(apply_overrides(data, list(overrides or [])))
 
 

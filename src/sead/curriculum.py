@@ -32,6 +32,7 @@ from pathlib import Path
 from sead.data import PromptItem
 from sead.errors import CheckpointError, ConfigError, DataError
 from sead.schedule import competence
+from sead.settings import setting
 
 __all__ = [
     "CurriculumConfig",
@@ -51,17 +52,16 @@ SAMPLERS = ("uniform", "competence", "sorted", "refreshing")
 class CurriculumConfig:
     """Prompt order: uniform, or a curriculum over per-prompt difficulties (see module doc)."""
 
-    sampler: str = "uniform"  # uniform | competence | sorted | refreshing
-    difficulty_path: str | None = None  # JSONL written by `sead difficulty`
-    c0: float = 0.25
-    p: float = 2.0
-    noise_sigma: float = 0.02
-    refresh_momentum: float = 0.5
-    explore_frac: float = 0.125
-    seed: int = 0
-    # With no file at difficulty_path, `sead train` estimates it first (K student rollouts per prompt).
-    auto_estimate: bool = True
-    estimate_k: int = 8
+    sampler: str = setting("uniform", "prompt order: uniform | competence | sorted | refreshing")
+    difficulty_path: str | None = setting(None, "per-prompt difficulty JSONL, as written by sead difficulty")
+    c0: float = setting(0.25, "competence at the start: the largest difficulty admitted at step 0")
+    p: float = setting(2.0, "competence growth power: c = min(1, c0 (1 + step / steps)^p)")
+    noise_sigma: float = setting(0.02, "sorted sampler: std of the noise on difficulties, fresh each pass")
+    refresh_momentum: float = setting(0.5, "refreshing sampler: weight of the old difficulty in each update")
+    explore_frac: float = setting(0.125, "refreshing sampler: batch share from the easiest not-yet-eligible prompts")
+    seed: int = setting(0, "seed of the sampler's draws")
+    auto_estimate: bool = setting(True, "with no file at difficulty_path, sead train estimates it first")
+    estimate_k: int = setting(8, "student rollouts per prompt for that estimate")
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from sead.errors import ConfigError, DataError
+from sead.settings import setting
 
-__all__ = ["DEFAULT_TEMPLATE", "DataConfig", "PromptItem", "load_prompts", "load_rows", "check_template"]
+__all__ = ["DEFAULT_TEMPLATE", "PromptRows", "DataConfig", "PromptItem", "load_prompts", "load_rows", "check_template"]
 
 DEFAULT_TEMPLATE = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -47,18 +48,25 @@ def check_template(template: str, key: str) -> set[str]:
 
 
 @dataclass
-class DataConfig:
+class PromptRows:
+    """Which rows of a prompt source are used and how a row becomes a `PromptItem` (shared by
+    ``data`` and ``eval``)."""
+
+    split: str = setting("train", "split of a hub dataset or dataset folder")
+    prompt_field: str = setting("problem", "prompt text column ({problem} in the template)")
+    answer_field: str | None = setting("answer", "reference answer column; null (data only): none, pure distillation")
+    id_field: str | None = setting(None, "row id column; null: the 0-based row number")
+    template: str = setting(DEFAULT_TEMPLATE, "prompt format: {problem}, other columns by name, {{ }} for literal braces")
+    max_prompts: int | None = setting(None, "a seeded random subset of this many rows (eval: per benchmark); null: all")
+
+
+@dataclass
+class DataConfig(PromptRows):
     """Where the training prompts come from and how rows map to `PromptItem`s."""
 
-    path: str = ""
-    split: str = "train"
-    subset: str | None = None  # hub dataset configuration name, e.g. "main" for openai/gsm8k
-    prompt_field: str = "problem"
-    answer_field: str | None = "answer"  # None: rows carry no reference answer (pure distillation)
-    id_field: str | None = None  # None: the 0-based row number is the id
-    template: str = DEFAULT_TEMPLATE
-    max_prompts: int | None = None  # keep a seeded random subset of this many rows (in file order)
-    shuffle_seed: int = 0  # seed of that subset
+    path: str = setting("", "prompt file (.jsonl/.json/.parquet/.csv), dataset folder or hub name owner/name")
+    subset: str | None = setting(None, "hub dataset configuration name, e.g. main for openai/gsm8k")
+    shuffle_seed: int = setting(0, "seed of the max_prompts subset")
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str):

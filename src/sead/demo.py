@@ -15,6 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
+from sead.config_files import find_config, merge_configs, read_config_file
 from sead.errors import SeadError
 
 __all__ = ["add_demo_arguments", "demo_main", "demo_config", "run_demo", "PRESETS"]
@@ -26,72 +27,48 @@ PRESETS = {
 }
 
 
-def _preset_settings(preset: str) -> dict:
-    """What differs between presets: models, data, decoding and the optimiser's scale."""
-    if preset == "smollm2":
-        from sead.smollm2 import prepare_smollm2, smollm2_data, smollm2_prompt
+def _preset_overlay(preset: str, recipe: dict) -> dict:
+    """What a preset changes in a shipped recipe: nothing but the sampled evaluation for ``tiny``
+    (the recipes' own models and task); models, data, decoding and the optimiser's scale for ``smollm2``."""
+    if preset != "smollm2":
+        return {"eval": {"k": 4, "every": 0}}  # the demo evaluates before and after itself, with avg@4 too
+    from sead.smollm2 import prepare_smollm2, smollm2_data, smollm2_prompt
 
-        teacher, student = prepare_smollm2()
-        train, heldout = smollm2_data()
-        return dict(student=student, teacher=teacher, train=train, heldout=heldout, template=smollm2_prompt(),
-                    verifier="math", max_new_tokens=32, gen_batch=8, chat_template="auto", tau=1.0,
-                    optim={"lr": 1e-5, "schedule": "constant"}, batch_size=4, eval_prompts=16, eval_batch=16,
-                    eval_samples=0)
-    from sead.toy import MAX_NEW_TOKENS, demo_asset_dir, demo_data_paths
-
-    root = demo_asset_dir()
-    train, heldout = demo_data_paths()
-    return dict(student=root / "student", teacher=root / "teacher", train=train, heldout=heldout,
-                template="{problem}", verifier="sead.toy:verify", max_new_tokens=MAX_NEW_TOKENS, gen_batch=64,
-                chat_template="off", tau=0.5, optim={"lr": 1e-4, "warmup_steps": 5, "schedule": "cosine"},
-                batch_size=32, eval_prompts=None, eval_batch=100, eval_samples=4)
-
-
-# Method-specific objective keys of the tiny recipes (everything else is shared by every method).
-METHOD_OBJECTIVE: dict[str, dict] = {
-    "opd": {"clip_eps": 0.2},
-    "rkl": {},
-    "fkl": {},
-    "jsd": {"beta": 0.5},
-    "eopd": {},  # tau comes from the preset (it depends on the teacher)
-    "sead": {"zones": True, "anneal": True, "curriculum": True, "fractions": [0.5, 0.4, 0.1], "alpha_start": 0.8,
-             "alpha_end": 0.0, "lam": 1.0, "zone_c_mix": "eq4"},
-    "grpo": {"group_size": 4, "kl_coef": 0.0},
-    "opsd": {"opsd_teacher": "initial", "opsd_divergence": "rkl", "opsd_template": "A:{answer},{prompt}"},
-}
+    teacher, student = prepare_smollm2()
+    train, heldout = smollm2_data()
+    template, decoding = smollm2_prompt(), {"max_new_tokens": 32, "chat_template": "auto"}
+    objective = recipe.get("objective", {})
+    # GRPO samples group_size rollouts per prompt: fewer prompts, the same 4 rollouts per step.
+    group = objective.get("group_size", 1) if objective.get("method") == "grpo" else 1
+    return {
+        "model": {"student": str(student), "teacher": str(teacher)},
+        "data": {"path": str(train), "template": template},
+        "verifier": {"kind": "math"},
+        "rollout": {"batch_size": 8, **decoding},
+        "objective": {"tau": 1.0},  # eopd's gate for this teacher's entropy scale
+        "optim": {"lr": 1e-5, "schedule": "constant", "warmup_steps": 0},
+        "train": {"batch_size": 4 // group, "micro_batch_size": 4},
+        "eval": {"data": [f"heldout={heldout}"], "template": template, "max_prompts": 16, "batch_size": 16, "k": 0,
+                 "every": 0, **decoding},
+    }
 
 
 def demo_config(out: Path, method: str, steps: int, seed: int, max_prompts: int, difficulty_path: Path,
                 preset: str = "tiny", lr: float | None = None) -> dict:
-    """The resolved config dict of one demo run; ``configs/*.yaml`` are written from it
-    (``python recipes/write_configs.py``), so the demo and the shipped recipes share every setting."""
-    p = _preset_settings(preset)
-    if lr is not None:
-        p["optim"] = {**p["optim"], "lr": lr}
-    fields = {"prompt_field": "question", "answer_field": "answer", "id_field": "id", "template": p["template"]}
-    objective = {"method": method, **METHOD_OBJECTIVE.get(method, {})}
-    if method == "eopd":
-        objective["tau"] = p["tau"]
-    decoding = {"max_new_tokens": p["max_new_tokens"], "chat_template": p["chat_template"]}
-    batch = p["batch_size"] // objective["group_size"] if method == "grpo" else p["batch_size"]
-    return {
+    """The config dict of one demo run: the shipped recipe of ``method`` (``sead config show
+    --config METHOD``), the preset's changes over it, then this run's budget, seed and folder."""
+    recipe = read_config_file(find_config(method))
+    run = {
         "name": f"demo-{preset}-{method}",
-        "model": {"student": str(p["student"]), "teacher": str(p["teacher"])},
         # One prompt pool for every seed (the difficulty file covers it); the seed moves order and rollouts.
-        "data": {"path": str(p["train"]), "max_prompts": max_prompts, "shuffle_seed": 0, **fields},
-        "verifier": {"kind": p["verifier"]},
-        "rollout": {"temperature": 0.7, "top_p": 1.0, "batch_size": p["gen_batch"], **decoding},
-        "objective": objective,
-        "curriculum": {"sampler": "competence" if method == "sead" else "uniform",
-                       "difficulty_path": str(difficulty_path), "seed": seed, "c0": 0.25, "p": 2.0},
-        "optim": {"max_grad_norm": 1.0, **p["optim"]},
-        # GRPO samples group_size rollouts per prompt: fewer prompts, the same rollouts per step.
-        "train": {"steps": steps, "batch_size": batch, "micro_batch_size": p["batch_size"], "seed": seed,
-                  "save_every": steps, "keep_checkpoints": 1, "output_dir": str(out / "runs" / f"{method}-s{seed}")},
-        "logging": {"samples_every": max(1, steps // 5), "num_samples": 4},
-        "eval": {"data": [f"heldout={p['heldout']}"], "k": p["eval_samples"], "greedy": True, "temperature": 0.7,
-                 "max_prompts": p["eval_prompts"], "batch_size": p["eval_batch"], "split": "train", **decoding, **fields},
+        "data": {"max_prompts": max_prompts},
+        "curriculum": {"difficulty_path": str(difficulty_path), "seed": seed},
+        "optim": {} if lr is None else {"lr": lr},
+        "train": {"steps": steps, "seed": seed, "save_every": steps, "keep_checkpoints": 1,
+                  "output_dir": str(out / "runs" / f"{method}-s{seed}")},
+        "logging": {"samples_every": max(1, steps // 5)},
     }
+    return merge_configs(merge_configs(recipe, _preset_overlay(preset, recipe)), run)
 
 
 def _evaluate(model_path: str, cfg, out_dir: Path, tag: str) -> dict:
@@ -186,7 +163,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                                                        "(tiny 0,1,2; smollm2 0)")
     parser.add_argument("--seed", type=int, default=None, help="a single training seed (same as --seeds N)")
     parser.add_argument("--prompts", type=int, default=None, help="training prompts used (tiny 1024, smollm2 32)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate of every method (tiny: see configs/)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of every method (tiny: the recipes' 1e-4)")
     parser.add_argument("--k", type=int, default=None, help="rollouts per prompt for difficulty (tiny 4, smollm2 2)")
     return parser
 

@@ -19,11 +19,13 @@ import contextlib
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from sead.data import DEFAULT_TEMPLATE, PromptItem, check_template, load_rows, rows_to_items, subsample
+from sead.data import PromptItem, PromptRows, check_template, load_rows, rows_to_items, subsample
 from sead.errors import ConfigError
+from sead.rollout import RolloutConfig
+from sead.settings import setting
 
 __all__ = [
     "EvalConfig",
@@ -40,25 +42,17 @@ __all__ = [
 
 
 @dataclass
-class EvalConfig:
-    """Held-out evaluation: which sets, how many samples, how to decode, how often during training."""
+class EvalConfig(PromptRows, RolloutConfig):
+    """Held-out evaluation: which sets, how many samples, how often during training. Rows map to
+    prompts as in ``data`` (`PromptRows`) and responses decode as in ``rollout`` (`RolloutConfig`)."""
 
-    data: list[str] = field(default_factory=list)  # "name=path" or "path" (name = file stem)
-    split: str = "test"  # for hub names and dataset folders
-    prompt_field: str = "problem"
-    answer_field: str = "answer"
-    id_field: str | None = None
-    template: str = DEFAULT_TEMPLATE
-    max_prompts: int | None = None  # per benchmark, a seeded subset
-    k: int = 1  # samples per prompt for avg@k and pass@k; 0 = greedy only
-    greedy: bool = True  # also decode greedily and report that as pass@1
-    max_new_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 1.0
-    batch_size: int = 8  # generation rows per `generate` call
-    chat_template: str = "auto"  # auto | on | off
-    every: int = 0  # trainer hook: evaluate every N optimiser steps; 0 = off
-    seed: int = 0
+    split: str = setting("test", "split of a hub dataset or dataset folder")
+    max_new_tokens: int = setting(512, "longest response, in tokens")
+    data: list[str] = setting([], "benchmarks: name=path or path (name = file stem); files, folders or hub names")
+    k: int = setting(1, "samples per prompt for avg@k and pass@k; 0 = greedy only")
+    greedy: bool = setting(True, "also decode greedily and report that as pass@1")
+    every: int = setting(0, "during training: evaluate every N optimiser steps; 0 = off")
+    seed: int = setting(0, "seed of the max_prompts subsets and of the sampling")
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, list) or not all(isinstance(d, str) and d for d in self.data):
@@ -72,7 +66,7 @@ class EvalConfig:
             raise ConfigError("eval.k=0 with eval.greedy=false evaluates nothing; set eval.k >= 1 or eval.greedy=true")
         if self.k > 0 and not self.temperature > 0:
             raise ConfigError(f"eval.temperature must be > 0 for sampling (eval.k={self.k}), got {self.temperature!r}")
-        for key in ("max_new_tokens", "batch_size"):
+        for key in ("max_new_tokens", "batch_size", "max_prompt_tokens"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ConfigError(f"eval.{key} must be an integer >= 1, got {getattr(self, key)!r}")
         if self.chat_template not in ("auto", "on", "off"):
@@ -84,16 +78,9 @@ class EvalConfig:
         if not isinstance(self.every, int) or self.every < 0:
             raise ConfigError(f"eval.every must be an integer >= 0 (0 = off), got {self.every!r}")
 
-    def rollout_config(self):
-        from sead.rollout import RolloutConfig
-
-        return RolloutConfig(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            batch_size=self.batch_size,
-            chat_template=self.chat_template,
-        )
+    def rollout_config(self) -> RolloutConfig:
+        """The decoding settings alone, as the rollout code takes them."""
+        return RolloutConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RolloutConfig)})
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

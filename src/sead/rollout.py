@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sead.errors import ConfigError
+from sead.settings import setting
 
 __all__ = ["RolloutConfig", "Rollout", "format_prompts", "encode_prompts", "generate_rollouts", "position_ids_from_mask"]
 
@@ -20,12 +21,12 @@ __all__ = ["RolloutConfig", "Rollout", "format_prompts", "encode_prompts", "gene
 class RolloutConfig:
     """How the student samples. ``batch_size`` is the generation micro-batch (rows per ``generate``)."""
 
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 1.0
-    batch_size: int = 8
-    chat_template: str = "auto"  # auto: use the tokenizer's template when it has one; on; off
-    max_prompt_tokens: int = 1024
+    max_new_tokens: int = setting(256, "longest response, in tokens")
+    temperature: float = setting(0.7, "sampling temperature; 0 = greedy")
+    top_p: float = setting(1.0, "nucleus sampling mass in (0, 1]; 1 = off")
+    batch_size: int = setting(8, "generation micro-batch: rows per generate call")
+    chat_template: str = setting("auto", "auto: the tokenizer's chat template when it has one | on | off")
+    max_prompt_tokens: int = setting(1024, "longest prompt, in tokens; a longer one is an error")
 
     def __post_init__(self):
         if self.max_new_tokens < 1:

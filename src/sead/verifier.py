@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sead.errors import ConfigError
+from sead.settings import setting
 
 __all__ = ["VerifierConfig", "Verifier", "build_verifier", "extract_final_answer", "normalize_answer", "math_equal"]
 
@@ -45,9 +46,9 @@ _KINDS = ("math", "exact", "regex")
 class VerifierConfig:
     """Which verifier judges responses (see module doc)."""
 
-    kind: str = "math"  # math | exact | regex | module:function
-    pattern: str | None = None  # regex kind: one capture group holding the answer
-    timeout_s: float = 5.0  # math kind: time bound per check
+    kind: str = setting("math", "math | exact | regex | module:function (a function f(response, answer))")
+    pattern: str | None = setting(None, "regex kind: a pattern with one capture group holding the answer")
+    timeout_s: float = setting(5.0, "math kind: time bound of one check, seconds")
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or not (self.kind in _KINDS or ":" in self.kind):
