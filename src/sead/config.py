@@ -25,6 +25,7 @@ from sead.curriculum import CurriculumConfig
 from sead.data import DataConfig
 from sead.errors import ConfigError
 from sead.evaluate import EvalConfig
+from sead.methods import METHOD_NAMES
 from sead.rollout import RolloutConfig
 from sead.settings import setting
 from sead.verifier import VerifierConfig
@@ -45,7 +46,7 @@ __all__ = [
     "apply_overrides",
 ]
 
-METHODS = ("opd", "rkl", "fkl", "jsd", "eopd", "sead", "grpo", "opsd")
+METHODS = METHOD_NAMES  # the method registry owns the names
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
