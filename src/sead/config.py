@@ -25,7 +25,7 @@ from sead.curriculum import CurriculumConfig
 from sead.data import DataConfig
 from sead.errors import ConfigError
 from sead.evaluate import EvalConfig
-from sead.methods import METHOD_NAMES
+from sead.methods import METHOD_NAMES, ObjectiveConfig
 from sead.rollout import RolloutConfig
 from sead.settings import setting
 from sead.verifier import VerifierConfig
@@ -46,7 +46,7 @@ __all__ = [
     "apply_overrides",
 ]
 
-METHODS = METHOD_NAMES  # the method registry owns the names
+METHODS = METHOD_NAMES  # the method registry owns the names (and the objective section)
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
@@ -68,79 +68,6 @@ class ModelConfig:
             value = getattr(self, key)
             if value is not None and value not in DTYPES:
                 raise ConfigError(f"model.{key}={value!r} is not one of {DTYPES}")
-
-
-@dataclass
-class ObjectiveConfig:
-    """Which loss. ``sead`` has independent switches: T = ``zones``, A = ``anneal``, C = ``curriculum``.
-
-    Without T every valid token gets RKL + alpha * lam * FKL; without A alpha stays at alpha_start.
-    """
-
-    method: str = setting("sead", "the loss: " + " | ".join(METHODS))
-    zones: bool = setting(True, "sead T: token zones by entropy (A skipped, B reverse KL, C forward KL)")
-    anneal: bool = setting(True, "sead A: anneal the Zone C weight alpha from alpha_start to alpha_end (cosine)")
-    curriculum: bool = setting(False, "sead C: draw prompts by the curriculum section's sampler")
-    fractions: list[float] = setting([0.5, 0.4, 0.1], "percentile zones: shares [A, B, C] of the valid tokens")
-    zone_mode: str = setting("percentile", "percentile (fractions) | threshold (teacher/student_threshold)")
-    teacher_threshold: float = setting(1.0, "threshold zones: teacher entropy (nats) above which a token is C")
-    student_threshold: float | None = setting(None, "threshold zones: B above this student entropy; null: every non-C token")
-    alpha_start: float = setting(0.8, "Zone C forward-KL weight alpha at the first step")
-    alpha_end: float = setting(0.0, "alpha at the last step (with anneal)")
-    lam: float = setting(1.0, "Zone C loss scale lambda")
-    zone_c_mix: str = setting("eq4", "Zone C: eq4 (alpha lam FKL) | interpolate (lam (alpha FKL + (1 - alpha) RKL))")
-    tau: float = setting(1.0, "eopd: teacher-entropy gate, nats")
-    beta: float = setting(0.5, "jsd: mixture weight in [0, 1]")
-    clip_eps: float = setting(0.2, "opd and grpo: policy-gradient ratio clip")
-    top_k: int | None = setting(None, "teacher top-k support plus one tail bucket; null: the full vocabulary")
-    # Where the method and the models allow it; otherwise materialised logits, with the reason printed.
-    fused: bool = setting(True, "chunked loss from hidden states: no full logits, no backward work on Zone A")
-    chunk_size: int = setting(1024, "fused loss: rows per chunk")
-    group_size: int = setting(8, "grpo: rollouts per prompt (replaces train.samples_per_prompt)")
-    clip_eps_high: float | None = setting(None, "grpo: upper ratio clip; null: clip_eps")
-    kl_coef: float = setting(0.0, "grpo: weight of the KL to the initial policy")
-    opsd_teacher: str = setting("initial", "opsd: the teacher is the initial (frozen copy) | current (live, no grad) student")
-    opsd_divergence: str = setting("rkl", "opsd: rkl | fkl | jsd | sead (zones)")
-    opsd_template: str = setting("{prompt}\n\nReference answer (for you only): {answer}",
-                                 "opsd: the teacher's context, with the privileged {answer}")
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            hint = difflib.get_close_matches(self.method, METHODS, n=1)
-            fix = f"did you mean {hint[0]!r}?" if hint else f"use one of {', '.join(METHODS)}"
-            raise ConfigError(f"objective.method={self.method!r} is unknown; {fix}")
-        from sead.zones import check_fractions
-
-        try:
-            check_fractions(self.fractions)
-        except ValueError as err:
-            raise ConfigError(f"objective.fractions: {err}; e.g. objective.fractions=[0.5,0.4,0.1]") from None
-        if self.zone_mode not in ("percentile", "threshold"):
-            raise ConfigError(f"objective.zone_mode must be percentile or threshold, got {self.zone_mode!r}")
-        if self.zone_c_mix not in ("eq4", "interpolate"):
-            raise ConfigError(f"objective.zone_c_mix must be eq4 or interpolate, got {self.zone_c_mix!r}")
-        if not 0 <= self.beta <= 1:
-            raise ConfigError(f"objective.beta must be in [0, 1], got {self.beta}")
-        if not 0 < self.clip_eps < 1:
-            raise ConfigError(f"objective.clip_eps must be in (0, 1), got {self.clip_eps}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"objective.top_k must be >= 1 or null, got {self.top_k}")
-        if self.lam < 0:
-            raise ConfigError(f"objective.lam must be >= 0, got {self.lam}")
-        if self.chunk_size < 1:
-            raise ConfigError(f"objective.chunk_size must be >= 1, got {self.chunk_size}")
-        if self.group_size < 2:
-            raise ConfigError(f"objective.group_size must be >= 2 for group-normalised advantages, got {self.group_size}")
-        if self.clip_eps_high is not None and not 0 < self.clip_eps_high < 10:
-            raise ConfigError(f"objective.clip_eps_high must be > 0, got {self.clip_eps_high}")
-        if self.kl_coef < 0:
-            raise ConfigError(f"objective.kl_coef must be >= 0, got {self.kl_coef}")
-        if self.opsd_teacher not in ("initial", "current"):
-            raise ConfigError(f"objective.opsd_teacher must be initial or current, got {self.opsd_teacher!r}")
-        if self.opsd_divergence not in ("rkl", "fkl", "jsd", "sead"):
-            raise ConfigError(f"objective.opsd_divergence must be rkl, fkl, jsd or sead, got {self.opsd_divergence!r}")
-        if "{prompt}" not in self.opsd_template or "{answer}" not in self.opsd_template:
-            raise ConfigError("objective.opsd_template must contain {prompt} and {answer}")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The method registry: one ``Method`` record per training method, asked by everything above it.
+"""The method registry: one ``Method`` record per training method, and the ``objective`` section that picks one.
 
 Config validation reads the names, the trainer reads the teacher kind, the step algorithm and
 whether every prompt needs a reference answer, ``sead.scoring`` reads the per-token loss on
@@ -11,9 +11,9 @@ Shapes: B rollout rows, R response positions, V vocabulary.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,15 +23,14 @@ from sead.objectives import (
     opd_token_losses,
     sead_token_losses,
 )
+from sead.errors import ConfigError
 from sead.fused import sead_weights
 from sead.schedule import cosine_alpha
-from sead.zones import Zone
-
-if TYPE_CHECKING:  # the config module imports this one for the method names
-    from sead.config import ObjectiveConfig
+from sead.settings import setting
+from sead.zones import Zone, check_fractions
 
 __all__ = [
-    "Method", "METHODS", "METHOD_NAMES", "get_method", "loss_method", "alpha_at", "uses_zone_loss",
+    "ObjectiveConfig", "Method", "METHODS", "METHOD_NAMES", "get_method", "loss_method", "alpha_at", "uses_zone_loss",
     "normalizer_mask", "sampled_logprobs", "token_losses", "fused_weights", "fused_reason",
 ]
 
@@ -152,6 +151,80 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            loss_from="opsd_divergence", knobs=("opsd_teacher", "opsd_divergence", "opsd_template")),
 )}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+# OPSD trains with another method's per-token loss on its self-teacher's logits.
+OPSD_DIVERGENCES = tuple(name for name in ("rkl", "fkl", "jsd", "sead") if METHODS[name].token_losses is not None)
+
+
+@dataclass
+class ObjectiveConfig:
+    """Which loss. ``sead`` has independent switches: T = ``zones``, A = ``anneal``, C = ``curriculum``.
+
+    Without T every valid token gets RKL + alpha * lam * FKL; without A alpha stays at alpha_start.
+    """
+
+    method: str = setting("sead", "the loss: " + " | ".join(METHOD_NAMES))
+    zones: bool = setting(True, "sead T: token zones by entropy (A skipped, B reverse KL, C forward KL)")
+    anneal: bool = setting(True, "sead A: anneal the Zone C weight alpha from alpha_start to alpha_end (cosine)")
+    curriculum: bool = setting(False, "sead C: draw prompts by the curriculum section's sampler")
+    fractions: list[float] = setting([0.5, 0.4, 0.1], "percentile zones: shares [A, B, C] of the valid tokens")
+    zone_mode: str = setting("percentile", "percentile (fractions) | threshold (teacher/student_threshold)")
+    teacher_threshold: float = setting(1.0, "threshold zones: teacher entropy (nats) above which a token is C")
+    student_threshold: float | None = setting(None, "threshold zones: B above this student entropy; null: every non-C token")
+    alpha_start: float = setting(0.8, "Zone C forward-KL weight alpha at the first step")
+    alpha_end: float = setting(0.0, "alpha at the last step (with anneal)")
+    lam: float = setting(1.0, "Zone C loss scale lambda")
+    zone_c_mix: str = setting("eq4", "Zone C: eq4 (alpha lam FKL) | interpolate (lam (alpha FKL + (1 - alpha) RKL))")
+    tau: float = setting(1.0, "eopd: teacher-entropy gate, nats")
+    beta: float = setting(0.5, "jsd: mixture weight in [0, 1]")
+    clip_eps: float = setting(0.2, "opd and grpo: policy-gradient ratio clip")
+    top_k: int | None = setting(None, "teacher top-k support plus one tail bucket; null: the full vocabulary")
+    # Where the method and the models allow it; otherwise materialised logits, with the reason printed.
+    fused: bool = setting(True, "chunked loss from hidden states: no full logits, no backward work on Zone A")
+    chunk_size: int = setting(1024, "fused loss: rows per chunk")
+    group_size: int = setting(8, "grpo: rollouts per prompt (replaces train.samples_per_prompt)")
+    clip_eps_high: float | None = setting(None, "grpo: upper ratio clip; null: clip_eps")
+    kl_coef: float = setting(0.0, "grpo: weight of the KL to the initial policy")
+    opsd_teacher: str = setting("initial", "opsd: the teacher is the initial (frozen copy) | current (live, no grad) student")
+    opsd_divergence: str = setting("rkl", "opsd: rkl | fkl | jsd | sead (zones)")
+    opsd_template: str = setting("{prompt}\n\nReference answer (for you only): {answer}",
+                                 "opsd: the teacher's context, with the privileged {answer}")
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            hint = difflib.get_close_matches(self.method, METHOD_NAMES, n=1)
+            fix = f"did you mean {hint[0]!r}?" if hint else f"use one of {', '.join(METHOD_NAMES)}"
+            raise ConfigError(f"objective.method={self.method!r} is unknown; {fix}")
+        try:
+            check_fractions(self.fractions)
+        except ValueError as err:
+            raise ConfigError(f"objective.fractions: {err}; e.g. objective.fractions=[0.5,0.4,0.1]") from None
+        if self.zone_mode not in ("percentile", "threshold"):
+            raise ConfigError(f"objective.zone_mode must be percentile or threshold, got {self.zone_mode!r}")
+        if self.zone_c_mix not in ("eq4", "interpolate"):
+            raise ConfigError(f"objective.zone_c_mix must be eq4 or interpolate, got {self.zone_c_mix!r}")
+        if not 0 <= self.beta <= 1:
+            raise ConfigError(f"objective.beta must be in [0, 1], got {self.beta}")
+        if not 0 < self.clip_eps < 1:
+            raise ConfigError(f"objective.clip_eps must be in (0, 1), got {self.clip_eps}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"objective.top_k must be >= 1 or null, got {self.top_k}")
+        if self.lam < 0:
+            raise ConfigError(f"objective.lam must be >= 0, got {self.lam}")
+        if self.chunk_size < 1:
+            raise ConfigError(f"objective.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.group_size < 2:
+            raise ConfigError(f"objective.group_size must be >= 2 for group-normalised advantages, got {self.group_size}")
+        if self.clip_eps_high is not None and not 0 < self.clip_eps_high < 10:
+            raise ConfigError(f"objective.clip_eps_high must be > 0, got {self.clip_eps_high}")
+        if self.kl_coef < 0:
+            raise ConfigError(f"objective.kl_coef must be >= 0, got {self.kl_coef}")
+        if self.opsd_teacher not in ("initial", "current"):
+            raise ConfigError(f"objective.opsd_teacher must be initial or current, got {self.opsd_teacher!r}")
+        if self.opsd_divergence not in OPSD_DIVERGENCES:
+            raise ConfigError(f"objective.opsd_divergence must be one of {', '.join(OPSD_DIVERGENCES)}, "
+                              f"got {self.opsd_divergence!r}")
+        if "{prompt}" not in self.opsd_template or "{answer}" not in self.opsd_template:
+            raise ConfigError("objective.opsd_template must contain {prompt} and {answer}")
 
 
 def get_method(name: str) -> Method:
