@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import yaml
 
 from sead.errors import ConfigError
 from sead.rollout import RolloutConfig
+from sead.trackers import check_trackers
 
 __all__ = [
     "ModelConfig",
@@ -110,8 +112,14 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.zone_mode must be percentile or threshold, got {self.zone_mode!r}")
         if self.zone_c_mix not in ("eq4", "interpolate"):
             raise ConfigError(f"objective.zone_c_mix must be eq4 or interpolate, got {self.zone_c_mix!r}")
-        if not 0 <= self.beta <= 1:
-            raise ConfigError(f"objective.beta must be in [0, 1], got {self.beta}")
+        for key in ("alpha_start", "alpha_end", "beta"):  # weights of a convex mix: outside [0, 1] a term flips sign
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"objective.{key} must be in [0, 1], got {getattr(self, key)}")
+        for key in ("teacher_threshold", "tau"):  # entropies in nats are >= 0
+            if getattr(self, key) < 0:
+                raise ConfigError(f"objective.{key} must be >= 0 (an entropy in nats), got {getattr(self, key)}")
+        if self.student_threshold is not None and self.student_threshold < 0:
+            raise ConfigError(f"objective.student_threshold must be >= 0 (nats) or null, got {self.student_threshold}")
         if not 0 < self.clip_eps < 1:
             raise ConfigError(f"objective.clip_eps must be in (0, 1), got {self.clip_eps}")
         if self.top_k is not None and self.top_k < 1:
@@ -123,7 +131,7 @@ class ObjectiveConfig:
         if self.group_size < 2:
             raise ConfigError(f"objective.group_size must be >= 2 for group-normalised advantages, got {self.group_size}")
         if self.clip_eps_high is not None and not 0 < self.clip_eps_high < 10:
-            raise ConfigError(f"objective.clip_eps_high must be > 0, got {self.clip_eps_high}")
+            raise ConfigError(f"objective.clip_eps_high must be in (0, 10) or null, got {self.clip_eps_high}")
         if self.kl_coef < 0:
             raise ConfigError(f"objective.kl_coef must be >= 0, got {self.kl_coef}")
         if self.opsd_teacher not in ("initial", "current"):
@@ -150,6 +158,16 @@ class OptimConfig:
     def __post_init__(self):
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if not math.isfinite(self.lr):
+            raise ConfigError(f"optim.lr must be a finite number > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.eps < 1:
+            raise ConfigError(f"optim.eps must be in (0, 1), got {self.eps}; the default is 1e-8")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not self.max_grad_norm > 0:  # clipping to 0 would zero every gradient
+            raise ConfigError(f"optim.max_grad_norm must be > 0 (inf: no clipping), got {self.max_grad_norm}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"optim.schedule must be cosine, linear or constant, got {self.schedule!r}")
         if self.warmup_steps < 0:
@@ -186,6 +204,10 @@ class TrainConfig:
             raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if not self.output_dir:
             raise ConfigError("train.output_dir is empty; set train.output_dir=runs/NAME")
+        if not 0 <= self.seed < 2**32:  # numpy's seed range (accelerate's set_seed seeds numpy too)
+            raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"train.torch_threads must be >= 1 or null (torch's default), got {self.torch_threads}")
 
 
 @dataclass
@@ -197,6 +219,12 @@ class LoggingConfig:
     num_samples: int = 2
     trackers: list[str] = field(default_factory=list)
     project: str = "sead"
+
+    def __post_init__(self):
+        for key in ("samples_every", "num_samples"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"logging.{key} must be >= 0 (0 = none), got {getattr(self, key)}")
+        check_trackers(self.trackers)
 
 
 def _section_types() -> dict[str, type]:
@@ -296,6 +324,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             if isinstance(number, float) and number.is_integer():
                 return int(number)
             raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if hint is float and math.isnan(float(number)):  # NaN passes every `<` range check below
+            raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(number) if hint is float else number
     if hint is str:
         if isinstance(value, (dict, list)):
