@@ -414,7 +414,7 @@ RANGE_CASES = {
     "max_grad_norm_zero": (["optim.max_grad_norm=0"], ["optim.max_grad_norm must be > 0"]),
     "weight_decay_negative": (["optim.weight_decay=-0.1"], ["optim.weight_decay must be >= 0"]),
     "adam_eps_zero": (["optim.eps=0"], ["optim.eps must be in (0, 1)"]),
-    "lr_infinite": (["optim.lr=.inf"], ["optim.lr must be a finite number"]),
+    "lr_infinite": (["optim.lr=.inf"], ["optim.lr must be > 0 and finite, got inf"]),
     "nan_value": (["objective.lam=.nan"], ["objective.lam must be a number"]),
     "seed_negative": (["train.seed=-1"], ["train.seed must be in [0, 2**32)"]),
     "torch_threads_zero": (["train.torch_threads=0"], ["train.torch_threads must be >= 1 or null"]),
@@ -474,6 +474,14 @@ def test_prompt_plus_response_longer_than_the_teachers_context(assets, short_tea
     assert "more than the teacher's context of 64 (max_position_embeddings)" in line
     assert "(20 of 20 prompts are too long)" in line and "data.long_prompts=truncate" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_opsd_teacher_prompt_longer_than_the_context(assets, tmp_path, capsys):
+    template = "{prompt} " + "x" * 250 + " {answer}"  # the privileged prompt, not the student's, overflows
+    line = run_cli(capsys, ["train", *args(assets, tmp_path / "out", **{"objective.method": "opsd",
+                                                                        "objective.opsd_template": template})])
+    assert "the OPSD teacher prompt (objective.opsd_template) of prompt '0'" in line
+    assert "more than the student's context of 256" in line
 
 
 def test_max_new_tokens_fill_the_context(assets, tmp_path, capsys):

@@ -156,10 +156,8 @@ class OptimConfig:
     max_grad_norm: float = 1.0
 
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
-        if not math.isfinite(self.lr):
-            raise ConfigError(f"optim.lr must be a finite number > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"optim.lr must be > 0 and finite, got {self.lr}")
         if self.weight_decay < 0:
             raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 < self.eps < 1:

@@ -88,6 +88,7 @@ class RunClaim:
                 raise _not_writable(self.run_dir, err) from None
             held_by = _read_info(fd)
             if not self._try_flock(fd) or (fcntl is None and _alive_here(held_by)):
+                held_by = _read_info(fd) or held_by  # a run that just took over a stale lock has rewritten it
                 os.close(fd)
                 raise ConfigError(
                     f"train.output_dir={str(self.run_dir)!r} is in use by another sead run ({_holder_text(held_by)}); "
