@@ -20,8 +20,7 @@ def torch_dtype(name: str | None):
 # Files one of which every saved tokenizer has (fast, sentencepiece, BPE and WordPiece formats).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "tekken.json", "vocab.json",
                    "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
-_GGUF_KEYS = {"model.student": "model.gguf_file", "model.teacher": "model.teacher_gguf_file",
-              "model.tokenizer": "model.gguf_file"}
+_GGUF_KEYS = {"model.student": "model.gguf_file", "model.teacher": "model.teacher_gguf_file"}
 
 
 def _looks_local(path: str) -> bool:

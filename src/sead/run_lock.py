@@ -9,7 +9,8 @@ file removed) when the claim ends. If the start fails before ``claim.started()``
 data, ...), a folder the claim created is removed again when nothing but empty folders is left in
 it, so a failed start leaves the disk as it was.
 
-Without ``fcntl`` (Windows) the holder's pid is checked instead, on the same host only.
+Where ``flock`` is not available (Windows, some network mounts) the holder's pid is checked instead,
+on the same host only.
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ class RunClaim:
         return {"pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv[1:],
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
-    def _try_flock(self, fd: int) -> bool:
+    def _try_flock(self, fd: int) -> bool | None:
+        """True: locked; False: another process holds it; None: no flock here (Windows, some network mounts)."""
         if fcntl is None:
-            return True
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        except OSError:
+            return None
         return True
 
     def acquire(self) -> "RunClaim":
@@ -87,7 +91,8 @@ class RunClaim:
             except OSError as err:
                 raise _not_writable(self.run_dir, err) from None
             held_by = _read_info(fd)
-            if not self._try_flock(fd) or (fcntl is None and _alive_here(held_by)):
+            locked = self._try_flock(fd)
+            if locked is False or (locked is None and _alive_here(held_by)):
                 held_by = _read_info(fd) or held_by  # a run that just took over a stale lock has rewritten it
                 os.close(fd)
                 raise ConfigError(
