@@ -107,3 +107,32 @@ def test_two_processes_match_one_process(assets, tmp_path):
     wa, wb = load_file(one / "final" / "model.safetensors"), load_file(two / "final" / "model.safetensors")
     for key in wa:
         torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=1e-6)
+
+
+def test_second_process_on_a_run_folder_is_refused_and_a_dead_holders_lock_taken_over(assets, tmp_path, capsys):
+    """Two real `sead train` processes on one folder: the second is refused in one line naming the first
+    (fresh or resuming) and changes no byte; once the first is SIGKILLed its lock is stale and taken over."""
+    from sead.cli import main
+
+    run, log = tmp_path / "run", tmp_path / "first.log"
+    # The first run holds its write of checkpoint step-2 open (see sead.checkpoint), so the folder stands still.
+    first = launch(train_overrides(assets, run, **{"train.steps": 4, "train.save_every": 2}), log,
+                   {"SEAD_TEST_PAUSE_IN_CHECKPOINT": "2"}, fast=True)
+    paused = run / "checkpoints" / ".tmp-step-2" / "PAUSED"
+    wait_until(paused.exists, first, log, "the paused write of step-2")
+    before = {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    holder = f"pid {first.pid} on host {socket.gethostname()}"
+    for extra in ({}, {"train.resume": "true"}):
+        capsys.readouterr()
+        assert main(["train", *train_overrides(assets, run, **{"train.steps": 4, **extra})]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("sead train: error: ") and holder in lines[0], lines
+        assert "is in use by another sead run" in lines[0]
+        assert {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    first.kill()
+    assert (run / ".sead.lock").exists()  # SIGKILL: no chance to remove it
+    assert main(["train", *train_overrides(assets, run, **{"train.steps": 4, "train.save_every": 2,
+                                                           "train.resume": "true"})]) == 0
+    err = capsys.readouterr().err
+    assert f"sead: warning: took over the stale lock {run / '.sead.lock'} of {holder}" in err
+    assert [r["step"] for r in metrics_lines(run)] == [1, 2, 3, 4] and not (run / ".sead.lock").exists()

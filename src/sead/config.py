@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from sead.evaluate import EvalConfig
 from sead.methods import METHOD_NAMES, ObjectiveConfig
 from sead.rollout import RolloutConfig
 from sead.settings import setting
+from sead.trackers import check_trackers
 from sead.verifier import VerifierConfig
 
 __all__ = [
@@ -84,8 +86,16 @@ class OptimConfig:
     max_grad_norm: float = setting(1.0, "gradient norm clip")
 
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"optim.lr must be > 0 and finite, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.eps < 1:
+            raise ConfigError(f"optim.eps must be in (0, 1), got {self.eps}; the default is 1e-8")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not self.max_grad_norm > 0:  # clipping to 0 would zero every gradient
+            raise ConfigError(f"optim.max_grad_norm must be > 0 (inf: no clipping), got {self.max_grad_norm}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"optim.schedule must be cosine, linear or constant, got {self.schedule!r}")
         if self.warmup_steps < 0:
@@ -122,6 +132,10 @@ class TrainConfig:
             raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if not self.output_dir:
             raise ConfigError("train.output_dir is empty; set train.output_dir=runs/NAME")
+        if not 0 <= self.seed < 2**32:  # numpy's seed range (accelerate's set_seed seeds numpy too)
+            raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"train.torch_threads must be >= 1 or null (torch's default), got {self.torch_threads}")
 
 
 @dataclass
@@ -133,6 +147,12 @@ class LoggingConfig:
     num_samples: int = setting(2, "rollouts written each time")
     trackers: list[str] = setting([], "accelerate trackers, e.g. [tensorboard, wandb]")
     project: str = setting("sead", "tracker project name")
+
+    def __post_init__(self):
+        for key in ("samples_every", "num_samples"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"logging.{key} must be >= 0 (0 = none), got {getattr(self, key)}")
+        check_trackers(self.trackers)
 
 
 @dataclass
@@ -217,6 +237,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             if isinstance(number, float) and number.is_integer():
                 return int(number)
             raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if hint is float and math.isnan(float(number)):  # NaN passes every `<` range check below
+            raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(number) if hint is float else number
     if hint is str:
         if isinstance(value, (dict, list)):

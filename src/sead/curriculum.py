@@ -12,7 +12,9 @@ Samplers (``CurriculumConfig.sampler``):
   1-based step number, so c = 1 and every prompt is eligible on the last step) are eligible;
   batches are drawn at random from the eligible prompts not yet drawn this epoch (an epoch restarts
   once every eligible prompt was drawn). **[choice]** When fewer than ``batch_size`` prompts are
-  eligible (none, early on a hard data set), the ``batch_size`` easiest prompts are eligible instead.
+  eligible (none, early on a hard data set), the ``batch_size`` easiest prompts are eligible instead,
+  with every prompt tied with the last of them (so a file with no spread makes all prompts eligible,
+  not the first ``batch_size`` by position). `sampler_notes` says so at the start of a run.
 - ``sorted`` (the paper's experiments): one pass easy to hard ordered by d_i + N(0, noise_sigma^2);
   if the run has more steps than one pass, a new pass with fresh noise follows.
 - ``refreshing``: ``competence`` whose difficulties follow the training verdicts:
@@ -23,6 +25,7 @@ Samplers (``CurriculumConfig.sampler``):
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import random
@@ -43,6 +46,7 @@ __all__ = [
     "RefreshingSampler",
     "build_sampler",
     "load_difficulties",
+    "sampler_notes",
 ]
 
 SAMPLERS = ("uniform", "competence", "sorted", "refreshing")
@@ -223,7 +227,8 @@ class CompetenceSampler(PromptSampler):
         d = self.difficulties
         chosen = [i for i in range(self.num_prompts) if d[i] <= c + 1e-12]
         if len(chosen) < min(batch_size, self.num_prompts):
-            chosen = sorted(sorted(range(self.num_prompts), key=lambda i: (d[i], i))[:batch_size])
+            cutoff = sorted(d)[min(batch_size, self.num_prompts) - 1]  # ties at the cut-off are as easy: keep them all
+            chosen = [i for i in range(self.num_prompts) if d[i] <= cutoff]
         return chosen
 
     def _sample(self, pool: list[int], n: int) -> list[int]:
@@ -346,3 +351,30 @@ def load_difficulties(path: str, items: list[PromptItem]) -> list[float]:
             "re-run `sead difficulty` with the same data config (it resumes)"
         )
     return [by_id[it.id] for it in items]
+
+
+def sampler_notes(sampler: PromptSampler, batch_size: int, source: str | None) -> list[str]:
+    """One line per way the prompts drawn will differ from what the config suggests (shown at start)."""
+    n, d, notes = sampler.num_prompts, sampler.difficulties, []
+    if batch_size > n:
+        notes.append(f"train.batch_size={batch_size} is larger than the {n} prompts: every batch repeats prompts")
+    if d is None or sampler.kind == "uniform":
+        return notes
+    if max(d) - min(d) < 1e-9:
+        does = "orders them by its noise alone, at random" if sampler.kind == "sorted" else \
+            f"draws from all {n} prompts alike, as curriculum.sampler=uniform would"
+        notes.append(f"every difficulty in {source} is {d[0]:g} (no spread): the curriculum cannot order the prompts; "
+                     f"the {sampler.kind} sampler {does}")
+    elif isinstance(sampler, CompetenceSampler):
+        ordered, want = sorted(d), min(batch_size, n)
+        short = 0  # competence only grows, so the steps with too few eligible prompts come first
+        while short < sampler.total_steps and bisect.bisect_right(ordered, sampler.competence(short) + 1e-12) < want:
+            short += 1
+        if short:
+            c = sampler.competence(0)
+            eligible = bisect.bisect_right(ordered, c + 1e-12)
+            pool = len(sampler.eligible(0, batch_size))
+            notes.append(f"at step 1 only {eligible} of {n} prompts in {source} have difficulty <= the competence "
+                         f"{c:.3g}, fewer than train.batch_size={batch_size}: through step {short} the "
+                         f"{sampler.kind} sampler draws from the {pool} easiest prompts instead")
+    return notes

@@ -26,10 +26,14 @@ from typing import Any
 from sead.errors import ConfigError, DataError
 from sead.settings import setting
 
-__all__ = ["DEFAULT_TEMPLATE", "PromptRows", "DataConfig", "PromptItem", "load_prompts", "load_rows", "check_template"]
+__all__ = [
+    "DEFAULT_TEMPLATE", "LONG_PROMPTS", "PromptRows", "DataConfig", "PromptItem", "load_prompts", "load_rows",
+    "check_template",
+]
 
 DEFAULT_TEMPLATE = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+LONG_PROMPTS = ("error", "truncate", "drop")  # what `sead train` does with prompts too long to fit (sead.prompt_length)
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
@@ -67,6 +71,7 @@ class DataConfig(PromptRows):
     path: str = setting("", "prompt file (.jsonl/.json/.parquet/.csv), dataset folder or hub name owner/name")
     subset: str | None = setting(None, "hub dataset configuration name, e.g. main for openai/gsm8k")
     shuffle_seed: int = setting(0, "seed of the max_prompts subset")
+    long_prompts: str = setting("error", "prompts longer than the context allows: error | truncate (keep the end) | drop")
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str):
@@ -84,6 +89,8 @@ class DataConfig(PromptRows):
             raise ConfigError(f"data.max_prompts must be a positive integer or null, got {self.max_prompts!r}")
         if not isinstance(self.shuffle_seed, int):
             raise ConfigError(f"data.shuffle_seed must be an integer, got {self.shuffle_seed!r}")
+        if self.long_prompts not in LONG_PROMPTS:
+            raise ConfigError(f"data.long_prompts must be one of {', '.join(LONG_PROMPTS)}, got {self.long_prompts!r}")
 
 
 @dataclass
@@ -235,6 +242,8 @@ def _text(value: Any, where: str, field: str, fix: str) -> str:
 
 
 def _missing(where: str, field: str, row: dict, key: str) -> DataError:
+    if field in row:  # present but null: the field name is right, the value is not
+        return DataError(f"{where}: field {field!r} is null; fill it in or remove the row")
     fields = ", ".join(sorted(map(str, row))) or "none"
     return DataError(f"{where} has no field {field!r} (fields: {fields}); set {key} to the right field name")
 
@@ -260,6 +269,8 @@ def rows_to_items(
         if answer_field is not None:
             if answer_field not in row or row[answer_field] is None:
                 err = _missing(where, answer_field, row, f"{key_prefix}.answer_field")
+                if key_prefix == "eval":  # evaluation needs every answer; it has no answer-free mode
+                    raise err
                 raise DataError(f"{err} (or {key_prefix}.answer_field=null for data without answers)")
             answer = _text(row[answer_field], where, answer_field, f"set {key_prefix}.answer_field to a text field")
         if id_field is None:

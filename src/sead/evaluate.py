@@ -2,7 +2,8 @@
 
 `evaluate_model` scores a model on named prompt sets and returns the eval JSON of docs/FORMATS.md
 (``{"model", "benchmarks": {NAME: {"pass@1", "avg@k", "pass@k": {"1": .., "2": ..}, "n", "k"}},
-"average": {metric: float}}``) plus one record per generated response. ``pass@1`` is the greedy
+"average": {metric: float}}``, and ``"warnings": [line, ...]`` when the verifier cannot match some
+reference answers at all, see `sead.verifier.unmatchable_answers`) plus one record per generated response. ``pass@1`` is the greedy
 accuracy when ``greedy`` is on, else the sampled pass@1 (= avg@k). ``pass@k`` is reported for the
 powers of two up to k, and k itself. With ``k = 0`` only greedy decoding runs and ``avg@k`` /
 ``pass@k`` are left out. ``average`` is the unweighted mean over benchmarks of the flat metrics
@@ -19,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from sead.data import PromptItem, PromptRows, check_template, load_rows, rows_to
 from sead.errors import ConfigError
 from sead.rollout import RolloutConfig
 from sead.settings import setting
+from sead.verifier import unmatchable_note
 
 __all__ = [
     "EvalConfig",
@@ -200,6 +203,10 @@ def evaluate_model(
                     scores["pass@k"] = {str(j): sum(pass_at_k(k, c, j) for c in counts) / len(items) for j in k_values(k)}
                     scores.setdefault("pass@1", scores["avg@k"])
             result["benchmarks"][name] = {key: scores[key] for key in ("pass@1", "avg@k", "pass@k", "n", "k") if key in scores}
+            warning = unmatchable_note(verifier, items, f"of benchmark {name!r}", "eval",
+                                       "they score 0 whatever the model answers")
+            if warning:
+                result.setdefault("warnings", []).append(warning)
     per_bench = [_flat(b) for b in result["benchmarks"].values()]
     result["average"] = {m: sum(f[m] for f in per_bench) / len(per_bench) for m in per_bench[0]} if per_bench else {}
     return result, records
@@ -305,6 +312,8 @@ def eval_main(
     result, records = evaluate_model(
         model, tokenizer, benchmarks, verifier, cfg.rollout_config(), cfg.k, cfg.greedy, model_path, cfg.seed, progress
     )
+    for warning in result.get("warnings", []):
+        print(f"sead eval: warning: {warning}", file=sys.stderr)
     out = Path(out_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -202,8 +202,14 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.zone_mode must be percentile or threshold, got {self.zone_mode!r}")
         if self.zone_c_mix not in ("eq4", "interpolate"):
             raise ConfigError(f"objective.zone_c_mix must be eq4 or interpolate, got {self.zone_c_mix!r}")
-        if not 0 <= self.beta <= 1:
-            raise ConfigError(f"objective.beta must be in [0, 1], got {self.beta}")
+        for key in ("alpha_start", "alpha_end", "beta"):  # weights of a convex mix: outside [0, 1] a term flips sign
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"objective.{key} must be in [0, 1], got {getattr(self, key)}")
+        for key in ("teacher_threshold", "tau"):  # entropies in nats are >= 0
+            if getattr(self, key) < 0:
+                raise ConfigError(f"objective.{key} must be >= 0 (an entropy in nats), got {getattr(self, key)}")
+        if self.student_threshold is not None and self.student_threshold < 0:
+            raise ConfigError(f"objective.student_threshold must be >= 0 (nats) or null, got {self.student_threshold}")
         if not 0 < self.clip_eps < 1:
             raise ConfigError(f"objective.clip_eps must be in (0, 1), got {self.clip_eps}")
         if self.top_k is not None and self.top_k < 1:
@@ -215,7 +221,7 @@ class ObjectiveConfig:
         if self.group_size < 2:
             raise ConfigError(f"objective.group_size must be >= 2 for group-normalised advantages, got {self.group_size}")
         if self.clip_eps_high is not None and not 0 < self.clip_eps_high < 10:
-            raise ConfigError(f"objective.clip_eps_high must be > 0, got {self.clip_eps_high}")
+            raise ConfigError(f"objective.clip_eps_high must be in (0, 10) or null, got {self.clip_eps_high}")
         if self.kl_coef < 0:
             raise ConfigError(f"objective.kl_coef must be >= 0, got {self.kl_coef}")
         if self.opsd_teacher not in ("initial", "current"):

@@ -8,7 +8,7 @@ import torch
 
 from sead.errors import ConfigError, SeadError
 
-__all__ = ["load_model", "load_tokenizer", "check_shared_vocab", "head_rows", "torch_dtype"]
+__all__ = ["load_model", "load_tokenizer", "check_shared_vocab", "head_rows", "torch_dtype", "context_length"]
 
 
 def torch_dtype(name: str | None):
@@ -17,19 +17,56 @@ def torch_dtype(name: str | None):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def _check_source(path: str, key: str) -> None:
+# Files one of which every saved tokenizer has (fast, sentencepiece, BPE and WordPiece formats).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "tekken.json", "vocab.json",
+                   "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+_GGUF_KEYS = {"model.student": "model.gguf_file", "model.teacher": "model.teacher_gguf_file"}
+
+
+def _looks_local(path: str) -> bool:
+    """A path, not a hub name: explicit (./, /, ~), not a valid ``owner/name``, or under an existing folder."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if path.startswith((".", "/", "~")) or "\\" in path:
+        return True
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return True
+    parent = Path(path).parent
+    return str(parent) != "." and parent.is_dir()  # `models/nostudent` next to an existing `models/`
+
+
+def _check_source(path: str, key: str, what: str = "model", gguf_file: str | None = None) -> None:
+    """Refuse at once (no hub retries) an empty value, a missing local path, or a file where a folder is due."""
     if not path:
         raise ConfigError(f"{key} is empty; set {key}=PATH_OR_HUB_NAME")
     local = Path(path).expanduser()
-    looks_local = path.startswith((".", "/", "~")) or local.exists() or path.count("/") > 1
-    if looks_local and not local.exists():
-        raise ConfigError(f"{key}={path!r} does not exist; give an existing model directory or a hub name")
+    if local.is_file():
+        holds = "config.json and the weights" if what == "model" else "the tokenizer files"
+        gguf = f" (for a GGUF file: {key}=ITS_FOLDER {_GGUF_KEYS[key]}=ITS_NAME)" if key in _GGUF_KEYS else ""
+        raise ConfigError(f"{key}={path!r} is a file, not a folder; give the folder that holds {holds}{gguf}")
+    if local.is_dir():
+        if what == "tokenizer" and not gguf_file and not any((local / f).is_file() for f in TOKENIZER_FILES):
+            fix = "; or set model.tokenizer to a folder that has them" if key == "model.student" else ""
+            raise ConfigError(
+                f"{key}={path!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES[:4])}, ...); "
+                f"save the tokenizer into it with tokenizer.save_pretrained(FOLDER){fix}"
+            )
+        return
+    if _looks_local(path):
+        parent = local.parent
+        near = ""
+        if parent.is_dir():
+            names = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+            near = f" ({parent} holds: {', '.join(names[:6]) or 'no folders'})"
+        raise ConfigError(f"{key}={path!r} does not exist{near}; give an existing model directory or a hub name")
 
 
 def load_tokenizer(path: str, gguf_file: str | None = None, key: str = "model.tokenizer", trust_remote_code=False):
     from transformers import AutoTokenizer
 
-    _check_source(path, key)
+    _check_source(path, key, "tokenizer", gguf_file)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
@@ -47,7 +84,7 @@ def load_model(path: str, dtype: str | None = "float32", gguf_file: str | None =
     """Load a causal LM (local dir, hub name, or GGUF file inside a dir)."""
     from transformers import AutoModelForCausalLM
 
-    _check_source(path, key)
+    _check_source(path, key, "model", gguf_file)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -61,6 +98,16 @@ def load_model(path: str, dtype: str | None = "float32", gguf_file: str | None =
 def head_rows(model) -> int:
     """Rows of the output embedding (may exceed the tokenizer's size by padding rows)."""
     return model.get_output_embeddings().weight.shape[0]
+
+
+def context_length(model) -> int | None:
+    """The most positions ``model`` was built for (its config's ``max_position_embeddings`` or alias), or None."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def check_shared_vocab(student_tok, teacher_tok, student_rows: int, teacher_rows: int) -> int:

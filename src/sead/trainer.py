@@ -19,13 +19,16 @@ import torch
 from sead import grpo
 from sead import step as distillation
 from sead.checkpoint import _SafetensorError, latest_checkpoint, load_checkpoint, save_checkpoint
-from sead.config import RunConfig, config_to_dict, save_config
-from sead.errors import CheckpointError, ConfigError, DataError, SeadError
+from sead.config import RunConfig, config_to_dict
+from sead.config_history import save_run_config
+from sead.errors import CheckpointError, ConfigError, SeadError
 from sead.methods import get_method
 from sead.metrics import MetricsWriter
 from sead.models import check_shared_vocab, head_rows, load_model, load_tokenizer
 from sead.optim import build_optimizer, lr_lambda
 from sead.run_dir import append_samples, drop_records_after, prepare_run_dir
+from sead.run_lock import claim_run_dir, is_main_launch
+from sead.run_notes import publish_notes
 from sead.scoring import FusedBackend, LogitsBackend, fused_kind_ok, fused_support
 
 __all__ = ["Trainer", "lr_lambda", "train_main"]  # lr_lambda lives in sead.optim; kept importable from here
@@ -41,6 +44,7 @@ class Trainer:
         self.accelerator = accelerator
         self.step = 0  # completed optimiser steps
         self.bad_streak = 0  # consecutive skipped (non-finite) steps
+        self.notes: list[str] = []  # start-up warnings (sead.run_notes), printed once setup succeeded
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> "Trainer":
@@ -86,7 +90,8 @@ class Trainer:
         else:
             drop_records_after(acc, self.metrics, self.run_dir, 0)  # a fresh run rewrites any step lines left in the folder
         if acc.is_main_process:  # written once setup succeeded: a failed start or resume changes nothing
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_run_config(self.run_dir, cfg, self.step)
+            publish_notes(self.run_dir, self.step, self.notes)
         return self
 
     def _choose_backend(self):
@@ -150,9 +155,9 @@ class Trainer:
         self.student.train()
 
     def _load_data(self) -> None:
-        from sead.curriculum import build_sampler, load_difficulties
+        from sead.curriculum import build_sampler, load_difficulties, sampler_notes
         from sead.data import load_prompts
-        from sead.verifier import build_verifier
+        from sead.verifier import build_verifier, unmatchable_note
 
         cfg = self.cfg
         if not cfg.data.path:
@@ -173,6 +178,7 @@ class Trainer:
             difficulties = load_difficulties(cfg.curriculum.difficulty_path, self.items)
         sampler_cfg = cfg.curriculum if use_curriculum else type(cfg.curriculum)(seed=cfg.curriculum.seed)
         self.sampler = build_sampler(sampler_cfg, len(self.items), cfg.train.steps, difficulties)
+        self.notes += sampler_notes(self.sampler, cfg.train.batch_size, cfg.curriculum.difficulty_path)
         has_answers = any(item.answer is not None for item in self.items)
         if self.method.needs_answers and not all(item.answer is not None for item in self.items):
             raise ConfigError(
@@ -180,6 +186,9 @@ class Trainer:
                 "set data.answer_field to the answer column"
             )
         self.verifier = build_verifier(cfg.verifier) if has_answers or cfg.eval.every else None
+        if has_answers:  # rows_to_items gives every item an answer or none
+            self.notes += filter(None, [unmatchable_note(self.verifier, self.items, f"in data.path={cfg.data.path!r}",
+                                                         "data", "their verifier reward is always 0")])
         self.eval_benchmarks = None
         if cfg.eval.every and cfg.eval.data:
             from sead.evaluate import load_benchmarks
@@ -202,18 +211,16 @@ class Trainer:
         acc.wait_for_everyone()
 
     def _check_prompt_lengths(self) -> None:
-        """Fail before the first step, naming the prompt, when one exceeds rollout.max_prompt_tokens."""
-        from sead.rollout import format_prompts
+        """Prompts that do not fit the models' context or rollout.max_prompt_tokens: refused, cut or dropped."""
+        from sead.models import context_length
+        from sead.prompt_length import fit_prompts
 
-        limit = self.cfg.rollout.max_prompt_tokens
-        texts, templated = format_prompts(self.tokenizer, [it.prompt for it in self.items], self.cfg.rollout.chat_template)
-        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=not templated)["input_ids"]]
-        for item, n in zip(self.items, lengths):
-            if n > limit:
-                raise DataError(
-                    f"prompt {item.id!r} of data.path={self.cfg.data.path!r} has {n} tokens, more than "
-                    f"rollout.max_prompt_tokens={limit}; raise rollout.max_prompt_tokens or remove the long prompts"
-                )
+        cfg = self.cfg
+        template = cfg.objective.opsd_template if self.method.teacher == "self" else None
+        contexts = {"student": context_length(self.student), "teacher": context_length(self.teacher)}
+        self.items, notes = fit_prompts(self.items, self.tokenizer, cfg.rollout, cfg.data.long_prompts,
+                                        f"data.path={cfg.data.path!r}", contexts, template)
+        self.notes += notes
 
     def _resume(self) -> None:
         acc = self.accelerator
@@ -378,7 +385,9 @@ def train_main(config_path: str | None, overrides: list[str]) -> Path:
     from sead.config import load_config
 
     cfg = load_config(config_path, overrides)
-    trainer = Trainer(cfg).setup()
-    final = trainer.train()
+    with claim_run_dir(cfg.train.output_dir, enabled=is_main_launch()) as claim:  # one run per folder
+        trainer = Trainer(cfg).setup()
+        claim.started()
+        final = trainer.train()
     trainer.accelerator.print(f"done: {trainer.step} steps; metrics in {trainer.run_dir / 'metrics.jsonl'}; model in {final}")
     return final

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from sead.errors import ConfigError
 from sead.settings import setting
 
-__all__ = ["VerifierConfig", "Verifier", "build_verifier", "extract_final_answer", "normalize_answer", "math_equal"]
+__all__ = ["VerifierConfig", "Verifier", "build_verifier", "extract_final_answer", "normalize_answer", "math_equal",
+           "unmatchable_answers", "unmatchable_note"]
 
 Verifier = Callable[[str, "str | None"], bool]
 
@@ -221,3 +222,51 @@ def build_verifier(cfg: VerifierConfig) -> Verifier:
         return math_equal(pred, answer, cfg.timeout_s)
 
     return verify
+
+
+# How a response may state its final answer; a reference the verifier rejects in all of them cannot be matched.
+_ANSWER_FORMS = ("\\boxed{{{}}}", "{}", "A:{}", "Answer: {}", "#### {}")
+
+
+def unmatchable_answers(verifier: Verifier, answers: list[str | None]) -> list[int]:
+    """Indices of reference answers that no response can match: ``verifier`` rejects the answer itself
+    written as a final answer in every usual form (``\\boxed{}``, bare, ``A:``, ``Answer:``, ``####``).
+
+    Such a benchmark scores 0 whatever the model says (e.g. ``answer_field`` names a worked solution,
+    or the verifier expects integers); ``None`` and blank answers count as unmatchable.
+    """
+    verdict: dict[str, bool] = {}
+
+    def matchable(answer: str) -> bool:
+        for form in _ANSWER_FORMS:
+            try:
+                if verifier(form.format(answer), answer):
+                    return True
+            except Exception:  # a user verifier failing on an odd form: try the next one
+                continue
+        return False
+
+    bad = []
+    for i, answer in enumerate(answers):
+        if answer is None or not str(answer).strip():
+            bad.append(i)
+            continue
+        if answer not in verdict:
+            verdict[answer] = matchable(answer)
+        if not verdict[answer]:
+            bad.append(i)
+    return bad
+
+
+def unmatchable_note(verifier: Verifier, items: list, where: str, key: str, effect: str) -> str | None:
+    """One line naming how many reference answers of ``items`` (each with ``.id`` and ``.answer``) ``where``
+    the verifier cannot match (None: it can match all); ``key`` is the config section of the answer field
+    (``data``, ``eval``), ``effect`` what the mismatch means."""
+    bad = unmatchable_answers(verifier, [it.answer for it in items])
+    if not bad:
+        return None
+    first = items[bad[0]]
+    example = str(first.answer) if len(str(first.answer)) <= 60 else str(first.answer)[:57] + "..."
+    return (f"the verifier cannot match {len(bad)} of {len(items)} reference answers {where} (e.g. {example!r} of "
+            f"prompt {first.id!r}): {effect}; point {key}.answer_field at the final answers or choose a "
+            "verifier.kind that reads them")

@@ -1,0 +1,52 @@
+"""Experiment trackers (``logging.trackers``): the names accelerate knows, and whether each is installed.
+
+Checked when the config is loaded, so a misspelt name or a missing package is one line before
+anything runs (accelerate itself raises a traceback for the first and only warns for the second,
+after which the run silently loses its logs).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+
+from sead.errors import ConfigError
+
+__all__ = ["TRACKER_PACKAGES", "check_trackers"]
+
+# accelerate's LoggerType names -> the importable packages that provide each ("all": whatever is installed).
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "comet_ml": ("comet_ml",),
+    "aim": ("aim",),
+    "mlflow": ("mlflow",),
+    "clearml": ("clearml",),
+    "dvclive": ("dvclive",),
+    "swanlab": ("swanlab",),
+    "trackio": ("trackio",),
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_trackers(names: list[str]) -> None:
+    """Raise ``ConfigError`` for an unknown tracker name or a tracker whose package is not installed."""
+    for name in names:
+        if name == "all":
+            continue
+        if name not in TRACKER_PACKAGES:
+            hint = difflib.get_close_matches(str(name), list(TRACKER_PACKAGES), n=1)
+            fix = f"did you mean {hint[0]!r}?" if hint else f"use one of {', '.join(TRACKER_PACKAGES)} or all"
+            raise ConfigError(f"logging.trackers: {name!r} is not a tracker; {fix}")
+        packages = TRACKER_PACKAGES[name]
+        if not any(_installed(p) for p in packages):
+            raise ConfigError(
+                f"logging.trackers: {name!r} needs the {packages[0]!r} package, which is not installed; "
+                f"pip install {packages[0]}, or remove it from logging.trackers"
+            )
