@@ -143,8 +143,18 @@ def ratio_table(rows: list[dict], keys: tuple[str, ...], baseline: str = "naive"
     column: the memory ratio without it, i.e. of the working memory alone.
     """
     grad_col = any("head_grad_mib" in r for r in rows)
-    head = [*keys, "variant", "extra MiB", "mem/naive", *(["mem/naive w/o grad"] if grad_col else []),
-            "wall s", "wall/naive", "cpu s", "cpu/naive", "loss"]  # fmt: skip
+    head = [
+        *keys,
+        "variant",
+        "extra MiB",
+        "mem/naive",
+        *(["mem/naive w/o grad"] if grad_col else []),
+        "wall s",
+        "wall/naive",
+        "cpu s",
+        "cpu/naive",
+        "loss",
+    ]
     lines = [head]
     for row in rows:
         base = next((r for r in rows if r["variant"] == baseline and all(r[k] == row[k] for k in keys)), None)
@@ -160,8 +170,19 @@ def ratio_table(rows: list[dict], keys: tuple[str, ...], baseline: str = "naive"
             mem.append(f"{(row['extra_mib'] - grad) / (base['extra_mib'] - grad):.3f}" if net else "-")
         wall_ratio = f"{row['time_s'] / base['time_s']:.3f}" if ok else "-"
         cpu_ratio = f"{row['cpu_s'] / base['cpu_s']:.3f}" if ok else "-"
-        lines.append([*size, row["variant"], f"{row['extra_mib']:.0f}", *mem, f"{row['time_s']:.2f}",
-                      wall_ratio, f"{row['cpu_s']:.2f}", cpu_ratio, f"{row['loss']:.6f}"])  # fmt: skip
+        lines.append(
+            [
+                *size,
+                row["variant"],
+                f"{row['extra_mib']:.0f}",
+                *mem,
+                f"{row['time_s']:.2f}",
+                wall_ratio,
+                f"{row['cpu_s']:.2f}",
+                cpu_ratio,
+                f"{row['loss']:.6f}",
+            ]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     if markdown:
         lines.insert(1, ["---:"] * len(head))

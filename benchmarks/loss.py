@@ -78,15 +78,25 @@ def step_naive(x: dict, chunk: int) -> float:
 
 
 def step_fused(x: dict, chunk: int) -> float:
-    loss, _ = sead_loss_from_hidden(x["s_hidden"], x["s_head"], x["t_hidden"], x["t_head"], x["mask"], ALPHA, LAM,
-                                    chunk_size=chunk, zones=x.get("zones"))  # fmt: skip
+    loss, _ = sead_loss_from_hidden(
+        x["s_hidden"],
+        x["s_head"],
+        x["t_hidden"],
+        x["t_head"],
+        x["mask"],
+        ALPHA,
+        LAM,
+        chunk_size=chunk,
+        zones=x.get("zones"),
+    )
     loss.backward()
     return loss.item()
 
 
 def step_single_pass(x: dict, chunk: int) -> float:
-    loss, *_ = sead_loss_single_pass(x["s_hidden"], x["s_head"], x["t_hidden"], x["t_head"], x["mask"], ALPHA,
-                                     x["thresholds"], LAM, chunk_size=chunk)  # fmt: skip
+    loss, *_ = sead_loss_single_pass(
+        x["s_hidden"], x["s_head"], x["t_hidden"], x["t_head"], x["mask"], ALPHA, x["thresholds"], LAM, chunk_size=chunk
+    )
     loss.backward()
     return loss.item()
 
@@ -117,16 +127,23 @@ def step_trl(x: dict, chunk: int) -> float:
     b_idx, c_idx = (zones == Zone.B).nonzero().squeeze(-1), (zones == Zone.C).nonzero().squeeze(-1)
     total = 0.0
     for idx, beta, weight in ((b_idx, 1.0, 1.0), (c_idx, 0.0, ALPHA * LAM)):
-        div, _ = ChunkedDivergenceFunction.apply(x["s_hidden"][idx], x["s_head"], None, x["t_hidden"][idx],
-                                                 x["t_head"], None, beta)  # fmt: skip
+        div, _ = ChunkedDivergenceFunction.apply(
+            x["s_hidden"][idx], x["s_head"], None, x["t_hidden"][idx], x["t_head"], None, beta
+        )
         total = total + weight * div.sum()
     loss = total / max(rows.numel(), 1)
     loss.backward()
     return loss.item()
 
 
-STEPS = {"naive": step_naive, "fused": step_fused, "fused_zones": step_fused, "fused_1pass": step_single_pass,
-         "chunked": step_chunked, "trl": step_trl}  # fmt: skip
+STEPS = {
+    "naive": step_naive,
+    "fused": step_fused,
+    "fused_zones": step_fused,
+    "fused_1pass": step_single_pass,
+    "chunked": step_chunked,
+    "trl": step_trl,
+}
 
 
 def worker(config: dict) -> dict:
@@ -143,11 +160,14 @@ def worker(config: dict) -> dict:
         rand = torch.rand(config["n"], generator=g), torch.rand(config["n"], generator=g)
         x["zones"] = assign_zones(*rand, x["mask"].cpu()).to(device)
     if name == "fused_1pass":  # "previous step" thresholds; setup memory is not counted (peak reset)
-        ent = [token_entropies_from_hidden(x[h], x[w], x["mask"], chunk) for h, w in (("t_hidden", "t_head"),
-                                                                                     ("s_hidden", "s_head"))]  # fmt: skip
+        ent = [
+            token_entropies_from_hidden(x[h], x[w], x["mask"], chunk)
+            for h, w in (("t_hidden", "t_head"), ("s_hidden", "s_head"))
+        ]
         x["thresholds"] = percentile_thresholds(*ent, x["mask"])
-    small = {k: (t[: config["warmup_rows"]] if k in ("s_hidden", "t_hidden", "mask", "zones") else t)
-             for k, t in x.items()}  # fmt: skip
+    small = {
+        k: (t[: config["warmup_rows"]] if k in ("s_hidden", "t_hidden", "mask", "zones") else t) for k, t in x.items()
+    }
 
     def step(warm: bool = False) -> float:
         _zero_grads(x)
@@ -178,22 +198,34 @@ def drift(steps: int, momentum: float, n: int = 512, v: int = 4096, h: int = 64,
     for step in range(steps):
         t_hidden = torch.randn(n, h, generator=g) * (torch.rand(n, 1, generator=g) * 2.5 + 0.25)
         s_hidden = t_hidden @ proj
-        loss, zones, ent_t, ent_s = sead_loss_single_pass(s_hidden, s_head, t_hidden, t_head, mask,
-                                                          cosine_alpha(step, steps), thresholds)  # fmt: skip
+        loss, zones, ent_t, ent_s = sead_loss_single_pass(
+            s_hidden, s_head, t_hidden, t_head, mask, cosine_alpha(step, steps), thresholds
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
         exact = assign_zones(ent_t, ent_s, mask)
         counts = zone_counts(zones)
-        log.append({"step": step, **{z: counts[z] / n for z in "ABC"}, "agree": float((zones == exact).float().mean()),
-                    "student_entropy": float(ent_s.mean()), "loss": loss.item()})  # fmt: skip
+        log.append(
+            {
+                "step": step,
+                **{z: counts[z] / n for z in "ABC"},
+                "agree": float((zones == exact).float().mean()),
+                "student_entropy": float(ent_s.mean()),
+                "loss": loss.item(),
+            }
+        )
         now = percentile_thresholds(ent_t, ent_s, mask)
-        thresholds = now if thresholds is None else tuple(momentum * a + (1 - momentum) * b
-                                                          for a, b in zip(thresholds, now))  # fmt: skip
+        thresholds = (
+            now if thresholds is None else tuple(momentum * a + (1 - momentum) * b for a, b in zip(thresholds, now))
+        )
     later = log[1:]
     targets = {"A": 0.5, "B": 0.4, "C": 0.1}
-    summary = {f"{z}_{stat}": f(abs(r[z] - targets[z]) for r in later) for z in "ABC"
-               for stat, f in (("mean_abs_dev", lambda it: sum(it) / len(later)), ("max_abs_dev", max))}  # fmt: skip
+    summary = {
+        f"{z}_{stat}": f(abs(r[z] - targets[z]) for r in later)
+        for z in "ABC"
+        for stat, f in (("mean_abs_dev", lambda it: sum(it) / len(later)), ("max_abs_dev", max))
+    }
     summary["agree_mean"] = sum(r["agree"] for r in later) / len(later)
     summary["agree_min"] = min(r["agree"] for r in later)
     summary["student_entropy_first_last"] = (log[0]["student_entropy"], log[-1]["student_entropy"])
@@ -216,8 +248,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
     p.add_argument("--quick", action="store_true", help="small sizes: N 512, V 16384, 1 warm-up, 2 repeats")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per variant subprocess")
-    p.add_argument("--mem-limit-gb", type=float, default=None,
-                   help="CPU: address-space cap per worker (default 85%% of MemAvailable); beyond it = out of memory")
+    p.add_argument(
+        "--mem-limit-gb",
+        type=float,
+        default=None,
+        help="CPU: address-space cap per worker (default 85%% of MemAvailable); beyond it = out of memory",
+    )
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--report", nargs="+", metavar="JSON", help="print saved results (--out files) as Markdown")
     p.add_argument("--drift", type=int, default=0, metavar="STEPS", help="single-pass zone-fraction drift run")
@@ -252,18 +288,41 @@ def main(argv: list[str] | None = None) -> None:
         args.mem_limit_gb = round(0.85 * available_bytes() / 2**30, 1)
     if "naive" not in args.variants:
         args.variants.insert(0, "naive")
-    meta = dict(device=args.device, dtype=args.dtype, hidden=args.hidden, chunk=args.chunk, alpha=ALPHA,
-                threads=args.threads, mem_limit_gb=args.mem_limit_gb, warmup_rows=args.warmup_rows,
-                warmup=args.warmup, repeats=args.repeats, torch=torch.__version__, cpu_count=os.cpu_count(),
-                machine=platform.machine(), started=time.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
+    meta = dict(
+        device=args.device,
+        dtype=args.dtype,
+        hidden=args.hidden,
+        chunk=args.chunk,
+        alpha=ALPHA,
+        threads=args.threads,
+        mem_limit_gb=args.mem_limit_gb,
+        warmup_rows=args.warmup_rows,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        torch=torch.__version__,
+        cpu_count=os.cpu_count(),
+        machine=platform.machine(),
+        started=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
     print(f"# {json.dumps(meta)}", flush=True)
     rows = []
     for n in args.n:
         for v in args.v:
             for variant in args.variants:
-                config = dict(n=n, v=v, hidden=args.hidden, variant=variant, chunk=args.chunk, device=args.device,
-                              dtype=args.dtype, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
-                              warmup_rows=args.warmup_rows, mem_limit_gb=args.mem_limit_gb)  # fmt: skip
+                config = dict(
+                    n=n,
+                    v=v,
+                    hidden=args.hidden,
+                    variant=variant,
+                    chunk=args.chunk,
+                    device=args.device,
+                    dtype=args.dtype,
+                    warmup=args.warmup,
+                    repeats=args.repeats,
+                    threads=args.threads,
+                    warmup_rows=args.warmup_rows,
+                    mem_limit_gb=args.mem_limit_gb,
+                )
                 load = os.getloadavg()[0]
                 result = run_worker(os.path.abspath(__file__), config, args.timeout)
                 result["load_avg_1m"] = [load, os.getloadavg()[0]]  # before, after: other processes' load

@@ -90,30 +90,53 @@ def main(argv=None) -> int:
         mean_acc = {s: statistics.fmean(a[s] for a in accs) for s in steps}
         mean_time = {s: statistics.fmean(t[s] for t in times) for s in steps}
         hit = next((s for s in steps if mean_acc[s] >= target), None)
-        curves[method] = {"accuracy": mean_acc, "train_s": mean_time, "steps_to_half_gap": hit,
-                          "seconds_to_half_gap": mean_time[hit] if hit else None,
-                          "seconds_per_step": mean_time[steps[-1]] / steps[-1] if steps else None}
+        curves[method] = {
+            "accuracy": mean_acc,
+            "train_s": mean_time,
+            "steps_to_half_gap": hit,
+            "seconds_to_half_gap": mean_time[hit] if hit else None,
+            "seconds_per_step": mean_time[steps[-1]] / steps[-1] if steps else None,
+        }
     ref = curves[methods[0]]
     for c in curves.values():
-        c["time_ratio"] = (c["seconds_to_half_gap"] / ref["seconds_to_half_gap"]
-                           if c["seconds_to_half_gap"] and ref["seconds_to_half_gap"] else None)
-        c["step_ratio"] = (c["steps_to_half_gap"] / ref["steps_to_half_gap"]
-                           if c["steps_to_half_gap"] and ref["steps_to_half_gap"] else None)
-    result = {"before": before, "teacher": teacher, "target": target, "seeds": seeds, "steps": args.steps,
-              "eval_every": args.eval_every, "lr": base.optim.lr, "batch_size": base.train.batch_size,
-              "methods": curves, "total_s": time.perf_counter() - t0}
+        c["time_ratio"] = (
+            c["seconds_to_half_gap"] / ref["seconds_to_half_gap"]
+            if c["seconds_to_half_gap"] and ref["seconds_to_half_gap"]
+            else None
+        )
+        c["step_ratio"] = (
+            c["steps_to_half_gap"] / ref["steps_to_half_gap"]
+            if c["steps_to_half_gap"] and ref["steps_to_half_gap"]
+            else None
+        )
+    result = {
+        "before": before,
+        "teacher": teacher,
+        "target": target,
+        "seeds": seeds,
+        "steps": args.steps,
+        "eval_every": args.eval_every,
+        "lr": base.optim.lr,
+        "batch_size": base.train.batch_size,
+        "methods": curves,
+        "total_s": time.perf_counter() - t0,
+    }
     print(f"\nstudent {before:.1%}, teacher {teacher:.1%}, half the gap = {target:.1%}; mean over seeds {seeds}")
-    print(f"{'method':8} {'steps to half':>13} {'x ' + methods[0]:>8} {'train s to half':>15} {'x ' + methods[0]:>8} "
-          f"{'s/step':>7} {'final':>6}")
+    print(
+        f"{'method':8} {'steps to half':>13} {'x ' + methods[0]:>8} {'train s to half':>15} {'x ' + methods[0]:>8} "
+        f"{'s/step':>7} {'final':>6}"
+    )
     for m, c in curves.items():
         final = c["accuracy"][max(c["accuracy"])] if c["accuracy"] else None
 
         def f(x, fmt):
             return format(x, fmt) if x is not None else "-"
 
-        print(f"{m:8} {f(c['steps_to_half_gap'], 'd'):>13} {f(c['step_ratio'], '.2f'):>8} "
-              f"{f(c['seconds_to_half_gap'], '.1f'):>15} {f(c['time_ratio'], '.2f'):>8} "
-              f"{f(c['seconds_per_step'], '.3f'):>7} {f(final, '.1%'):>6}")
+        print(
+            f"{m:8} {f(c['steps_to_half_gap'], 'd'):>13} {f(c['step_ratio'], '.2f'):>8} "
+            f"{f(c['seconds_to_half_gap'], '.1f'):>15} {f(c['time_ratio'], '.2f'):>8} "
+            f"{f(c['seconds_per_step'], '.3f'):>7} {f(final, '.1%'):>6}"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")

@@ -89,9 +89,14 @@ def prepare_models(kind: str, workdir: Path) -> dict:
         if (root / "teacher" / "config.json").exists() and (root / "student" / "config.json").exists():
             train, _ = toy.demo_data_paths()
             data = train if train.exists() else _write_jsonl(workdir / "prompts.jsonl", _questions(1024))
-            return {"teacher": str(root / "teacher"), "student": str(root / "student"), "data": str(data),
-                    "template": "{problem}", "chat_template": "off",
-                    "note": "shipped demo models (src/sead/assets/demo)"}
+            return {
+                "teacher": str(root / "teacher"),
+                "student": str(root / "student"),
+                "data": str(data),
+                "template": "{problem}",
+                "chat_template": "off",
+                "note": "shipped demo models (src/sead/assets/demo)",
+            }
         tok = toy.build_tokenizer()
         paths = {}
         for name, shape, seed in (("teacher", toy.TEACHER_SHAPE, 1), ("student", toy.STUDENT_SHAPE, 2)):
@@ -99,17 +104,25 @@ def prepare_models(kind: str, workdir: Path) -> dict:
             model.save_pretrained(workdir / name)
             tok.save_pretrained(workdir / name)
             paths[name] = str(workdir / name)
-        return {**paths, "data": str(_write_jsonl(workdir / "prompts.jsonl", _questions(1024))),
-                "template": "{problem}", "chat_template": "off",
-                "note": "random-init models with the demo shapes (the shipped demo models are not built yet)"}
+        return {
+            **paths,
+            "data": str(_write_jsonl(workdir / "prompts.jsonl", _questions(1024))),
+            "template": "{problem}",
+            "chat_template": "off",
+            "note": "random-init models with the demo shapes (the shipped demo models are not built yet)",
+        }
     if kind == "smollm2":
         from sead.smollm2 import prepare_smollm2, smollm2_prompt
 
         teacher, student = prepare_smollm2()
-        return {"teacher": str(teacher), "student": str(student),
-                "data": str(_write_jsonl(workdir / "prompts.jsonl", _questions(1024))),
-                "template": smollm2_prompt(), "chat_template": "auto",
-                "note": "SmolLM2-135M-Instruct teacher, 10-layer student cut from it"}
+        return {
+            "teacher": str(teacher),
+            "student": str(student),
+            "data": str(_write_jsonl(workdir / "prompts.jsonl", _questions(1024))),
+            "template": smollm2_prompt(),
+            "chat_template": "auto",
+            "note": "SmolLM2-135M-Instruct teacher, 10-layer student cut from it",
+        }
     raise SystemExit(f"--models {kind!r}: use tiny or smollm2")
 
 
@@ -170,8 +183,10 @@ class SeadRunner:
         cfg = load_config(None, sead_overrides(spec))
         self.trainer = Trainer(cfg, accelerator=Accelerator(cpu=spec["device"] == "cpu")).setup()
         self.device = self.trainer.accelerator.device
-        self.rollout_cpu = _instrument_generate(self.trainer.accelerator.unwrap_model(self.trainer.student),
-                                                spec["max_new_tokens"] if spec["fixed_length"] else None)
+        self.rollout_cpu = _instrument_generate(
+            self.trainer.accelerator.unwrap_model(self.trainer.student),
+            spec["max_new_tokens"] if spec["fixed_length"] else None,
+        )
         self.progress = _NoProgress()
         self.info = {"backend": getattr(self.trainer.backend, "name", None)}
 
@@ -183,10 +198,18 @@ class SeadRunner:
         _sync(self.device)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         r = self.progress.record
-        return {"step_s": wall, "rollout_s": r["time/rollout_s"], "teacher_s": r["time/teacher_s"],
-                "student_s": r["time/student_s"], "backward_s": r["time/backward_s"], "optim_s": r["time/optim_s"],
-                "cpu_s": cpu, "rollout_cpu_s": self.rollout_cpu[0], "tokens": r["zones/tokens"],
-                "loss": r.get("loss/total")}
+        return {
+            "step_s": wall,
+            "rollout_s": r["time/rollout_s"],
+            "teacher_s": r["time/teacher_s"],
+            "student_s": r["time/student_s"],
+            "backward_s": r["time/backward_s"],
+            "optim_s": r["time/optim_s"],
+            "cpu_s": cpu,
+            "rollout_cpu_s": self.rollout_cpu[0],
+            "tokens": r["zones/tokens"],
+            "loss": r.get("loss/total"),
+        }
 
 
 def _instrument_generate(model, min_new_tokens: int | None) -> list[float]:
@@ -212,8 +235,8 @@ class _Stop(Exception):
 def run_trl(spec: dict, send, recv) -> None:
     """TRL's DistillationTrainer, one optimiser step per ``step`` command (blocking in a callback)."""
     import torch
-    from datasets import Dataset
     import trl
+    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DistillationConfig, DistillationTrainer
 
@@ -277,11 +300,25 @@ def run_trl(spec: dict, send, recv) -> None:
         def on_step_end(self, args, state, control, **kw):
             _sync(trainer.accelerator.device)
             wall, cpu = time.perf_counter() - timing["t0"], time.process_time() - timing["c0"]
-            send({"step_s": wall, "rollout_s": timing["rollout_s"], "teacher_s": timing["teacher_s"],
-                  "cpu_s": cpu, "rollout_cpu_s": timing["rollout_cpu_s"], "tokens": timing["tokens"]})
+            send(
+                {
+                    "step_s": wall,
+                    "rollout_s": timing["rollout_s"],
+                    "teacher_s": timing["teacher_s"],
+                    "cpu_s": cpu,
+                    "rollout_cpu_s": timing["rollout_cpu_s"],
+                    "tokens": timing["tokens"],
+                }
+            )
 
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
-                                  processing_class=tok, callbacks=[Driver()])
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
+        callbacks=[Driver()],
+    )
     generate, hidden = trainer._generate, trainer._get_last_hidden_state
     unwrapped_teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
 
@@ -347,12 +384,22 @@ class Worker:
     """A worker process speaking one JSON line per command; errors come back as {"error": ...}."""
 
     def __init__(self, spec: dict, log: Path, timeout_s: float):
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_VERBOSITY": "error", "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "PYTHONUNBUFFERED": "1",
+        }
         self.log, self.timeout_s, self.dead = log, timeout_s, None
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
-                                     env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(log, "w"),
+            text=True,
+            env=env,
+        )
 
     def _tail(self) -> str:
         lines = [x for x in self.log.read_text(errors="replace").splitlines() if x.strip()]
@@ -393,9 +440,17 @@ def run_benchmark(args) -> dict:
     batch, mnt, steps = args.batch or batch, args.max_new_tokens or mnt, args.steps or steps
     workdir = Path(tempfile.mkdtemp(prefix="sead-bench-step-"))
     models = prepare_models(args.models, workdir)
-    base = {**models, "batch": batch, "max_new_tokens": mnt, "total_steps": args.warmup + steps,
-            "device": args.device, "dtype": args.dtype, "threads": args.threads, "fixed_length": not args.free_length,
-            "workdir": str(workdir)}
+    base = {
+        **models,
+        "batch": batch,
+        "max_new_tokens": mnt,
+        "total_steps": args.warmup + steps,
+        "device": args.device,
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "fixed_length": not args.free_length,
+        "workdir": str(workdir),
+    }
     variants = list(args.variants)
     print(f"setting up {len(variants)} workers ({', '.join(variants)}); logs in {workdir}", flush=True)
     source, load_start = _source_version(), os.getloadavg()
@@ -407,7 +462,7 @@ def run_benchmark(args) -> dict:
             info[v] = msg.get("info", {}) if "error" not in msg else {"error": msg["error"]}
             print(f"  {v}: {'ready' if 'error' not in msg else 'FAILED: ' + msg['error']}", flush=True)
         for r in range(args.warmup + steps):
-            order = variants[r % len(variants):] + variants[:r % len(variants)]
+            order = variants[r % len(variants) :] + variants[: r % len(variants)]
             for v in order:
                 workers[v].send("step")
                 msg = workers[v].recv()
@@ -418,17 +473,36 @@ def run_benchmark(args) -> dict:
                     msg["round"] = r - args.warmup
                     rounds[v].append(msg)
             label = "warm-up" if r < args.warmup else f"round {r - args.warmup + 1}/{steps}"
-            print(f"  {label}: " + "  ".join(f"{v} {rounds[v][-1]['step_s']:.2f}s" if rounds[v] and r >= args.warmup
-                                            else f"{v} -" for v in order), flush=True)
+            print(
+                f"  {label}: "
+                + "  ".join(
+                    f"{v} {rounds[v][-1]['step_s']:.2f}s" if rounds[v] and r >= args.warmup else f"{v} -" for v in order
+                ),
+                flush=True,
+            )
     finally:
         for w in workers.values():
             w.close()
-    meta = {"models": args.models, "models_note": models["note"], "batch": batch, "max_new_tokens": mnt,
-            "fixed_length": not args.free_length, "device": args.device, "dtype": args.dtype,
-            "threads": args.threads or torch.get_num_threads(), "warmup": args.warmup, "steps": steps,
-            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "load_avg_start": load_start, "load_avg": os.getloadavg(), "source": source,
-            "trl": info.get("trl", {}).get("trl")}
+    meta = {
+        "models": args.models,
+        "models_note": models["note"],
+        "batch": batch,
+        "max_new_tokens": mnt,
+        "fixed_length": not args.free_length,
+        "device": args.device,
+        "dtype": args.dtype,
+        "threads": args.threads or torch.get_num_threads(),
+        "warmup": args.warmup,
+        "steps": steps,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_avg_start": load_start,
+        "load_avg": os.getloadavg(),
+        "source": source,
+        "trl": info.get("trl", {}).get("trl"),
+    }
     clocks = ["wall", "cpu"] if args.device == "cpu" else ["wall"]
     return {"meta": meta, "info": info, "clocks": clocks, "rounds": rounds, **summarise(rounds, variants, clocks)}
 
@@ -437,10 +511,12 @@ def _source_version() -> str:
     """The git commit of the code measured (``+dirty`` when src/ has uncommitted changes)."""
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True,
-                               text=True, timeout=30).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True, text=True, timeout=30
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return (head or "unknown") + ("+dirty" if dirty else "")
@@ -472,8 +548,20 @@ def summarise(rounds: dict, variants: list[str], clocks=("wall", "cpu")) -> dict
         rs = rounds[v]
         if not rs:
             continue
-        row = {k: _med([r.get(k) for r in rs]) for k in ("step_s", "rollout_s", "cpu_s", "rollout_cpu_s", "teacher_s",
-                                                          "student_s", "backward_s", "optim_s", "tokens")}
+        row = {
+            k: _med([r.get(k) for r in rs])
+            for k in (
+                "step_s",
+                "rollout_s",
+                "cpu_s",
+                "rollout_cpu_s",
+                "teacher_s",
+                "student_s",
+                "backward_s",
+                "optim_s",
+                "tokens",
+            )
+        }
         for c in clocks:
             p = "" if c == "wall" else "cpu_"
             row[f"train_{p}s"] = _med([_train(r, c) for r in rs])
@@ -513,21 +601,25 @@ def _ratio(r: dict | None) -> str:
 def _table(head: list[str], lines: list[list[str]]) -> str:
     lines = [head, *lines]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
-                     for line in lines)
+    return "\n".join(
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in lines
+    )
 
 
 def render(result: dict) -> str:
     m, summary, ratios = result["meta"], result["summary"], result["ratios"]
     clocks = result.get("clocks", ["wall"])
     length = "fixed length" if m["fixed_length"] else "stop at EOS"
-    out = [f"models: {m['models']} ({m['models_note']})",
-           f"batch {m['batch']} x {m['max_new_tokens']} new tokens ({length}); {m['device']} {m['dtype']}, "
-           f"{m['threads']} threads, {m['cpus']} CPUs, load average {m['load_avg_start'][0]:.1f} at the start, "
-           f"{m['load_avg'][0]:.1f} at the end; {m['warmup']} warm-up + {m['steps']} timed steps per variant, "
-           "interleaved",
-           f"code {m['source']}, trl {m.get('trl') or '-'}; medians over the timed steps; "
-           "x/opd = median [min-max] of the per-round ratios", ""]
+    out = [
+        f"models: {m['models']} ({m['models_note']})",
+        f"batch {m['batch']} x {m['max_new_tokens']} new tokens ({length}); {m['device']} {m['dtype']}, "
+        f"{m['threads']} threads, {m['cpus']} CPUs, load average {m['load_avg_start'][0]:.1f} at the start, "
+        f"{m['load_avg'][0]:.1f} at the end; {m['warmup']} warm-up + {m['steps']} timed steps per variant, "
+        "interleaved",
+        f"code {m['source']}, trl {m.get('trl') or '-'}; medians over the timed steps; "
+        "x/opd = median [min-max] of the per-round ratios",
+        "",
+    ]
     for c in clocks:
         p = "" if c == "wall" else "cpu_"
         name = "wall-clock time" if c == "wall" else "process CPU time (less sensitive to other jobs on the machine)"
@@ -536,19 +628,29 @@ def render(result: dict) -> str:
         head += ["step/opd", "train/opd"]
         lines = []
         for v, row in summary.items():
-            line = [v, str(result["info"].get(v, {}).get("backend", "-")), _fmt(row["tokens"], ".0f"),
-                    _fmt(row[CLOCKS[c][0]], ".3f"), _fmt(row[f"tokens_per_{p}s"], ".0f"),
-                    _fmt(row[CLOCKS[c][1]], ".3f"), _fmt(row[f"train_{p}s"], ".3f"),
-                    _fmt(row[f"train_tokens_per_{p}s"], ".0f")]
+            line = [
+                v,
+                str(result["info"].get(v, {}).get("backend", "-")),
+                _fmt(row["tokens"], ".0f"),
+                _fmt(row[CLOCKS[c][0]], ".3f"),
+                _fmt(row[f"tokens_per_{p}s"], ".0f"),
+                _fmt(row[CLOCKS[c][1]], ".3f"),
+                _fmt(row[f"train_{p}s"], ".3f"),
+                _fmt(row[f"train_tokens_per_{p}s"], ".0f"),
+            ]
             line += [_fmt(row["teacher_s"], ".3f")] if c == "wall" else []
             line += [_ratio(ratios.get(f"{c}/{v}_over_opd_step")), _ratio(ratios.get(f"{c}/{v}_over_opd_train"))]
             lines.append(line)
         out += [f"{name}:", _table(head, lines), ""]
-        out.append(f"  sead / opd  time: step {_ratio(ratios.get(f'{c}/sead_over_opd_step'))}, "
-                   f"train {_ratio(ratios.get(f'{c}/sead_over_opd_train'))}   (target <= 1.05)")
+        out.append(
+            f"  sead / opd  time: step {_ratio(ratios.get(f'{c}/sead_over_opd_step'))}, "
+            f"train {_ratio(ratios.get(f'{c}/sead_over_opd_train'))}   (target <= 1.05)"
+        )
         out.append(f"  sead fused / sead logits  train time: {_ratio(ratios.get(f'{c}/sead_over_sead-logits_train'))}")
-        out.append(f"  sead / trl  tokens/s: step {_ratio(ratios.get(f'{c}/sead_over_trl_tokens_per_s'))}, "
-                   f"train {_ratio(ratios.get(f'{c}/sead_over_trl_train_tokens_per_s'))}   (target >= 1.5)")
+        out.append(
+            f"  sead / trl  tokens/s: step {_ratio(ratios.get(f'{c}/sead_over_trl_tokens_per_s'))}, "
+            f"train {_ratio(ratios.get(f'{c}/sead_over_trl_train_tokens_per_s'))}   (target >= 1.5)"
+        )
         out.append("")
     for v, i in result["info"].items():
         if "error" in i:
@@ -557,16 +659,20 @@ def render(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--models", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--steps", type=int, help="timed steps per variant (default: tiny 5, smollm2 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first (default 1)")
     parser.add_argument("--batch", type=int, help="prompts per step (default: tiny 32, smollm2 4)")
     parser.add_argument("--max-new-tokens", type=int, help="tokens generated per prompt (default: tiny 48, smollm2 32)")
-    parser.add_argument("--free-length", action="store_true",
-                        help="let responses stop at EOS (default: every response runs to --max-new-tokens)")
+    parser.add_argument(
+        "--free-length",
+        action="store_true",
+        help="let responses stop at EOS (default: every response runs to --max-new-tokens)",
+    )
     parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS))
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")

@@ -45,9 +45,16 @@ def analyse(asset_dir: Path, n_prompts: int = 512, seed: int = 0, temperature: f
     tok.padding_side = "left"
     enc = tok([it["question"] for it in items], return_tensors="pt", padding=True)
     with torch.no_grad():
-        gen_B_T = student.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                   max_new_tokens=toy.MAX_NEW_TOKENS, pad_token_id=tok.pad_token_id,
-                                   eos_token_id=tok.eos_token_id)
+        gen_B_T = student.generate(
+            **enc,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=toy.MAX_NEW_TOKENS,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
     prompt_len = enc["input_ids"].shape[1]
     resp_B_R = gen_B_T[:, prompt_len:]
     # Response mask: tokens up to and including the first eos.
@@ -56,8 +63,8 @@ def analyse(asset_dir: Path, n_prompts: int = 512, seed: int = 0, temperature: f
     mask_B_R = (~after_eos) & (resp_B_R != tok.pad_token_id)
     attn_B_T = torch.cat([enc["attention_mask"], mask_B_R.long()], 1)
     # Logits at position t predict token t+1: the response's predictions start at prompt_len - 1.
-    t_logits = _score(teacher, gen_B_T, attn_B_T)[:, prompt_len - 1:-1]
-    s_logits = _score(student, gen_B_T, attn_B_T)[:, prompt_len - 1:-1]
+    t_logits = _score(teacher, gen_B_T, attn_B_T)[:, prompt_len - 1 : -1]
+    s_logits = _score(student, gen_B_T, attn_B_T)[:, prompt_len - 1 : -1]
     h_t, h_s = entropy(t_logits), entropy(s_logits)
     zones_B_R = assign_zones(h_t, h_s, mask_B_R, (0.5, 0.4, 0.1))
     fkl, rkl = forward_kl(s_logits, t_logits), reverse_kl(s_logits, t_logits)
@@ -76,20 +83,33 @@ def analyse(asset_dir: Path, n_prompts: int = 512, seed: int = 0, temperature: f
     for z, name in ZONES.items():
         sel = z_t == z
         share = float(sel.float().mean())
-        concentration[name] = {"token_share": share, **{
-            key: float(v[sel].sum() / v.sum()) / share if share else None
-            for key, v in (("fkl", fkl_N), ("rkl", rkl_N), ("sead_loss", sead_loss))}}
+        concentration[name] = {
+            "token_share": share,
+            **{
+                key: float(v[sel].sum() / v.sum()) / share if share else None
+                for key, v in (("fkl", fkl_N), ("rkl", rkl_N), ("sead_loss", sead_loss))
+            },
+        }
     greedy = toy.greedy_responses(student, tok, [it["question"] for it in heldout])
-    rtl = sum(r == toy.right_to_left_solution(it["question"][:-1]) and r != it["solution"]
-              for r, it in zip(greedy, heldout))
+    rtl = sum(
+        r == toy.right_to_left_solution(it["question"][:-1]) and r != it["solution"] for r, it in zip(greedy, heldout)
+    )
     return {
-        "prompts": n_prompts, "tokens": n, "temperature": temperature, "seed": seed, "alpha": alpha,
-        "teacher_entropy_mean": float(h_t_N.mean()), "teacher_entropy_gt_0.5": float((h_t_N > 0.5).float().mean()),
+        "prompts": n_prompts,
+        "tokens": n,
+        "temperature": temperature,
+        "seed": seed,
+        "alpha": alpha,
+        "teacher_entropy_mean": float(h_t_N.mean()),
+        "teacher_entropy_gt_0.5": float((h_t_N > 0.5).float().mean()),
         "student_entropy_mean": float(h_s.reshape(-1)[mask_B_R.reshape(-1)].mean()),
-        "by_category": by_cat, "concentration": concentration,
+        "by_category": by_cat,
+        "concentration": concentration,
         "student_greedy_right_to_left": rtl / len(heldout),
-        "sampled_reward": sum(toy.verify(t, it["answer"]) for t, it in
-                              zip(tok.batch_decode(resp_B_R, skip_special_tokens=True), items)) / len(items),
+        "sampled_reward": sum(
+            toy.verify(t, it["answer"]) for t, it in zip(tok.batch_decode(resp_B_R, skip_special_tokens=True), items)
+        )
+        / len(items),
     }
 
 
@@ -108,8 +128,21 @@ def main(argv=None) -> int:
         result = manifest["analysis"] = analyse(args.assets, args.prompts)
     if args.demo:
         d = json.loads(args.demo.read_text())
-        manifest["demo"] = {k: d[k] for k in ("steps", "batch_size", "lr", "seeds", "n_eval", "before", "teacher",
-                                              "after", "per_seed", "total_s")}
+        manifest["demo"] = {
+            k: d[k]
+            for k in (
+                "steps",
+                "batch_size",
+                "lr",
+                "seeds",
+                "n_eval",
+                "before",
+                "teacher",
+                "after",
+                "per_seed",
+                "total_s",
+            )
+        }
         manifest["demo"].update({k: d["summary"][k] for k in ("vs_before", "gap_closed")})
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
     sys.path.insert(0, str(ROOT / "recipes"))

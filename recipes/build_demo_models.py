@@ -84,8 +84,23 @@ def lr_at(step, steps, peak, warmup, final_frac, schedule="cosine"):
     return peak * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def sft(name, model, tokenizer, groups, *, steps, batch, lr, warmup, final_frac, seed, dev, log_every,
-        level_weights=None, schedule="cosine"):
+def sft(
+    name,
+    model,
+    tokenizer,
+    groups,
+    *,
+    steps,
+    batch,
+    lr,
+    warmup,
+    final_frac,
+    seed,
+    dev,
+    log_every,
+    level_weights=None,
+    schedule="cosine",
+):
     """Supervised fine-tuning for ``steps`` steps; logs loss and dev accuracy; returns the log.
 
     ``groups`` maps a level to its (prompt, target) pairs; each batch comes from one level drawn at
@@ -101,8 +116,9 @@ def sft(name, model, tokenizer, groups, *, steps, batch, lr, warmup, final_frac,
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup, final_frac, schedule)
-        ids_B_T, mask_B_T, labels_B_T = collate(order.sample(groups[order.choices(levels, weights)[0]], batch),
-                                              tokenizer.pad_token_id)
+        ids_B_T, mask_B_T, labels_B_T = collate(
+            order.sample(groups[order.choices(levels, weights)[0]], batch), tokenizer.pad_token_id
+        )
         loss = model(input_ids=ids_B_T, attention_mask=mask_B_T, labels=labels_B_T).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -111,12 +127,20 @@ def sft(name, model, tokenizer, groups, *, steps, batch, lr, warmup, final_frac,
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if (step + 1) % log_every == 0 or step + 1 == steps:
             acc = toy.greedy_accuracy(model, tokenizer, dev) if dev else float("nan")
-            entry = {"step": step + 1, "loss": round(ema, 4), "dev_acc": round(acc, 4),
-                     "lr": round(opt.param_groups[0]["lr"], 6), "elapsed_s": round(time.time() - t0, 1),
-                     "cpu_s": round(time.process_time() - c0, 1)}
+            entry = {
+                "step": step + 1,
+                "loss": round(ema, 4),
+                "dev_acc": round(acc, 4),
+                "lr": round(opt.param_groups[0]["lr"], 6),
+                "elapsed_s": round(time.time() - t0, 1),
+                "cpu_s": round(time.process_time() - c0, 1),
+            }
             log.append(entry)
-            print(f"[{name}] step {step + 1}/{steps} loss {ema:.4f} dev {acc:.3f} "
-                  f"lr {entry['lr']:.2e} {entry['elapsed_s']:.0f}s", flush=True)
+            print(
+                f"[{name}] step {step + 1}/{steps} loss {ema:.4f} dev {acc:.3f} "
+                f"lr {entry['lr']:.2e} {entry['elapsed_s']:.0f}s",
+                flush=True,
+            )
     model.eval()
     return log
 
@@ -126,18 +150,23 @@ def _analysis_section(a):
     if not a:
         return "Not measured yet: run `python recipes/analyse_demo.py`.\n"
     cats = a["by_category"]
-    rows = "\n".join(f"| {c} | {v['share']:.1%} | {v['teacher_entropy']:.3f} | {v['p_zone']['A']:.1%} | "
-                     f"{v['p_zone']['B']:.1%} | {v['p_zone']['C']:.1%} |" for c, v in cats.items())
+    rows = "\n".join(
+        f"| {c} | {v['share']:.1%} | {v['teacher_entropy']:.3f} | {v['p_zone']['A']:.1%} | "
+        f"{v['p_zone']['B']:.1%} | {v['p_zone']['C']:.1%} |"
+        for c, v in cats.items()
+    )
     conc = a["concentration"]
-    conc_rows = "\n".join(f"| {z} | {v['token_share']:.1%} | {v['fkl']:.2f}x | {v['rkl']:.2f}x | {v['sead_loss']:.2f}x |"
-                          for z, v in conc.items())
-    return f"""On {a['prompts']} training prompts, one student sample each at temperature {a['temperature']} (seed
-{a['seed']}), {a['tokens']:,} response tokens, both models scoring every token; zones are SEAD's default
+    conc_rows = "\n".join(
+        f"| {z} | {v['token_share']:.1%} | {v['fkl']:.2f}x | {v['rkl']:.2f}x | {v['sead_loss']:.2f}x |"
+        for z, v in conc.items()
+    )
+    return f"""On {a["prompts"]} training prompts, one student sample each at temperature {a["temperature"]} (seed
+{a["seed"]}), {a["tokens"]:,} response tokens, both models scoring every token; zones are SEAD's default
 percentiles (50/40/10) over the whole batch:
-- Teacher mean entropy **{a['teacher_entropy_mean']:.3f} nats**; **{a['teacher_entropy_gt_0.5']:.1%}** of tokens above
-  0.5 nats. Student mean entropy {a['student_entropy_mean']:.3f} nats; sampled reward {a['sampled_reward']:.1%}.
+- Teacher mean entropy **{a["teacher_entropy_mean"]:.3f} nats**; **{a["teacher_entropy_gt_0.5"]:.1%}** of tokens above
+  0.5 nats. Student mean entropy {a["student_entropy_mean"]:.3f} nats; sampled reward {a["sampled_reward"]:.1%}.
 - The student's greedy answer is exactly its wrong right-to-left solution on
-  **{a['student_greedy_right_to_left']:.1%}** of the held-out problems (where that differs from the correct one).
+  **{a["student_greedy_right_to_left"]:.1%}** of the held-out problems (where that differs from the correct one).
 
 P(zone | token category) (the paper's Table 3; `sead.toy.token_categories`: step start = the first
 character of a step, where the path is chosen):
@@ -147,7 +176,7 @@ character of a step, where the path is chosen):
 {rows}
 
 Loss concentration: each zone's share of the loss divided by its share of tokens (1 = fair share;
-paper, forward KL: A 0.19x, B 1.46x, C 3.19x). SEAD loss = RKL on B + {a['alpha']} x FKL on C (first step).
+paper, forward KL: A 0.19x, B 1.46x, C 3.19x). SEAD loss = RKL on B + {a["alpha"]} x FKL on C (first step).
 
 | zone | token share | forward KL | reverse KL | SEAD loss |
 |---|---|---|---|---|
@@ -158,13 +187,18 @@ paper, forward KL: A 0.19x, B 1.46x, C 3.19x). SEAD loss = RKL on B + {a['alpha'
 def _demo_section(d):
     """The measured lift of ``sead demo`` (``recipes/analyse_demo.py --demo RESULTS``)."""
     if not d:
-        return "Not recorded yet: run `sead demo`, then `python recipes/analyse_demo.py --demo runs/demo/results.json`.\n"
-    rows = "\n".join(f"| {m} | {d['after'][m]:.1%} | {' / '.join(f'{v:.1%}' for v in d['per_seed'][m])} | "
-                     f"{100 * d['vs_before'][m]['mean']:+.1f} [{100 * d['vs_before'][m]['low']:.1f}, "
-                     f"{100 * d['vs_before'][m]['high']:.1f}] | {d['gap_closed'][m]:.0%} |" for m in d["after"])
-    return f"""`sead demo` with its defaults ({d['steps']} steps per run, batch {d['batch_size']}, lr {d['lr']:g} for every
-method, seeds {', '.join(map(str, d['seeds']))}; {d['n_eval']} held-out problems, greedy): student
-{d['before']:.1%}, teacher {d['teacher']:.1%}; demo wall time {d['total_s']:.0f} s.
+        return (
+            "Not recorded yet: run `sead demo`, then `python recipes/analyse_demo.py --demo runs/demo/results.json`.\n"
+        )
+    rows = "\n".join(
+        f"| {m} | {d['after'][m]:.1%} | {' / '.join(f'{v:.1%}' for v in d['per_seed'][m])} | "
+        f"{100 * d['vs_before'][m]['mean']:+.1f} [{100 * d['vs_before'][m]['low']:.1f}, "
+        f"{100 * d['vs_before'][m]['high']:.1f}] | {d['gap_closed'][m]:.0%} |"
+        for m in d["after"]
+    )
+    return f"""`sead demo` with its defaults ({d["steps"]} steps per run, batch {d["batch_size"]}, lr {d["lr"]:g} for every
+method, seeds {", ".join(map(str, d["seeds"]))}; {d["n_eval"]} held-out problems, greedy): student
+{d["before"]:.1%}, teacher {d["teacher"]:.1%}; demo wall time {d["total_s"]:.0f} s.
 
 | method | greedy, mean of seeds | per seed | vs before, points [95% CI] | gap closed |
 |---|---|---|---|---|
@@ -178,10 +212,12 @@ def render_readme(m):
     for name in ("teacher", "student"):
         r = m[name]
         by_level = " | ".join(f"{acc:.0%}" for acc in r["heldout_acc_by_level"].values())
-        rows.append(f"| {name} | {r['shape']['hidden_size']} x {r['shape']['num_hidden_layers']} | {r['params']:,} | "
-                    f"{r['steps']} x {r['batch']} | {r['lr']:g} | {r.get('rtl_share', 0):.0%} | "
-                    f"{r['train_s'] / 60:.1f} min ({r['train_cpu_s'] / 60:.1f}) | "
-                    f"**{r['heldout_acc']:.1%}** | {by_level} | {r['size_bytes'] / 1e6:.2f} MB |")
+        rows.append(
+            f"| {name} | {r['shape']['hidden_size']} x {r['shape']['num_hidden_layers']} | {r['params']:,} | "
+            f"{r['steps']} x {r['batch']} | {r['lr']:g} | {r.get('rtl_share', 0):.0%} | "
+            f"{r['train_s'] / 60:.1f} min ({r['train_cpu_s'] / 60:.1f}) | "
+            f"**{r['heldout_acc']:.1%}** | {by_level} | {r['size_bytes'] / 1e6:.2f} MB |"
+        )
         curves.append(f"- {name}: " + ", ".join(f"{e['step']}: {e['dev_acc']:.0%}" for e in r["log"]))
     levels = "\n".join(f"- L{lv}: {t} terms of {d} digit(s)" for lv, (t, d) in m["levels"].items())
     level_cols = " | ".join(f"L{lv}" for lv in m["levels"])
@@ -214,7 +250,7 @@ compares the integer after the last `A:` with the answer. Levels (item i of a fi
   in a random order (`3+6=9` or `6+3=9`, `sead.toy.worked_solution`): two valid paths, so the teacher
   is genuinely uncertain at the first character of a `+` step (about ln 2 nats) and near-certain on the
   arithmetic and the syntax.
-- **A strategy gap in the student.** The student learned from a weaker solver: {m['student'].get('rtl_share', 0):.0%} of its
+- **A strategy gap in the student.** The student learned from a weaker solver: {m["student"].get("rtl_share", 0):.0%} of its
   training solutions evaluate the chain from the right (`4-9+8` as `4-(9+8)`,
   `sead.toy.right_to_left_solution`), which is wrong whenever a minus comes before a later operator,
   the rest are the teacher's kind. It can do each step (the arithmetic of one-digit chains is easy for
@@ -222,34 +258,34 @@ compares the integer after the last `A:` with the answer. Levels (item i of a fi
   out at the first tokens, where the student is unsure: a gap the teacher's token-level signal can
   close in a few dozen steps. Stated plainly: the student's weakness is built in by its training data.
 
-- `data/train.jsonl`: {m['data']['train']} distinct prompts, `make_task(seed={seeds['train']})`, no heldout question.
-- `data/heldout.jsonl`: {m['data']['heldout']} distinct prompts, `make_task(seed={seeds['heldout']})`.
+- `data/train.jsonl`: {m["data"]["train"]} distinct prompts, `make_task(seed={seeds["train"]})`, no heldout question.
+- `data/heldout.jsonl`: {m["data"]["heldout"]} distinct prompts, `make_task(seed={seeds["heldout"]})`.
 
 Fields: `id`, `question`, `answer`, `level`, `solution` (the canonical left-to-right solution). Both
 files: `sead.toy.write_task_files(dir)`.
 
 ## Models
-`LlamaForCausalLM` with tied embeddings over one character vocabulary of {m['vocab_size']} tokens
-(`<pad>`=0, `<eos>`=1, `<unk>`=2, then `{''.join(CHARS)}`; no bos, no chat template). `teacher/` and
+`LlamaForCausalLM` with tied embeddings over one character vocabulary of {m["vocab_size"]} tokens
+(`<pad>`=0, `<eos>`=1, `<unk>`=2, then `{"".join(CHARS)}`; no bos, no chat template). `teacher/` and
 `student/` each hold `model.safetensors`, the configs and the same tokenizer files.
 
 Both are trained by supervised fine-tuning (prompt = question, target = solution + `<eos>`, loss on
 the target only), AdamW (betas 0.9/0.98, weight decay 0.01, clip 1.0), linear warmup then cosine
-decay, batches of one level each, level shares {shares}, drawn from a pool of {m['sft_pool']:,} items
-(`make_task(seed={seeds['sft']}, unique=False)`, heldout questions excluded). Init/data-order seeds:
-teacher {seeds['teacher']}, student {seeds['student']}. Accuracy = greedy exact answer on `data/heldout.jsonl`.
+decay, batches of one level each, level shares {shares}, drawn from a pool of {m["sft_pool"]:,} items
+(`make_task(seed={seeds["sft"]}, unique=False)`, heldout questions excluded). Init/data-order seeds:
+teacher {seeds["teacher"]}, student {seeds["student"]}. Accuracy = greedy exact answer on `data/heldout.jsonl`.
 
 | model | hidden x layers | params | steps x batch | peak lr | right-to-left share | train time, wall (CPU) | heldout | {level_cols} | size |
-|---|---|---|---|---|---|---|---|{'---|' * len(m['levels'])}---|
+|---|---|---|---|---|---|---|---|{"---|" * len(m["levels"])}---|
 {chr(10).join(rows)}
 
 Dev accuracy (200 other fresh items, greedy) during training, by step:
 {chr(10).join(curves)}
 
 ## Measured: what distillation sees
-{_analysis_section(m.get('analysis'))}
+{_analysis_section(m.get("analysis"))}
 ## Measured: the lift
-{_demo_section(m.get('demo'))}
+{_demo_section(m.get("demo"))}
 ## Recipe choices (measured on the same machine while designing the task)
 - The previous task (two-digit chains, a student 32.5% / teacher 86.5%) left nothing for on-policy
   distillation to close in the demo's budget: every method ended 2.5-7.5 points *below* the student
@@ -262,8 +298,8 @@ Dev accuracy (200 other fresh items, greedy) during training, by step:
   3e-4. The demo keeps lr 1e-4 (the earlier demo's value) for every method.
 - Teacher: one-digit chains are easy for the 128 x 4 model (dev 91% at step 500, 99.5% at 1,000).
 
-Built with {m['threads']} torch thread(s) on {m['machine']}, torch {m['torch']}, transformers
-{m['transformers']}; whole build {m.get('build_s', 0) / 60:.0f} min wall, {m.get('build_cpu_s', 0) / 60:.0f} min CPU. Wall
+Built with {m["threads"]} torch thread(s) on {m["machine"]}, torch {m["torch"]}, transformers
+{m["transformers"]}; whole build {m.get("build_s", 0) / 60:.0f} min wall, {m.get("build_cpu_s", 0) / 60:.0f} min CPU. Wall
 times were taken while other jobs shared the machine; the CPU time (in parentheses) is the better guide.
 """
 
@@ -291,25 +327,47 @@ def main(argv=None):
     ap.add_argument("--student-steps", type=int, default=1500)
     ap.add_argument("--student-lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
-                    help="lr after warmup (constant only for comparison)")
+    ap.add_argument(
+        "--schedule",
+        choices=["cosine", "constant"],
+        default="cosine",
+        help="lr after warmup (constant only for comparison)",
+    )
     ap.add_argument("--final-lr-frac", type=float, default=0.02)
     ap.add_argument("--teacher-seed", type=int, default=10)
     ap.add_argument("--student-seed", type=int, default=20)
     ap.add_argument("--log-every", type=int, default=250)
-    ap.add_argument("--level-weights", default="1,1,1,2",
-                    help="relative share of SFT batches per level (the hardest level gets more)")
+    ap.add_argument(
+        "--level-weights",
+        default="1,1,1,2",
+        help="relative share of SFT batches per level (the hardest level gets more)",
+    )
     ap.add_argument("--teacher-shape", type=_shape, default=toy.TEACHER_SHAPE, help="hidden,layers,heads,ffn")
     ap.add_argument("--student-shape", type=_shape, default=toy.STUDENT_SHAPE, help="hidden,layers,heads,ffn")
-    ap.add_argument("--teacher-direct", default="0",
-                    help="share of SFT targets that are the bare answer (one value, or one per level)")
-    ap.add_argument("--student-direct", default="0",
-                    help="share of the student's SFT targets that skip the working (one value, or one per level)")
+    ap.add_argument(
+        "--teacher-direct",
+        default="0",
+        help="share of SFT targets that are the bare answer (one value, or one per level)",
+    )
+    ap.add_argument(
+        "--student-direct",
+        default="0",
+        help="share of the student's SFT targets that skip the working (one value, or one per level)",
+    )
     ap.add_argument("--teacher-rtl", type=float, default=0.0)
-    ap.add_argument("--student-rtl", type=float, default=0.6,
-                    help="share of the student's SFT targets worked right to left (wrong when a minus precedes)")
-    ap.add_argument("--skip", choices=["teacher", "student"], action="append", default=[],
-                    help="do not train this model (for experiments)")
+    ap.add_argument(
+        "--student-rtl",
+        type=float,
+        default=0.6,
+        help="share of the student's SFT targets worked right to left (wrong when a minus precedes)",
+    )
+    ap.add_argument(
+        "--skip",
+        choices=["teacher", "student"],
+        action="append",
+        default=[],
+        help="do not train this model (for experiments)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     level_weights = dict(zip(toy.LEVELS, (float(w) for w in args.level_weights.split(","))))
@@ -327,19 +385,31 @@ def main(argv=None):
     manifest_path = args.out / "manifest.json"
     # Teacher and student are independent: a run that skips one keeps its earlier manifest entry.
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    manifest.update({
-        "machine": "a 2-core x86-64 CPU VM", "threads": args.threads, "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__, "vocab_size": len(tokenizer),
-        "levels": {str(k): v for k, v in toy.LEVELS.items()},
-        "seeds": {"train": toy.DEMO_TRAIN_SEED, "heldout": toy.DEMO_HELDOUT_SEED, "sft": SFT_SEED,
-                  "dev": SFT_SEED + 100, "teacher": args.teacher_seed, "student": args.student_seed},
-        "data": {"train": sum(1 for _ in open(train_path)), "heldout": len(heldout)}, "sft_pool": args.sft_pool,
-        "level_weights": {str(k): v for k, v in level_weights.items()},
-    })
-    for name, shape, steps, lr, seed in (("teacher", args.teacher_shape, args.teacher_steps, args.teacher_lr,
-                                          args.teacher_seed),
-                                         ("student", args.student_shape, args.student_steps, args.student_lr,
-                                          args.student_seed)):
+    manifest.update(
+        {
+            "machine": "a 2-core x86-64 CPU VM",
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "vocab_size": len(tokenizer),
+            "levels": {str(k): v for k, v in toy.LEVELS.items()},
+            "seeds": {
+                "train": toy.DEMO_TRAIN_SEED,
+                "heldout": toy.DEMO_HELDOUT_SEED,
+                "sft": SFT_SEED,
+                "dev": SFT_SEED + 100,
+                "teacher": args.teacher_seed,
+                "student": args.student_seed,
+            },
+            "data": {"train": sum(1 for _ in open(train_path)), "heldout": len(heldout)},
+            "sft_pool": args.sft_pool,
+            "level_weights": {str(k): v for k, v in level_weights.items()},
+        }
+    )
+    for name, shape, steps, lr, seed in (
+        ("teacher", args.teacher_shape, args.teacher_steps, args.teacher_lr, args.teacher_seed),
+        ("student", args.student_shape, args.student_steps, args.student_lr, args.student_seed),
+    ):
         if name in args.skip:
             continue
         direct = dict(zip(toy.LEVELS, _floats(getattr(args, f"{name}_direct"), len(toy.LEVELS))))
@@ -349,10 +419,22 @@ def main(argv=None):
             groups.setdefault(item["level"], []).append(pair)
         model = toy.build_model(tokenizer, shape, seed)
         t0, c0 = time.time(), time.process_time()
-        log = sft(name, model, tokenizer, groups, steps=steps, batch=args.batch, lr=lr,
-                  warmup=min(args.warmup, steps // 10), final_frac=args.final_lr_frac, seed=seed, dev=dev,
-                  log_every=args.log_every, level_weights=level_weights,
-                  schedule=args.schedule)
+        log = sft(
+            name,
+            model,
+            tokenizer,
+            groups,
+            steps=steps,
+            batch=args.batch,
+            lr=lr,
+            warmup=min(args.warmup, steps // 10),
+            final_frac=args.final_lr_frac,
+            seed=seed,
+            dev=dev,
+            log_every=args.log_every,
+            level_weights=level_weights,
+            schedule=args.schedule,
+        )
         train_s, train_cpu_s = time.time() - t0, time.process_time() - c0
         acc, by_level = toy.greedy_accuracy(model, tokenizer, heldout, by_level=True)
         print(f"[{name}] heldout accuracy {acc:.3f} {by_level}", flush=True)
@@ -360,13 +442,22 @@ def main(argv=None):
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         manifest[name] = {
-            "command": command, "shape": shape, "params": sum(p.numel() for p in model.parameters()), "steps": steps,
-            "batch": args.batch, "lr": lr, "direct_share": {str(k): v for k, v in direct.items()},
-            "rtl_share": getattr(args, f"{name}_rtl"), "schedule": args.schedule, "train_s": round(train_s, 1),
-            "train_cpu_s": round(train_cpu_s, 1), "heldout_acc": acc,
+            "command": command,
+            "shape": shape,
+            "params": sum(p.numel() for p in model.parameters()),
+            "steps": steps,
+            "batch": args.batch,
+            "lr": lr,
+            "direct_share": {str(k): v for k, v in direct.items()},
+            "rtl_share": getattr(args, f"{name}_rtl"),
+            "schedule": args.schedule,
+            "train_s": round(train_s, 1),
+            "train_cpu_s": round(train_cpu_s, 1),
+            "heldout_acc": acc,
             "heldout_acc_by_level": {str(k): v for k, v in by_level.items()},
             "size_bytes": sum(f.stat().st_size for f in folder.iterdir()),
-            "sha256": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest(), "log": log,
+            "sha256": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest(),
+            "log": log,
         }
     if not args.skip:
         manifest["build_s"] = round(time.time() - t_start, 1)

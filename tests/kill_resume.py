@@ -46,12 +46,24 @@ def make_assets(root: Path) -> dict:
 
 def train_overrides(assets: dict, out: Path, **extra) -> list[str]:
     values = {
-        "model.student": assets["student"], "model.teacher": assets["teacher"], "data.path": assets["data"],
-        "data.prompt_field": "question", "data.template": "{problem}", "verifier.kind": "exact",
-        "objective.method": "sead", "train.steps": STEPS, "train.save_every": SAVE_EVERY, "train.batch_size": 4,
-        "train.micro_batch_size": 4, "rollout.max_new_tokens": 6, "rollout.batch_size": 8,
-        "train.output_dir": str(out), "train.torch_threads": 1, "logging.samples_every": 1,
-        "logging.progress": False, "optim.lr": 1e-3,
+        "model.student": assets["student"],
+        "model.teacher": assets["teacher"],
+        "data.path": assets["data"],
+        "data.prompt_field": "question",
+        "data.template": "{problem}",
+        "verifier.kind": "exact",
+        "objective.method": "sead",
+        "train.steps": STEPS,
+        "train.save_every": SAVE_EVERY,
+        "train.batch_size": 4,
+        "train.micro_batch_size": 4,
+        "rollout.max_new_tokens": 6,
+        "rollout.batch_size": 8,
+        "train.output_dir": str(out),
+        "train.torch_threads": 1,
+        "logging.samples_every": 1,
+        "logging.progress": False,
+        "optim.lr": 1e-3,
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
@@ -88,11 +100,35 @@ class Proc:
 
 
 # Everything a `sead train` run imports (lazily or not), so a forked run starts at once; missing names are skipped.
-_PRELOAD = ["torch", "numpy", "sympy", "math_verify", "rich", "safetensors.torch", "tokenizers", "transformers",
-            "transformers.modeling_utils", "transformers.models.llama.modeling_llama", "transformers.generation.utils",
-            "transformers.tokenization_utils_tokenizers", "transformers.tokenization_utils_fast", "accelerate",
-            "accelerate.accelerator", "sead.cli", "sead.trainer", "sead.step", "sead.scoring", "sead.fused", "sead.data",
-            "sead.curriculum", "sead.verifier", "sead.evaluate", "sead.progress", "sead.checkpoint", "sead.metrics"]
+_PRELOAD = [
+    "torch",
+    "numpy",
+    "sympy",
+    "math_verify",
+    "rich",
+    "safetensors.torch",
+    "tokenizers",
+    "transformers",
+    "transformers.modeling_utils",
+    "transformers.models.llama.modeling_llama",
+    "transformers.generation.utils",
+    "transformers.tokenization_utils_tokenizers",
+    "transformers.tokenization_utils_fast",
+    "accelerate",
+    "accelerate.accelerator",
+    "sead.cli",
+    "sead.trainer",
+    "sead.step",
+    "sead.scoring",
+    "sead.fused",
+    "sead.data",
+    "sead.curriculum",
+    "sead.verifier",
+    "sead.evaluate",
+    "sead.progress",
+    "sead.checkpoint",
+    "sead.metrics",
+]
 
 
 def _forked_train(args: list[str], log: str, env_extra: dict, err_log: str | None = None) -> None:
@@ -114,8 +150,9 @@ def _forked_train(args: list[str], log: str, env_extra: dict, err_log: str | Non
 _CONTEXT = None
 
 
-def launch(args: list[str], log: Path, env_extra: dict | None = None, fast: bool = False,
-           err_log: Path | None = None) -> Proc:
+def launch(
+    args: list[str], log: Path, env_extra: dict | None = None, fast: bool = False, err_log: Path | None = None
+) -> Proc:
     """``python -m sead.cli train ARGS`` in a new process, output to ``log`` (stderr to ``err_log`` if given).
 
     ``fast=True`` forks the process from a multiprocessing forkserver that imported torch,
@@ -129,16 +166,22 @@ def launch(args: list[str], log: Path, env_extra: dict | None = None, fast: bool
         if _CONTEXT is None:
             _CONTEXT = mp.get_context("forkserver")
             _CONTEXT.set_forkserver_preload(_PRELOAD)
-        process = _CONTEXT.Process(target=_forked_train, args=(list(args), str(log), dict(env_extra or {}),
-                                                               str(err_log) if err_log else None))
+        process = _CONTEXT.Process(
+            target=_forked_train, args=(list(args), str(log), dict(env_extra or {}), str(err_log) if err_log else None)
+        )
         process.start()
         return Proc(process=process)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     env.pop("SEAD_TEST_PAUSE_IN_CHECKPOINT", None)
     env.update(env_extra or {})
     with open(log, "ab") as fh, open(err_log or os.devnull, "ab") as eh:
-        popen = subprocess.Popen([sys.executable, "-m", "sead.cli", "train", *args], stdout=fh,
-                                 stderr=eh if err_log else subprocess.STDOUT, env=env, cwd=str(log.parent))
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "sead.cli", "train", *args],
+            stdout=fh,
+            stderr=eh if err_log else subprocess.STDOUT,
+            env=env,
+            cwd=str(log.parent),
+        )
     return Proc(popen=popen)
 
 
@@ -221,12 +264,18 @@ def compare_runs(ref: Path, cut: Path) -> dict:
     a, b = load_file(ref / "final" / "model.safetensors"), load_file(cut / "final" / "model.safetensors")
     assert_same_objects(a, b, "final weights")
     last = f"checkpoints/step-{STEPS}"
-    assert_same_objects(load_file(ref / last / "model.safetensors"), load_file(cut / last / "model.safetensors"), "ckpt weights")
+    assert_same_objects(
+        load_file(ref / last / "model.safetensors"), load_file(cut / last / "model.safetensors"), "ckpt weights"
+    )
     for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl"):  # accelerate writes them with torch.save
-        assert_same_objects(torch.load(ref / last / name, weights_only=False), torch.load(cut / last / name, weights_only=False),
-                      name)
-    assert_same_objects(json.loads((ref / last / "trainer_state.json").read_text()),
-                  json.loads((cut / last / "trainer_state.json").read_text()), "trainer_state")
+        assert_same_objects(
+            torch.load(ref / last / name, weights_only=False), torch.load(cut / last / name, weights_only=False), name
+        )
+    assert_same_objects(
+        json.loads((ref / last / "trainer_state.json").read_text()),
+        json.loads((cut / last / "trainer_state.json").read_text()),
+        "trainer_state",
+    )
     strip = lambda recs: [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in recs]  # noqa: E731
     ref_lines, cut_lines = metrics_lines(ref), metrics_lines(cut)
     raw = (cut / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
@@ -258,28 +307,51 @@ def kill_resume_check(work: Path, assets: dict | None = None, fast: bool = False
     proc = launch(train_overrides(assets, cut), cut_log, fast=fast)
     wait_until(lambda: len(metrics_lines(cut)) >= 1, proc, cut_log, "the first metrics line")
     sigkill(proc)
-    moments.append({"moment": "mid-run", "at_s": round(time.monotonic() - t0, 1), "metrics_lines": len(metrics_lines(cut)), "checkpoints": _checkpoints(cut)})
+    moments.append(
+        {
+            "moment": "mid-run",
+            "at_s": round(time.monotonic() - t0, 1),
+            "metrics_lines": len(metrics_lines(cut)),
+            "checkpoints": _checkpoints(cut),
+        }
+    )
 
     # 2. in the middle of writing checkpoint step-PAUSE_STEP
     proc = launch(resume, cut_log, {"SEAD_TEST_PAUSE_IN_CHECKPOINT": str(PAUSE_STEP)}, fast=fast)
     paused = cut / "checkpoints" / f".tmp-step-{PAUSE_STEP}" / "PAUSED"
     wait_until(paused.exists, proc, cut_log, f"the paused write of step-{PAUSE_STEP}")
     sigkill(proc)
-    moments.append({"moment": "checkpoint write", "at_s": round(time.monotonic() - t0, 1),
-                    "metrics_lines": len(metrics_lines(cut)),
-                    "checkpoints": _checkpoints(cut)})
+    moments.append(
+        {
+            "moment": "checkpoint write",
+            "at_s": round(time.monotonic() - t0, 1),
+            "metrics_lines": len(metrics_lines(cut)),
+            "checkpoints": _checkpoints(cut),
+        }
+    )
     partial = cut / "checkpoints" / f".tmp-step-{PAUSE_STEP}"
     assert partial.is_dir() and not (partial / "COMPLETE").exists()
     assert latest_checkpoint(cut) == cut / "checkpoints" / f"step-{PAUSE_STEP - SAVE_EVERY}", latest_checkpoint(cut)
 
     # 3. mid-step after a later checkpoint
     proc = launch(resume, cut_log, fast=fast)
-    wait_until(lambda: (list_checkpoints(cut) or [(0, None)])[-1][0] >= PAUSE_STEP
-               and len(metrics_lines(cut)) >= PAUSE_STEP + 1, proc, cut_log, "a step after the later checkpoint")
+    wait_until(
+        lambda: (
+            (list_checkpoints(cut) or [(0, None)])[-1][0] >= PAUSE_STEP and len(metrics_lines(cut)) >= PAUSE_STEP + 1
+        ),
+        proc,
+        cut_log,
+        "a step after the later checkpoint",
+    )
     sigkill(proc)
-    moments.append({"moment": "mid-step after a checkpoint", "at_s": round(time.monotonic() - t0, 1),
-                    "metrics_lines": len(metrics_lines(cut)),
-                    "checkpoints": _checkpoints(cut)})
+    moments.append(
+        {
+            "moment": "mid-step after a checkpoint",
+            "at_s": round(time.monotonic() - t0, 1),
+            "metrics_lines": len(metrics_lines(cut)),
+            "checkpoints": _checkpoints(cut),
+        }
+    )
 
     proc = launch(resume, cut_log, fast=fast)
     _finish(proc, cut_log)

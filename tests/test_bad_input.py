@@ -13,11 +13,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny import char_tokenizer, save_tiny_pair, tiny_llama
 
 from sead.cli import main
 from sead.config import load_config
 from sead.trainer import Trainer
-from tiny import char_tokenizer, save_tiny_pair, tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,14 @@ def assets(tmp_path_factory, one_thread):
     not_a_model = root / "not_a_model"
     not_a_model.mkdir()
     (not_a_model / "notes.txt").write_text("no weights here")
-    a = {**paths, "data": str(data), "root": root, "other_tok": str(other), "small_head": str(small),
-         "not_a_model": str(not_a_model)}
+    a = {
+        **paths,
+        "data": str(data),
+        "root": root,
+        "other_tok": str(other),
+        "small_head": str(small),
+        "not_a_model": str(not_a_model),
+    }
     # A finished run with checkpoints step-1 and step-2, for the resume cases.
     good = root / "good_run"
     trainer = Trainer(load_config(None, args(a, good, **{"train.steps": 2, "train.save_every": 1}))).setup()
@@ -51,10 +57,19 @@ def assets(tmp_path_factory, one_thread):
 
 def args(assets, out, **extra) -> list[str]:
     base = {
-        "model.student": assets["student"], "model.teacher": assets["teacher"], "data.path": assets["data"],
-        "data.prompt_field": "question", "data.template": "{problem}", "verifier.kind": "exact",
-        "train.steps": 1, "train.batch_size": 2, "train.micro_batch_size": 2, "rollout.max_new_tokens": 3,
-        "train.output_dir": str(out), "logging.progress": False, "logging.samples_every": 0,
+        "model.student": assets["student"],
+        "model.teacher": assets["teacher"],
+        "data.path": assets["data"],
+        "data.prompt_field": "question",
+        "data.template": "{problem}",
+        "verifier.kind": "exact",
+        "train.steps": 1,
+        "train.batch_size": 2,
+        "train.micro_batch_size": 2,
+        "rollout.max_new_tokens": 3,
+        "train.output_dir": str(out),
+        "logging.progress": False,
+        "logging.samples_every": 0,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
@@ -121,7 +136,10 @@ OVERRIDE_CASES = {
     "wrong_type_float_for_int": (["train.steps=1.5"], ["train.steps must be an integer"]),
     "wrong_type_bool": (["train.resume=maybe"], ["train.resume must be true or false"]),
     "wrong_type_list": (["objective.fractions=0.5"], ["objective.fractions must be a list"]),
-    "fractions_do_not_sum_to_1": (["objective.fractions=[0.5,0.4,0.2]"], ["sum to 1", "objective.fractions=[0.5,0.4,0.1]"]),
+    "fractions_do_not_sum_to_1": (
+        ["objective.fractions=[0.5,0.4,0.2]"],
+        ["sum to 1", "objective.fractions=[0.5,0.4,0.1]"],
+    ),
     "fractions_negative": (["objective.fractions=[1.2,-0.3,0.1]"], [">= 0", "objective.fractions"]),
     "fractions_wrong_length": (["objective.fractions=[0.5,0.5]"], ["3 values"]),
     "unknown_method": (["objective.method=seed"], ["objective.method='seed' is unknown", "did you mean 'sead'"]),
@@ -142,6 +160,7 @@ def test_bad_override(assets, tmp_path, capsys, case):
 
 
 # --------------------------------------------------------------------------- models
+
 
 def test_missing_model_path(assets, tmp_path, capsys):
     line = run_cli(capsys, ["train", *args(assets, tmp_path / "out", **{"model.student": tmp_path / "no" / "student"})])
@@ -170,6 +189,7 @@ def test_vocabulary_size_mismatch(assets, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- data
 
+
 def _data_file(tmp_path, name: str, content: bytes) -> str:
     path = tmp_path / name
     path.write_bytes(content)
@@ -178,19 +198,35 @@ def _data_file(tmp_path, name: str, content: bytes) -> str:
 
 DATA_CASES = {
     "empty_dataset": ("empty.jsonl", b"", {}, ["has no rows"]),
-    "missing_prompt_field": ("d.jsonl", b'{"q": "1+1=", "answer": "2"}\n', {}, ["no field 'question'", "data.prompt_field"]),
+    "missing_prompt_field": (
+        "d.jsonl",
+        b'{"q": "1+1=", "answer": "2"}\n',
+        {},
+        ["no field 'question'", "data.prompt_field"],
+    ),
     "missing_answer_field": ("d.jsonl", b'{"question": "1+1="}\n', {}, ["no field 'answer'", "data.answer_field=null"]),
-    "non_utf8_row": ("d.jsonl", b'{"question": "1+1=", "answer": "2"}\n{"question": "\xff\xfe", "answer": "1"}\n', {},
-                     ["line 2 is not UTF-8", "re-encode"]),
+    "non_utf8_row": (
+        "d.jsonl",
+        b'{"question": "1+1=", "answer": "2"}\n{"question": "\xff\xfe", "answer": "1"}\n',
+        {},
+        ["line 2 is not UTF-8", "re-encode"],
+    ),
     "invalid_json_row": ("d.jsonl", b'{"question": "1+1=", "answer": "2"}\n{oops\n', {}, ["line 2 is not valid JSON"]),
     "row_not_an_object": ("d.jsonl", b'["1+1=", "2"]\n', {}, ["not an object"]),
     "empty_prompt": ("d.jsonl", b'{"question": "  ", "answer": "2"}\n', {}, ["is empty"]),
     "unknown_file_type": ("d.txt", b"1+1=\n", {}, ["unknown file type", ".jsonl"]),
-    "prompt_longer_than_context": ("d.jsonl", b'{"question": "123456789+987654321=", "answer": "x"}\n',
-                                   {"rollout.max_prompt_tokens": 8}, ["prompt '0'", "more than rollout.max_prompt_tokens=8"]),
-    "grpo_without_answers": ("d.jsonl", b'{"question": "1+1="}\n',
-                             {"objective.method": "grpo", "data.answer_field": "null", "objective.group_size": 2},
-                             ["needs a reference answer", "data.answer_field"]),
+    "prompt_longer_than_context": (
+        "d.jsonl",
+        b'{"question": "123456789+987654321=", "answer": "x"}\n',
+        {"rollout.max_prompt_tokens": 8},
+        ["prompt '0'", "more than rollout.max_prompt_tokens=8"],
+    ),
+    "grpo_without_answers": (
+        "d.jsonl",
+        b'{"question": "1+1="}\n',
+        {"objective.method": "grpo", "data.answer_field": "null", "objective.group_size": 2},
+        ["needs a reference answer", "data.answer_field"],
+    ),
 }
 
 
@@ -210,6 +246,7 @@ def test_missing_data_path(assets, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- curriculum
 
+
 def _difficulties(tmp_path, rows) -> str:
     path = tmp_path / "difficulty.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -217,29 +254,73 @@ def _difficulties(tmp_path, rows) -> str:
 
 
 def test_curriculum_without_difficulty_file(assets, tmp_path, capsys):
-    line = run_cli(capsys, ["train", *args(assets, tmp_path / "out", **{"objective.curriculum": "true",
-                                                                        "curriculum.sampler": "competence"})])
+    line = run_cli(
+        capsys,
+        [
+            "train",
+            *args(assets, tmp_path / "out", **{"objective.curriculum": "true", "curriculum.sampler": "competence"}),
+        ],
+    )
     assert "curriculum.difficulty_path" in line and "sead difficulty" in line
 
 
 def test_missing_difficulty_file(assets, tmp_path, capsys):
-    line = run_cli(capsys, ["train", *args(assets, tmp_path / "out", **{
-        "objective.curriculum": "true", "curriculum.sampler": "competence",
-        "curriculum.difficulty_path": tmp_path / "nope.jsonl", "curriculum.auto_estimate": "false"})])
+    line = run_cli(
+        capsys,
+        [
+            "train",
+            *args(
+                assets,
+                tmp_path / "out",
+                **{
+                    "objective.curriculum": "true",
+                    "curriculum.sampler": "competence",
+                    "curriculum.difficulty_path": tmp_path / "nope.jsonl",
+                    "curriculum.auto_estimate": "false",
+                },
+            ),
+        ],
+    )
     assert "difficulty file" in line and "does not exist" in line
 
 
 def test_difficulty_file_for_other_prompts(assets, tmp_path, capsys):
     path = _difficulties(tmp_path, [{"id": f"other-{i}", "difficulty": 0.5} for i in range(20)])
-    line = run_cli(capsys, ["train", *args(assets, tmp_path / "out", **{
-        "objective.curriculum": "true", "curriculum.sampler": "competence", "curriculum.difficulty_path": path})])
+    line = run_cli(
+        capsys,
+        [
+            "train",
+            *args(
+                assets,
+                tmp_path / "out",
+                **{
+                    "objective.curriculum": "true",
+                    "curriculum.sampler": "competence",
+                    "curriculum.difficulty_path": path,
+                },
+            ),
+        ],
+    )
     assert "20 of 20 prompts have no difficulty" in line and "re-run `sead difficulty`" in line
 
 
 def test_difficulty_out_of_range(assets, tmp_path, capsys):
     path = _difficulties(tmp_path, [{"id": str(i), "difficulty": 1.5} for i in range(20)])
-    line = run_cli(capsys, ["train", *args(assets, tmp_path / "out", **{
-        "objective.curriculum": "true", "curriculum.sampler": "competence", "curriculum.difficulty_path": path})])
+    line = run_cli(
+        capsys,
+        [
+            "train",
+            *args(
+                assets,
+                tmp_path / "out",
+                **{
+                    "objective.curriculum": "true",
+                    "curriculum.sampler": "competence",
+                    "curriculum.difficulty_path": path,
+                },
+            ),
+        ],
+    )
     assert "outside [0, 1]" in line
 
 
@@ -260,6 +341,7 @@ def test_zero_eligible_prompts_fall_back_to_the_easiest():
 
 # --------------------------------------------------------------------------- run directory
 
+
 def test_output_directory_not_writable(assets, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
@@ -278,16 +360,29 @@ def test_existing_run_without_resume(assets, tmp_path, capsys):
 def test_resume_with_changed_config_is_refused(assets, tmp_path, capsys):
     run = copy_good_run(assets, tmp_path)
     before = snapshot(run)
-    line = run_cli(capsys, ["train", *args(assets, run, **{"train.steps": 2, "train.save_every": 1,
-                                                           "train.resume": "true", "optim.lr": 5e-4})])
+    line = run_cli(
+        capsys,
+        [
+            "train",
+            *args(assets, run, **{"train.steps": 2, "train.save_every": 1, "train.resume": "true", "optim.lr": 5e-4}),
+        ],
+    )
     assert "changed config (optim.lr)" in line and "train.force_resume=true" in line
     assert snapshot(run) == before
 
 
 def test_resume_with_changed_config_when_forced(assets, tmp_path, capsys):
     run = copy_good_run(assets, tmp_path)
-    code = main(["train", *args(assets, run, **{"train.steps": 3, "train.save_every": 1, "train.resume": "true",
-                                                "train.force_resume": "true"})])
+    code = main(
+        [
+            "train",
+            *args(
+                assets,
+                run,
+                **{"train.steps": 3, "train.save_every": 1, "train.resume": "true", "train.force_resume": "true"},
+            ),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3]
 
@@ -307,8 +402,9 @@ def test_corrupt_checkpoint(assets, tmp_path, capsys, case):
     target = run / "checkpoints" / "step-2" / name
     target.write_bytes(corrupt(target.read_bytes()))
     before = snapshot(run)
-    line = run_cli(capsys, ["train", *args(assets, run, **{"train.steps": 2, "train.save_every": 1,
-                                                           "train.resume": "true"})])
+    line = run_cli(
+        capsys, ["train", *args(assets, run, **{"train.steps": 2, "train.save_every": 1, "train.resume": "true"})]
+    )
     assert "checkpoints/step-2 is corrupt or incomplete" in line and "delete it to resume from the previous one" in line
     assert snapshot(run) == before
 
@@ -340,9 +436,14 @@ def _disk_full_during_save(monkeypatch, fail_dir: str, exc: Exception, seen: dic
     monkeypatch.setattr(accelerate.Accelerator, "save_state", save_state)
 
 
-@pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"),
-                                 RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 41600 vs 41492")],
-                         ids=["oserror", "torch_save_runtimeerror"])  # what torch.save raises on a full disk
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 41600 vs 41492"),
+    ],
+    ids=["oserror", "torch_save_runtimeerror"],
+)  # what torch.save raises on a full disk
 def test_disk_full_during_checkpoint(assets, tmp_path, capsys, monkeypatch, exc):
     seen = {}
     _disk_full_during_save(monkeypatch, ".tmp-step-2", exc, seen)
@@ -352,7 +453,9 @@ def test_disk_full_during_checkpoint(assets, tmp_path, capsys, monkeypatch, exc)
     after = snapshot(run)
     assert not (run / "checkpoints" / ".tmp-step-2").exists()  # the half-written folder is removed
     assert not (run / "checkpoints" / "step-2").exists()
-    assert {k: v for k, v in after.items() if "step-1" in k} == {k: v for k, v in seen["before"].items() if "step-1" in k}
+    assert {k: v for k, v in after.items() if "step-1" in k} == {
+        k: v for k, v in seen["before"].items() if "step-1" in k
+    }
     assert after["metrics.jsonl"] == seen["before"]["metrics.jsonl"]
     assert [json.loads(x)["step"] for x in after["metrics.jsonl"].decode().splitlines()] == [1, 2]
     if isinstance(exc, OSError):  # ... and the run resumes from the last good checkpoint once there is space
@@ -375,8 +478,17 @@ def test_disk_full_writing_metrics(assets, tmp_path, capsys, monkeypatch):
         return open(path, mode, *a, **kw)
 
     monkeypatch.setattr(sead.metrics, "open", full_disk_open, raising=False)
-    line = run_cli(capsys, ["train", *args(assets, run, **{"train.steps": 3, "train.save_every": 1,
-                                                           "train.resume": "true", "train.force_resume": "true"})])
+    line = run_cli(
+        capsys,
+        [
+            "train",
+            *args(
+                assets,
+                run,
+                **{"train.steps": 3, "train.save_every": 1, "train.resume": "true", "train.force_resume": "true"},
+            ),
+        ],
+    )
     assert "could not append step 3" in line and "free disk space" in line
     after = snapshot(run)
     for key, value in before.items():
@@ -405,8 +517,10 @@ RANGE_CASES = {
     "alpha_start_negative": (["objective.alpha_start=-0.1"], ["objective.alpha_start must be in [0, 1], got -0.1"]),
     "alpha_start_above_one": (["objective.alpha_start=1.5"], ["objective.alpha_start must be in [0, 1], got 1.5"]),
     "alpha_end_negative": (["objective.alpha_end=-1"], ["objective.alpha_end must be in [0, 1], got -1"]),
-    "alpha_interpolate_negative": (["objective.zone_c_mix=interpolate", "objective.alpha_start=2"],
-                                   ["objective.alpha_start must be in [0, 1]"]),
+    "alpha_interpolate_negative": (
+        ["objective.zone_c_mix=interpolate", "objective.alpha_start=2"],
+        ["objective.alpha_start must be in [0, 1]"],
+    ),
     "teacher_threshold_negative": (["objective.teacher_threshold=-1"], ["objective.teacher_threshold must be >= 0"]),
     "student_threshold_negative": (["objective.student_threshold=-0.5"], ["objective.student_threshold must be >= 0"]),
     "tau_negative": (["objective.tau=-1"], ["objective.tau must be >= 0"]),
@@ -419,8 +533,10 @@ RANGE_CASES = {
     "seed_negative": (["train.seed=-1"], ["train.seed must be in [0, 2**32)"]),
     "torch_threads_zero": (["train.torch_threads=0"], ["train.torch_threads must be >= 1 or null"]),
     "samples_every_negative": (["logging.samples_every=-1"], ["logging.samples_every must be >= 0"]),
-    "unknown_tracker": (["logging.trackers=[tensorbord]"], ["logging.trackers: 'tensorbord' is not a tracker",
-                                                             "did you mean 'tensorboard'"]),
+    "unknown_tracker": (
+        ["logging.trackers=[tensorbord]"],
+        ["logging.trackers: 'tensorbord' is not a tracker", "did you mean 'tensorboard'"],
+    ),
     "unknown_long_prompts": (["data.long_prompts=cut"], ["data.long_prompts must be one of error, truncate, drop"]),
 }
 
@@ -453,6 +569,7 @@ def test_tracker_names_are_accelerates():
 
 # --------------------------------------------------------------------------- prompts against the model context
 
+
 @pytest.fixture(scope="module")
 def short_teacher(assets):
     """The teacher, saved with a 64-position context (smaller than the student's 256)."""
@@ -468,8 +585,10 @@ def short_teacher(assets):
 
 
 def test_prompt_plus_response_longer_than_the_teachers_context(assets, short_teacher, tmp_path, capsys):
-    line = run_cli(capsys, ["train", *args(assets, tmp_path / "out", **{"model.teacher": short_teacher,
-                                                                        "rollout.max_new_tokens": 61})])
+    line = run_cli(
+        capsys,
+        ["train", *args(assets, tmp_path / "out", **{"model.teacher": short_teacher, "rollout.max_new_tokens": 61})],
+    )
     assert "prompt '0'" in line and "with rollout.max_new_tokens=61 that is 65 positions" in line
     assert "more than the teacher's context of 64 (max_position_embeddings)" in line
     assert "(20 of 20 prompts are too long)" in line and "data.long_prompts=truncate" in line
@@ -478,8 +597,10 @@ def test_prompt_plus_response_longer_than_the_teachers_context(assets, short_tea
 
 def test_opsd_teacher_prompt_longer_than_the_context(assets, tmp_path, capsys):
     template = "{prompt} " + "x" * 250 + " {answer}"  # the privileged prompt, not the student's, overflows
-    line = run_cli(capsys, ["train", *args(assets, tmp_path / "out", **{"objective.method": "opsd",
-                                                                        "objective.opsd_template": template})])
+    line = run_cli(
+        capsys,
+        ["train", *args(assets, tmp_path / "out", **{"objective.method": "opsd", "objective.opsd_template": template})],
+    )
     assert "the OPSD teacher prompt (objective.opsd_template) of prompt '0'" in line
     assert "more than the student's context of 256" in line
 
@@ -491,7 +612,9 @@ def test_max_new_tokens_fill_the_context(assets, tmp_path, capsys):
 
 def _mixed_lengths(tmp_path) -> str:
     long_question = "1+" * 40 + "1="  # 82 tokens
-    rows = [{"question": long_question, "answer": "41"}] + [{"question": f"{a}+1=", "answer": str(a + 1)} for a in range(5)]
+    rows = [{"question": long_question, "answer": "41"}] + [
+        {"question": f"{a}+1=", "answer": str(a + 1)} for a in range(5)
+    ]
     return _data_file(tmp_path, "mixed.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
@@ -499,9 +622,15 @@ def _mixed_lengths(tmp_path) -> str:
 def test_long_prompts_cut_or_dropped_when_asked(assets, tmp_path, capsys, mode):
     run = tmp_path / "out"
     batch = 6 if mode == "truncate" else 5  # every prompt left, once
-    extra = {"data.path": _mixed_lengths(tmp_path), "data.long_prompts": mode, "rollout.max_prompt_tokens": 16,
-             "train.batch_size": batch, "train.micro_batch_size": batch, "logging.samples_every": 1,
-             "logging.num_samples": 6}
+    extra = {
+        "data.path": _mixed_lengths(tmp_path),
+        "data.long_prompts": mode,
+        "rollout.max_prompt_tokens": 16,
+        "train.batch_size": batch,
+        "train.micro_batch_size": batch,
+        "logging.samples_every": 1,
+        "logging.num_samples": 6,
+    }
     capsys.readouterr()
     assert main(["train", *args(assets, run, **extra)]) == 0
     warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("sead: warning:")]
@@ -516,6 +645,7 @@ def test_long_prompts_cut_or_dropped_when_asked(assets, tmp_path, capsys, mode):
 
 # --------------------------------------------------------------------------- curriculum sanity
 
+
 def _curriculum(path) -> dict:
     return {"objective.curriculum": "true", "curriculum.sampler": "competence", "curriculum.difficulty_path": path}
 
@@ -529,7 +659,10 @@ def test_difficulty_file_without_spread_is_reported_and_every_prompt_is_drawn(as
     assert f"sead: warning: every difficulty in {path} is 1 (no spread)" in err
     assert "draws from all 20 prompts alike" in err
     assert "no spread" in (run / "notes.jsonl").read_text()
-    assert [json.loads(x)["curriculum/eligible"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1.0, 1.0]
+    assert [json.loads(x)["curriculum/eligible"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [
+        1.0,
+        1.0,
+    ]
 
 
 def test_sampler_with_tied_difficulties_does_not_repeat_one_batch():
@@ -552,12 +685,17 @@ def test_eligible_pool_smaller_than_the_batch_is_reported(assets, tmp_path, caps
 
 def test_batch_larger_than_the_data_is_reported(assets, tmp_path, capsys):
     capsys.readouterr()
-    assert main(["train", *args(assets, tmp_path / "out", **{"train.batch_size": 24, "train.micro_batch_size": 24})]) == 0
-    assert "sead: warning: train.batch_size=24 is larger than the 20 prompts: every batch repeats prompts" in \
-        capsys.readouterr().err
+    assert (
+        main(["train", *args(assets, tmp_path / "out", **{"train.batch_size": 24, "train.micro_batch_size": 24})]) == 0
+    )
+    assert (
+        "sead: warning: train.batch_size=24 is larger than the 20 prompts: every batch repeats prompts"
+        in capsys.readouterr().err
+    )
 
 
 # --------------------------------------------------------------------------- run-folder lock
+
 
 def test_second_run_on_a_locked_folder_is_refused(assets, tmp_path, capsys):
     import os
@@ -593,6 +731,7 @@ def test_stale_lock_is_taken_over_with_a_note(assets, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- model and tokenizer paths
 
+
 def test_mistyped_relative_model_path_is_not_tried_on_the_hub(assets, tmp_path, capsys, monkeypatch):
     import time
 
@@ -627,9 +766,23 @@ def test_student_folder_without_tokenizer_files(assets, no_tokenizer, tmp_path, 
 
 # --------------------------------------------------------------------------- sead eval
 
+
 def _eval_args(model: str, data: str, out: Path, *extra: str) -> list[str]:
-    return ["eval", "--model", model, "--data", data, "--out", str(out), "eval.prompt_field=question",
-            "eval.template={problem}", "eval.k=0", "eval.max_new_tokens=2", "logging.progress=false", *extra]
+    return [
+        "eval",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "eval.prompt_field=question",
+        "eval.template={problem}",
+        "eval.k=0",
+        "eval.max_new_tokens=2",
+        "logging.progress=false",
+        *extra,
+    ]
 
 
 def test_eval_on_a_model_folder_without_tokenizer_files(no_tokenizer, assets, tmp_path, capsys):
@@ -646,18 +799,21 @@ def test_eval_warns_when_the_verifier_cannot_match_the_answers(assets, tmp_path,
     warnings = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
     assert len(warnings) == 1 and warnings[0].startswith("sead eval: warning: the verifier cannot match 3 of 3")
     result = json.loads((tmp_path / "ev" / "eval" / "student.json").read_text())
-    assert result["warnings"] == [warnings[0][len("sead eval: warning: "):]]
+    assert result["warnings"] == [warnings[0][len("sead eval: warning: ") :]]
 
 
 def test_null_answer_is_named_as_null(assets, tmp_path, capsys):
     data = _data_file(tmp_path, "d.jsonl", b'{"question": "1+1=", "answer": null}\n')
-    for argv in (["train", *args(assets, tmp_path / "out", **{"data.path": data})],
-                 _eval_args(assets["student"], data, tmp_path / "ev")):
+    for argv in (
+        ["train", *args(assets, tmp_path / "out", **{"data.path": data})],
+        _eval_args(assets["student"], data, tmp_path / "ev"),
+    ):
         line = run_cli(capsys, argv)
         assert "line 1: field 'answer' is null" in line and "has no field" not in line
 
 
 # --------------------------------------------------------------------------- failed starts and forced resumes
+
 
 @pytest.mark.parametrize("out", ["out", "out/a/b"])
 def test_failed_start_leaves_no_new_folder(assets, tmp_path, capsys, out):
@@ -678,9 +834,25 @@ def test_forced_resume_records_which_steps_ran_with_which_config(assets, tmp_pat
 
     run = copy_good_run(assets, tmp_path)
     old_lr = yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"]
-    assert main(["train", *args(assets, run, **{"train.steps": 3, "train.save_every": 1, "train.resume": "true",
-                                                "train.force_resume": "true", "optim.lr": 5e-4})]) == 0, \
-        capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                *args(
+                    assets,
+                    run,
+                    **{
+                        "train.steps": 3,
+                        "train.save_every": 1,
+                        "train.resume": "true",
+                        "train.force_resume": "true",
+                        "optim.lr": 5e-4,
+                    },
+                ),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     history = [json.loads(x) for x in (run / "config_history.jsonl").read_text().splitlines()]
     assert [h["from_step"] for h in history] == [1, 3]
     assert history[0]["config"]["optim"]["lr"] == old_lr and "changed" not in history[0]

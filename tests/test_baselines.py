@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from tiny import char_tokenizer
 
 from sead.grpo import group_advantages, k3_kl
 from sead.objectives import clipped_pg_token_losses
-from tiny import char_tokenizer
 
 
 def test_group_advantages_by_hand():
@@ -48,11 +48,12 @@ def test_k3_is_nonnegative_and_zero_at_equality():
 
 
 def test_opsd_teacher_context_has_privileged_text_and_student_does_not(tmp_path):
+    from tiny import tiny_llama
+
     from sead.config import load_config
     from sead.rollout import generate_rollouts
     from sead.step import _teacher_inputs
     from sead.stepping import split_micro_batches
-    from tiny import tiny_llama
 
     tok = char_tokenizer()
     cfg = load_config(None, ["objective.method=opsd", "rollout.max_new_tokens=5", "data.template={problem}"])
@@ -63,11 +64,13 @@ def test_opsd_teacher_context_has_privileged_text_and_student_does_not(tmp_path)
     mb = split_micro_batches(rollout, 8)[0]
     ids, att, plen = _teacher_inputs(tok, cfg, mb, rollout, secret)
     teacher_text = [tok.decode(row[:plen][att[i, :plen].bool()]) for i, row in enumerate(ids)]
-    student_text = [tok.decode(row[: mb.prompt_len][mb.attention_mask[i, : mb.prompt_len].bool()])
-                    for i, row in enumerate(mb.input_ids)]
+    student_text = [
+        tok.decode(row[: mb.prompt_len][mb.attention_mask[i, : mb.prompt_len].bool()])
+        for i, row in enumerate(mb.input_ids)
+    ]
     for i, answer in enumerate(["3", "7"]):
         assert "reference answer" in teacher_text[i].lower() or "answer" in teacher_text[i].lower()
-        assert teacher_text[i].endswith(answer) or answer in teacher_text[i][len(prompts[i]):]
+        assert teacher_text[i].endswith(answer) or answer in teacher_text[i][len(prompts[i]) :]
         assert student_text[i] == prompts[i]
     # Both score exactly the same response tokens.
     assert torch.equal(ids[:, plen:], mb.targets)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from tiny import save_tiny_pair
 
 from sead import compare_rows, compare_run, compare_tables
 from sead.compare import compare_main
@@ -14,7 +15,6 @@ from sead.compare_tables import problem_scores
 from sead.config import load_config
 from sead.errors import ConfigError, DataError
 from sead.metrics import read_metrics
-from tiny import save_tiny_pair
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,9 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     paths = save_tiny_pair(root)
     train = root / "train.jsonl"
-    train.write_text("".join(json.dumps({"question": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
-                             for a in range(5) for b in range(5)))
+    train.write_text(
+        "".join(json.dumps({"question": f"{a}+{b}=", "answer": str(a + b)}) + "\n" for a in range(5) for b in range(5))
+    )
     heldout = root / "heldout.jsonl"
     heldout.write_text("".join(json.dumps({"problem": f"{a}*{a}=", "answer": str(a * a)}) + "\n" for a in range(6)))
     config = {
@@ -44,11 +45,25 @@ def base(tmp_path_factory):
 def test_plan_variants_and_ablation_names():
     assert [v.name for v in plan_variants(["opd", "eopd", "sead"])] == ["opd", "eopd", "sead"]
     names = [v.name for v in plan_variants(["opd", "sead", "grpo"], "tac")]
-    assert names == ["opd", "sead-none", "sead-T", "sead-A", "sead-C", "sead-T-A", "sead-T-C", "sead-A-C",
-                     "sead-T-A-C", "grpo"]
+    assert names == [
+        "opd",
+        "sead-none",
+        "sead-T",
+        "sead-A",
+        "sead-C",
+        "sead-T-A",
+        "sead-T-C",
+        "sead-A-C",
+        "sead-T-A-C",
+        "grpo",
+    ]
     full = plan_variants(["opd"], "tac")[-1]
-    assert full.name == "sead-T-A-C" and full.objective == {"method": "sead", "zones": True, "anneal": True,
-                                                            "curriculum": True}
+    assert full.name == "sead-T-A-C" and full.objective == {
+        "method": "sead",
+        "zones": True,
+        "anneal": True,
+        "curriculum": True,
+    }
     assert plan_variants(["opd"])[0].objective == {"method": "opd", "curriculum": False}
     for bad, match in ((["opd", "sed"], "not a method"), (["opd", "opd"], "twice"), ([], "empty")):
         with pytest.raises(ConfigError, match=match):
@@ -69,12 +84,14 @@ def test_curriculum_and_eval_sets_are_checked_before_training(base, tmp_path):
 
 
 def test_problem_scores_greedy_and_sampled(tmp_path):
-    recs = [{"benchmark": "b", "id": "0", "mode": "greedy", "sample": 0, "correct": True},
-            {"benchmark": "b", "id": "0", "mode": "sample", "sample": 0, "correct": False},
-            {"benchmark": "b", "id": "0", "mode": "sample", "sample": 1, "correct": True},
-            {"benchmark": "b", "id": "1", "mode": "greedy", "sample": 0, "correct": False},
-            {"benchmark": "b", "id": "1", "mode": "sample", "sample": 0, "correct": True},
-            {"benchmark": "b", "id": "1", "mode": "sample", "sample": 1, "correct": True}]
+    recs = [
+        {"benchmark": "b", "id": "0", "mode": "greedy", "sample": 0, "correct": True},
+        {"benchmark": "b", "id": "0", "mode": "sample", "sample": 0, "correct": False},
+        {"benchmark": "b", "id": "0", "mode": "sample", "sample": 1, "correct": True},
+        {"benchmark": "b", "id": "1", "mode": "greedy", "sample": 0, "correct": False},
+        {"benchmark": "b", "id": "1", "mode": "sample", "sample": 0, "correct": True},
+        {"benchmark": "b", "id": "1", "mode": "sample", "sample": 1, "correct": True},
+    ]
     path = tmp_path / "x.samples.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert problem_scores(path) == {"b": {"0": 1.0, "1": 0.0}}
@@ -84,11 +101,16 @@ def test_problem_scores_greedy_and_sampled(tmp_path):
 def _fake_row(tmp_path, name, correct, greedy=True):
     from types import SimpleNamespace
 
-    cfg = SimpleNamespace(eval=SimpleNamespace(k=1, greedy=greedy), train=SimpleNamespace(steps=2, seed=0, batch_size=4))
+    cfg = SimpleNamespace(
+        eval=SimpleNamespace(k=1, greedy=greedy), train=SimpleNamespace(steps=2, seed=0, batch_size=4)
+    )
     path = tmp_path / name / "eval" / "final.json"
     path.parent.mkdir(parents=True)
-    recs = [{"benchmark": bench, "id": str(i), "mode": "greedy", "sample": 0, "correct": ok}
-            for bench, oks in correct.items() for i, ok in enumerate(oks)]
+    recs = [
+        {"benchmark": bench, "id": str(i), "mode": "greedy", "sample": 0, "correct": ok}
+        for bench, oks in correct.items()
+        for i, ok in enumerate(oks)
+    ]
     path.with_name("final.samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     path.write_text(json.dumps({"compare": {"fp": 1}}))
     return compare_rows.Row(name, name, name, cfg, None, path, {"fp": 1})
@@ -136,7 +158,9 @@ def test_compare_trains_evaluates_tabulates_and_resumes(base, monkeypatch, capsy
             assert row["diff"] is None
         else:
             diff = row["diff"]["tiny"]
-            assert diff["mean"] == pytest.approx(row["scores"]["tiny"]["mean"] - result["rows"][1]["scores"]["tiny"]["mean"])
+            assert diff["mean"] == pytest.approx(
+                row["scores"]["tiny"]["mean"] - result["rows"][1]["scores"]["tiny"]["mean"]
+            )
     md = (out / "comparison.md").read_text()
     assert "| base | initial student |" in md and "| opd | opd |" in md and "| sead | sead: T on, A on, C off |" in md
     assert "Paired difference to opd" in md and "tiny (n=6)" in md
@@ -166,7 +190,9 @@ def test_compare_trains_evaluates_tabulates_and_resumes(base, monkeypatch, capsy
     (out / "runs" / "opd" / "eval" / "final.json").unlink()
     calls = []
     real_eval = compare_run.evaluate_row
-    monkeypatch.setattr(compare_run, "evaluate_row", lambda row, *a, **k: calls.append(row.name) or real_eval(row, *a, **k))
+    monkeypatch.setattr(
+        compare_run, "evaluate_row", lambda row, *a, **k: calls.append(row.name) or real_eval(row, *a, **k)
+    )
     assert compare_main(argv + ["--only", "opd"]) == 0
     assert calls == ["opd"] and (out / "runs" / "opd" / "final").is_dir()
     assert [r["step"] for r in read_metrics(out / "runs" / "opd" / "metrics.jsonl")] == [1, 2]
@@ -191,8 +217,12 @@ def test_options_are_checked_before_any_model_library_loads():
     from sead.compare_options import CompareOptions
 
     assert CompareOptions().methods == ("opd", "sead") and CompareOptions().n_resamples == 2000
-    for bad, match in (({"metric": "pass@2"}, "--metric 'pass@2'"), ({"n_resamples": 10}, "--resamples"),
-                       ({"confidence": 1.0}, "--confidence"), ({"only": ["opd"], "tabulate_only": True}, "exclude")):
+    for bad, match in (
+        ({"metric": "pass@2"}, "--metric 'pass@2'"),
+        ({"n_resamples": 10}, "--resamples"),
+        ({"confidence": 1.0}, "--confidence"),
+        ({"only": ["opd"], "tabulate_only": True}, "exclude"),
+    ):
         with pytest.raises(ConfigError, match=match):
             CompareOptions(**bad)
     # cli.py builds the compare parser on every `sead` call: importing the command must stay light.

@@ -39,8 +39,17 @@ def test_shipped_recipes_load_and_round_trip(path, tmp_path):
 
 
 def test_overrides_coerce_to_field_types():
-    cfg = load_config(None, ["optim.lr=1e-6", "train.steps=7", "objective.fractions=[0.6,0.3,0.1]",
-                             "data.template={problem}!", "objective.top_k=null", "objective.zones=false"])
+    cfg = load_config(
+        None,
+        [
+            "optim.lr=1e-6",
+            "train.steps=7",
+            "objective.fractions=[0.6,0.3,0.1]",
+            "data.template={problem}!",
+            "objective.top_k=null",
+            "objective.zones=false",
+        ],
+    )
     assert cfg.optim.lr == 1e-6 and isinstance(cfg.optim.lr, float)
     assert cfg.train.steps == 7
     assert cfg.objective.fractions == [0.6, 0.3, 0.1]
@@ -48,16 +57,19 @@ def test_overrides_coerce_to_field_types():
     assert cfg.objective.top_k is None and cfg.objective.zones is False
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("optim.lrr=1", "did you mean optim.lr"),
-    ("objective.method=sed", "did you mean 'sead'"),
-    ("train.steps=abc", "train.steps must be an integer"),
-    ("objective.fractions=[0.5,0.5,0.5]", "sum to 1"),
-    ("objective.fractions=[1.2,-0.3,0.1]", ">= 0"),
-    ("optimm.lr=1", "unknown config section"),
-    ("objective.zones=maybe", "true or false"),
-    ("no_equals_sign", "key=value"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("optim.lrr=1", "did you mean optim.lr"),
+        ("objective.method=sed", "did you mean 'sead'"),
+        ("train.steps=abc", "train.steps must be an integer"),
+        ("objective.fractions=[0.5,0.5,0.5]", "sum to 1"),
+        ("objective.fractions=[1.2,-0.3,0.1]", ">= 0"),
+        ("optimm.lr=1", "unknown config section"),
+        ("objective.zones=maybe", "true or false"),
+        ("no_equals_sign", "key=value"),
+    ],
+)
 def test_bad_overrides_name_the_key_and_fix(override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("(", r"\(")) as err:
         load_config(None, [override])
@@ -73,15 +85,29 @@ def test_bad_yaml_names_line(tmp_path):
 
 def _flat(cfg: dict) -> dict:
     """``{(section, key): value}`` of a config dict (``(key, None)`` for a top-level value)."""
-    return {(name, key): value for name, part in cfg.items()
-            for key, value in (part.items() if isinstance(part, dict) else [(None, part)])}
+    return {
+        (name, key): value
+        for name, part in cfg.items()
+        for key, value in (part.items() if isinstance(part, dict) else [(None, part)])
+    }
 
 
 def test_the_demo_trains_each_shipped_recipe(tmp_path):
     """sead demo reads the recipes: its config is the recipe with only the demo's own keys changed."""
-    demo_keys = {("name", None), ("data", "max_prompts"), ("curriculum", "difficulty_path"), ("curriculum", "seed"),
-                 ("train", "steps"), ("train", "seed"), ("train", "save_every"), ("train", "keep_checkpoints"),
-                 ("train", "output_dir"), ("logging", "samples_every"), ("eval", "k"), ("eval", "every")}
+    demo_keys = {
+        ("name", None),
+        ("data", "max_prompts"),
+        ("curriculum", "difficulty_path"),
+        ("curriculum", "seed"),
+        ("train", "steps"),
+        ("train", "seed"),
+        ("train", "save_every"),
+        ("train", "keep_checkpoints"),
+        ("train", "output_dir"),
+        ("logging", "samples_every"),
+        ("eval", "k"),
+        ("eval", "every"),
+    }
     for path in CONFIGS:
         recipe = _flat(config_to_dict(load_config(path)))
         demo = _flat(config_to_dict(config_from_dict(demo_config(tmp_path, path.stem, 7, 2, 64, tmp_path / "d.jsonl"))))
@@ -93,25 +119,68 @@ def test_the_demo_trains_each_shipped_recipe(tmp_path):
 # Today's recipes before the base + overlay split (configs/<method>.yaml, paths relative to the repository).
 BEFORE_SPLIT = {
     "model": {"student": "src/sead/assets/demo/student", "teacher": "src/sead/assets/demo/teacher"},
-    "data": {"path": "src/sead/assets/demo/data/train.jsonl", "max_prompts": 1024, "shuffle_seed": 0,
-             "prompt_field": "question", "answer_field": "answer", "id_field": "id", "template": "{problem}"},
+    "data": {
+        "path": "src/sead/assets/demo/data/train.jsonl",
+        "max_prompts": 1024,
+        "shuffle_seed": 0,
+        "prompt_field": "question",
+        "answer_field": "answer",
+        "id_field": "id",
+        "template": "{problem}",
+    },
     "verifier": {"kind": "sead.toy:verify"},
     "rollout": {"temperature": 0.7, "top_p": 1.0, "batch_size": 64, "max_new_tokens": 56, "chat_template": "off"},
-    "curriculum": {"sampler": "uniform", "difficulty_path": "runs/tiny-difficulty.jsonl", "seed": 0, "c0": 0.25,
-                   "p": 2.0, "estimate_k": 4},
+    "curriculum": {
+        "sampler": "uniform",
+        "difficulty_path": "runs/tiny-difficulty.jsonl",
+        "seed": 0,
+        "c0": 0.25,
+        "p": 2.0,
+        "estimate_k": 4,
+    },
     "optim": {"max_grad_norm": 1.0, "lr": 0.0001, "warmup_steps": 5, "schedule": "cosine"},
-    "train": {"steps": 40, "batch_size": 32, "micro_batch_size": 32, "seed": 0, "save_every": 20,
-              "keep_checkpoints": 2},
+    "train": {
+        "steps": 40,
+        "batch_size": 32,
+        "micro_batch_size": 32,
+        "seed": 0,
+        "save_every": 20,
+        "keep_checkpoints": 2,
+    },
     "logging": {"samples_every": 8, "num_samples": 4},
-    "eval": {"data": ["heldout=src/sead/assets/demo/data/heldout.jsonl"], "k": 0, "greedy": True, "temperature": 0.7,
-             "max_prompts": None, "batch_size": 100, "split": "train", "max_new_tokens": 56, "chat_template": "off",
-             "prompt_field": "question", "answer_field": "answer", "id_field": "id", "template": "{problem}",
-             "every": 20},
+    "eval": {
+        "data": ["heldout=src/sead/assets/demo/data/heldout.jsonl"],
+        "k": 0,
+        "greedy": True,
+        "temperature": 0.7,
+        "max_prompts": None,
+        "batch_size": 100,
+        "split": "train",
+        "max_new_tokens": 56,
+        "chat_template": "off",
+        "prompt_field": "question",
+        "answer_field": "answer",
+        "id_field": "id",
+        "template": "{problem}",
+        "every": 20,
+    },
 }
 BEFORE_SPLIT_OBJECTIVE = {
-    "opd": {"clip_eps": 0.2}, "rkl": {}, "fkl": {}, "jsd": {"beta": 0.5}, "eopd": {"tau": 0.5},
-    "sead": {"zones": True, "anneal": True, "curriculum": True, "fractions": [0.5, 0.4, 0.1], "alpha_start": 0.8,
-             "alpha_end": 0.0, "lam": 1.0, "zone_c_mix": "eq4"},
+    "opd": {"clip_eps": 0.2},
+    "rkl": {},
+    "fkl": {},
+    "jsd": {"beta": 0.5},
+    "eopd": {"tau": 0.5},
+    "sead": {
+        "zones": True,
+        "anneal": True,
+        "curriculum": True,
+        "fractions": [0.5, 0.4, 0.1],
+        "alpha_start": 0.8,
+        "alpha_end": 0.0,
+        "lam": 1.0,
+        "zone_c_mix": "eq4",
+    },
     "grpo": {"group_size": 4, "kl_coef": 0.0},
     "opsd": {"opsd_teacher": "initial", "opsd_divergence": "rkl", "opsd_template": "A:{answer},{prompt}"},
 }
@@ -153,17 +222,29 @@ def _write(path: Path, data: dict) -> Path:
 def test_base_chain_merges_deep_and_each_file_resolves_its_own_paths(tmp_path, monkeypatch):
     (tmp_path / "shared" / "student").mkdir(parents=True)
     (tmp_path / "shared" / "held.jsonl").write_text("")
-    _write(tmp_path / "shared" / "base.yaml", {
-        "model": {"student": "student", "teacher": "./teacher", "tokenizer": "Qwen/Qwen3-1.7B"},
-        "data": {"path": "openai/gsm8k", "template": "Q: {problem}"},
-        "eval": {"data": ["held=held.jsonl", "openai/gsm8k"], "max_new_tokens": 3},
-        "objective": {"fractions": [0.6, 0.3, 0.1]},
-        "train": {"output_dir": "runs/x", "steps": 5}})
-    _write(tmp_path / "mid" / "mid.yaml", {"base": "../shared/base.yaml", "train": {"steps": 6},
-                                           "model": {"teacher": "~/teacher"}})
-    top = _write(tmp_path / "top" / "run.yaml", {"base": "../mid/mid.yaml", "description": "mine",
-                                                  "objective": {"fractions": [0.5, 0.4, 0.1]},
-                                                  "data": {"prompt_field": "question"}})
+    _write(
+        tmp_path / "shared" / "base.yaml",
+        {
+            "model": {"student": "student", "teacher": "./teacher", "tokenizer": "Qwen/Qwen3-1.7B"},
+            "data": {"path": "openai/gsm8k", "template": "Q: {problem}"},
+            "eval": {"data": ["held=held.jsonl", "openai/gsm8k"], "max_new_tokens": 3},
+            "objective": {"fractions": [0.6, 0.3, 0.1]},
+            "train": {"output_dir": "runs/x", "steps": 5},
+        },
+    )
+    _write(
+        tmp_path / "mid" / "mid.yaml",
+        {"base": "../shared/base.yaml", "train": {"steps": 6}, "model": {"teacher": "~/teacher"}},
+    )
+    top = _write(
+        tmp_path / "top" / "run.yaml",
+        {
+            "base": "../mid/mid.yaml",
+            "description": "mine",
+            "objective": {"fractions": [0.5, 0.4, 0.1]},
+            "data": {"prompt_field": "question"},
+        },
+    )
     monkeypatch.chdir(tmp_path / "top")
     cfg = load_config(top, ["curriculum.difficulty_path=./d.jsonl"])
     assert cfg.model.student == str(tmp_path / "shared" / "student")  # exists next to base.yaml
@@ -182,21 +263,26 @@ def test_a_config_can_extend_a_shipped_recipe_by_name(tmp_path):
     assert cfg.train.steps == 3 and cfg.objective == shipped.objective and cfg.model == shipped.model
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("unknown_recipe", "did you mean 'sead'"),
-    ("missing_file", "does not exist; pass --config"),
-    ("missing_base", "fix its base: line"),
-    ("base_cycle", "config base cycle a.yaml -> b.yaml -> a.yaml"),
-    ("self_base", "config base cycle a.yaml -> a.yaml"),
-    ("bad_base", "base must name a file"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("unknown_recipe", "did you mean 'sead'"),
+        ("missing_file", "does not exist; pass --config"),
+        ("missing_base", "fix its base: line"),
+        ("base_cycle", "config base cycle a.yaml -> b.yaml -> a.yaml"),
+        ("self_base", "config base cycle a.yaml -> a.yaml"),
+        ("bad_base", "base must name a file"),
+    ],
+)
 def test_bad_config_files_are_one_line_errors_naming_the_fix(tmp_path, case, fragment):
     target = {
         "unknown_recipe": lambda: "sed",
         "missing_file": lambda: str(tmp_path / "nope.yaml"),
         "missing_base": lambda: _write(tmp_path / "a.yaml", {"base": "gone.yaml"}),
-        "base_cycle": lambda: (_write(tmp_path / "b.yaml", {"base": "a.yaml"}),
-                               _write(tmp_path / "a.yaml", {"base": "b.yaml"}))[1],
+        "base_cycle": lambda: (
+            _write(tmp_path / "b.yaml", {"base": "a.yaml"}),
+            _write(tmp_path / "a.yaml", {"base": "b.yaml"}),
+        )[1],
         "self_base": lambda: _write(tmp_path / "a.yaml", {"base": "a.yaml"}),
         "bad_base": lambda: _write(tmp_path / "a.yaml", {"base": ["x"]}),
     }[case]()
@@ -219,7 +305,9 @@ def test_config_show_prints_every_key_with_its_help_and_loads_back(tmp_path, cap
     for name, cls in section_types().items():
         assert f"\n{name}:" in shown
         for key, text in help_texts(cls).items():
-            assert any(line.lstrip().startswith(f"{key}:") and line.endswith(f"# {text}") for line in shown.splitlines())
+            assert any(
+                line.lstrip().startswith(f"{key}:") and line.endswith(f"# {text}") for line in shown.splitlines()
+            )
     (tmp_path / "shown.yaml").write_text(shown)
     assert load_config(tmp_path / "shown.yaml") == load_config("eopd", ["optim.lr=3e-4", "eval.k=2"])
 

@@ -12,14 +12,15 @@ import math
 
 import pytest
 import torch
-
 from kill_resume import make_assets
-from sead import fused_losses
-from sead.metrics import read_metrics
 from test_fused import grads, make, reference_sead
 from test_trainer import run
 
+from sead import fused_losses
+from sead.metrics import read_metrics
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
@@ -31,8 +32,13 @@ TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.bfloat16: dict(rtol=5e-2
 
 def _to_cuda(inputs):
     s_hidden, s_head, t_hidden, t_head, mask = inputs
-    return (s_hidden.detach().cuda().requires_grad_(), s_head.detach().cuda().requires_grad_(), t_hidden.cuda(),
-            t_head.cuda(), mask.cuda())  # fmt: skip
+    return (
+        s_hidden.detach().cuda().requires_grad_(),
+        s_head.detach().cuda().requires_grad_(),
+        t_hidden.cuda(),
+        t_head.cuda(),
+        mask.cuda(),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -142,8 +142,12 @@ def test_build_errors():
         build_sampler(CurriculumConfig(sampler="competence"), 10, 10, None)
     with pytest.raises(DataError, match="sead difficulty"):
         build_sampler(CurriculumConfig(sampler="sorted"), 10, 10, [0.1] * 9)
-    for kw, key in [({"sampler": "easy"}, "curriculum.sampler"), ({"c0": 0}, "curriculum.c0"), ({"p": -1}, "curriculum.p"),
-                    ({"refresh_momentum": 1.0}, "curriculum.refresh_momentum")]:
+    for kw, key in [
+        ({"sampler": "easy"}, "curriculum.sampler"),
+        ({"c0": 0}, "curriculum.c0"),
+        ({"p": -1}, "curriculum.p"),
+        ({"refresh_momentum": 1.0}, "curriculum.refresh_momentum"),
+    ]:
         with pytest.raises(ConfigError, match=key):
             CurriculumConfig(**kw)
 

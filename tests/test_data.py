@@ -66,7 +66,9 @@ def test_other_formats_agree_with_jsonl(tmp_path, fmt):
 
 def test_field_mapping_and_no_answers(tmp_path):
     path = write_jsonl(tmp_path / "q.jsonl", [{"question": "why?", "id": 7}])
-    items = load_prompts(DataConfig(path=str(path), prompt_field="question", answer_field=None, id_field="id", template="Q: {problem}"))
+    items = load_prompts(
+        DataConfig(path=str(path), prompt_field="question", answer_field=None, id_field="id", template="Q: {problem}")
+    )
     assert items == [PromptItem(id="7", question="why?", answer=None, prompt="Q: why?")]
 
 
@@ -105,7 +107,11 @@ def test_bad_rows_give_one_line_errors(tmp_path, content, expect):
 
 
 def test_duplicate_ids_and_template_fields(tmp_path):
-    path = str(write_jsonl(tmp_path / "d.jsonl", [{"problem": "a", "answer": "1", "k": 1}, {"problem": "b", "answer": "2", "k": 1}]))
+    path = str(
+        write_jsonl(
+            tmp_path / "d.jsonl", [{"problem": "a", "answer": "1", "k": 1}, {"problem": "b", "answer": "2", "k": 1}]
+        )
+    )
     with pytest.raises(DataError, match="repeats"):
         load_prompts(DataConfig(path=path, id_field="k"))
     with pytest.raises(DataError, match="'topic' used by data.template"):
@@ -136,7 +142,9 @@ def test_json_errors(tmp_path):
 def test_missing_split_in_dataset_dir(tmp_path):
     import datasets
 
-    datasets.DatasetDict({"test": datasets.Dataset.from_list([{"problem": "a", "answer": "1"}])}).save_to_disk(str(tmp_path / "ds"))
+    datasets.DatasetDict({"test": datasets.Dataset.from_list([{"problem": "a", "answer": "1"}])}).save_to_disk(
+        str(tmp_path / "ds")
+    )
     with pytest.raises(DataError, match="data.split"):
         load_prompts(DataConfig(path=str(tmp_path / "ds")))
     assert len(load_prompts(DataConfig(path=str(tmp_path / "ds"), split="test"))) == 1

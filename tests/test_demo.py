@@ -13,8 +13,23 @@ from sead.report import SECTIONS
 
 def test_short_demo_writes_results_and_a_full_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--steps", "2", "--prompts", "64", "--k", "1", "--methods", "opd,sead",
-                 "--seeds", "0,1"])
+    code = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--prompts",
+            "64",
+            "--k",
+            "1",
+            "--methods",
+            "opd,sead",
+            "--seeds",
+            "0,1",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert {"before", "teacher", "after", "per_seed", "seeds", "sampled", "total_s"} <= set(results)
@@ -30,7 +45,7 @@ def test_short_demo_writes_results_and_a_full_report(tmp_path, capsys):
             assert (run / "final" / "config.json").exists()
             assert {p.name for p in (run / "eval").glob("*.json")} == {"before.json", "after.json"}
     html = (out / "report" / "report.html").read_text()
-    for section_id, heading in SECTIONS:
+    for section_id, _heading in SECTIONS:
         assert f'id="{section_id}"' in html, section_id
     assert "vs before" in html and "gap closed" in html
     assert list((out / "report").glob("*.png"))
@@ -50,9 +65,12 @@ def _problems(n: int, right: int) -> dict[str, float]:
 
 
 def test_summary_means_over_seeds_gap_and_paired_intervals():
-    problems = {"before": _problems(100, 20), "teacher": _problems(100, 80),
-                "a": [_problems(100, 50), _problems(100, 60)],  # mean 55: 35 of the 60-point gap
-                "b": [_problems(100, 20), _problems(100, 20)]}  # no change
+    problems = {
+        "before": _problems(100, 20),
+        "teacher": _problems(100, 80),
+        "a": [_problems(100, 50), _problems(100, 60)],  # mean 55: 35 of the 60-point gap
+        "b": [_problems(100, 20), _problems(100, 20)],
+    }  # no change
     s = summarise(problems, ["a", "b"], n_resamples=500)
     assert s["score"]["a"]["mean"] == pytest.approx(0.55)
     assert s["gap_closed"]["a"] == pytest.approx(35 / 60) and s["gap_closed"]["b"] == 0
@@ -60,9 +78,15 @@ def test_summary_means_over_seeds_gap_and_paired_intervals():
     assert lift["mean"] == pytest.approx(0.35) and 0 < lift["low"] <= 0.35 <= lift["high"]
     assert s["vs_before"]["b"] == {"mean": 0.0, "low": 0.0, "high": 0.0}
     assert s["pairs"]["b - a"]["mean"] == pytest.approx(-0.35) and s["pairs"]["b - a"]["high"] < 0
-    results = {"summary": s, "before": 0.2, "teacher": 0.8, "after": {"a": 0.55, "b": 0.2}, "seeds": [0, 1],
-               "n_eval": 100, "flips": {"a": [{"fixed": 30, "broken": 0}, {"fixed": 40, "broken": 0}],
-                                        "b": [{"fixed": 0, "broken": 0}] * 2}}
+    results = {
+        "summary": s,
+        "before": 0.2,
+        "teacher": 0.8,
+        "after": {"a": 0.55, "b": 0.2},
+        "seeds": [0, 1],
+        "n_eval": 100,
+        "flips": {"a": [{"fixed": 30, "broken": 0}, {"fixed": 40, "broken": 0}], "b": [{"fixed": 0, "broken": 0}] * 2},
+    }
     text = "\n".join(verdict_lines(results, ["a", "b"]))
     assert "Lifted the student, interval above zero (mean over 2 seeds): a." in text
     assert "includes zero): b" in text and "Best: a, closing 58%" in text and "a beat b by 35.0 points" in text

@@ -28,7 +28,6 @@ PEAK = 1e4
 BOOST = 20.0  # added to the k chosen teacher logits so the top-k set is unambiguous
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------
@@ -282,7 +281,11 @@ def test_topk_equal_to_vocab_is_exact(shape, kind):
 
 def test_topk_rejects_nonpositive_k():
     x = torch.zeros(2, 5)
-    for fn in (lambda k: D.entropy(x, top_k=k), lambda k: D.forward_kl(x, x, top_k=k), lambda k: D.reverse_kl(x, x, top_k=k)):
+    for fn in (
+        lambda k: D.entropy(x, top_k=k),
+        lambda k: D.forward_kl(x, x, top_k=k),
+        lambda k: D.reverse_kl(x, x, top_k=k),
+    ):
         with pytest.raises(ValueError, match="top_k"):
             fn(0)
 
@@ -360,7 +363,9 @@ def test_matches_trl_generalized_jsd_loss():
         mine.backward()
         theirs.backward()
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=lambda m: f"beta={beta}: {m}")
-        torch.testing.assert_close(s_ours.grad, s_trl.grad, rtol=1e-4, atol=1e-7, msg=lambda m: f"beta={beta} grad: {m}")
+        torch.testing.assert_close(
+            s_ours.grad, s_trl.grad, rtol=1e-4, atol=1e-7, msg=lambda m: f"beta={beta} grad: {m}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,7 +106,9 @@ def test_training_hook(fake, tmp_path):
     assert not should_evaluate(EvalConfig(data=[str(data)]), 5)
     benches = ev.load_benchmarks(cfg)
     assert list(benches) == ["heldout", "held"]
-    metrics = evaluate_during_training(None, None, cfg, build_verifier(VerifierConfig()), 5, benches, str(tmp_path / "s.jsonl"))
+    metrics = evaluate_during_training(
+        None, None, cfg, build_verifier(VerifierConfig()), 5, benches, str(tmp_path / "s.jsonl")
+    )
     assert metrics["eval/heldout/pass@1"] == 0.5 and metrics["eval/held/pass@2"] == pytest.approx(0.75)
     assert "eval/average/avg@k" in metrics and all(k.startswith("eval/") for k in metrics)
     assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 2 * 4 * 3
@@ -114,8 +116,14 @@ def test_training_hook(fake, tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, key",
-    [(dict(k=-1), "eval.k"), (dict(k=0, greedy=False), "eval.k=0"), (dict(temperature=0.0), "eval.temperature"),
-     (dict(every=-1), "eval.every"), (dict(template="x"), "eval.template"), (dict(batch_size=0), "eval.batch_size")],
+    [
+        (dict(k=-1), "eval.k"),
+        (dict(k=0, greedy=False), "eval.k=0"),
+        (dict(temperature=0.0), "eval.temperature"),
+        (dict(every=-1), "eval.every"),
+        (dict(template="x"), "eval.template"),
+        (dict(batch_size=0), "eval.batch_size"),
+    ],
 )
 def test_eval_config_validation(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -142,12 +150,16 @@ def test_difficulty_writes_and_resumes(fake, tmp_path):
 
     ev._generate = flaky  # monkeypatch (in fixture) restores it
     with pytest.raises(KeyboardInterrupt):
-        estimate_difficulty(None, None, its, verifier, RolloutConfig(batch_size=8), k=4, out_path=str(out), progress=False)
+        estimate_difficulty(
+            None, None, its, verifier, RolloutConfig(batch_size=8), k=4, out_path=str(out), progress=False
+        )
     assert len(read_done(out)) == 4  # two calls of 2 prompts finished
     with out.open("a") as f:
         f.write('{"id": "9", "pass_ra')  # torn line from a kill mid-write
     ev._generate = fake
-    diffs = estimate_difficulty(None, None, its, verifier, RolloutConfig(batch_size=8), k=4, out_path=str(out), progress=False)
+    diffs = estimate_difficulty(
+        None, None, its, verifier, RolloutConfig(batch_size=8), k=4, out_path=str(out), progress=False
+    )
     assert [p for call in fake.calls[-1:] for p in call[0]] == ["q4", "q5"]  # only the rest
     assert diffs == [1 - min(i, 4) / 4 for i in range(6)]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -158,7 +170,9 @@ def test_difficulty_writes_and_resumes(fake, tmp_path):
 def test_difficulty_needs_answers_and_rejects_corrupt_files(fake, tmp_path):
     no_answer = [PromptItem(id="0", question="q0", answer=None, prompt="q0")]
     with pytest.raises(DataError, match="data.answer_field"):
-        estimate_difficulty(None, None, no_answer, build_verifier(VerifierConfig()), RolloutConfig(), k=2, progress=False)
+        estimate_difficulty(
+            None, None, no_answer, build_verifier(VerifierConfig()), RolloutConfig(), k=2, progress=False
+        )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('garbage\n{"id": "0", "pass_rate": 1}\n')
     with pytest.raises(DataError, match="line 1"):
@@ -177,8 +191,12 @@ def test_eval_main_and_difficulty_main_on_a_tiny_model(tmp_path, capsys):
     tok.save_pretrained(model_dir)
     data = tmp_path / "sums.jsonl"
     data.write_text("".join(json.dumps({"question": f"{i}+{i}=", "answer": str(2 * i)}) + "\n" for i in range(3)))
-    cfg = EvalConfig(prompt_field="question", template="{problem}", k=2, max_new_tokens=4, batch_size=4, chat_template="off")
-    result = ev.eval_main(str(model_dir), [str(data)], str(tmp_path / "run"), cfg, VerifierConfig(kind="exact"), progress=False)
+    cfg = EvalConfig(
+        prompt_field="question", template="{problem}", k=2, max_new_tokens=4, batch_size=4, chat_template="off"
+    )
+    result = ev.eval_main(
+        str(model_dir), [str(data)], str(tmp_path / "run"), cfg, VerifierConfig(kind="exact"), progress=False
+    )
     written = json.loads((tmp_path / "run" / "eval" / "final.json").read_text())
     assert written == result and written["model"] == str(model_dir)
     assert written["benchmarks"]["sums"]["n"] == 3 and set(written["benchmarks"]["sums"]["pass@k"]) == {"1", "2"}
@@ -189,7 +207,9 @@ def test_eval_main_and_difficulty_main_on_a_tiny_model(tmp_path, capsys):
     rollout = RolloutConfig(max_new_tokens=4, batch_size=4, chat_template="off")
     data_cfg = DataConfig(path=str(data), prompt_field="question", template="{problem}")
     out = tmp_path / "diff.jsonl"
-    diffs = difficulty_main(str(model_dir), data_cfg, VerifierConfig(kind="exact"), rollout, k=2, out_path=str(out), progress=False)
+    diffs = difficulty_main(
+        str(model_dir), data_cfg, VerifierConfig(kind="exact"), rollout, k=2, out_path=str(out), progress=False
+    )
     assert len(diffs) == 3 and all(d in (0.0, 0.5, 1.0) for d in diffs)
     assert len(out.read_text().splitlines()) == 3
 

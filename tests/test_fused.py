@@ -74,8 +74,9 @@ def reference_sead(inputs, alpha, lam=1.0, zone_c_mix="eq4", normalizer=None, zo
 def test_sead_matches_reference_fp32(zone_c_mix, chunk_size, n):
     inputs = make(n=n, seed=n + chunk_size)
     ref_loss, ref_zones, ref_grads = reference_sead(inputs, alpha=0.6, lam=1.3, zone_c_mix=zone_c_mix)
-    loss, zones = fused_losses.sead_loss_from_hidden(*inputs, alpha=0.6, lam=1.3, chunk_size=chunk_size,
-                                                     zone_c_mix=zone_c_mix)  # fmt: skip
+    loss, zones = fused_losses.sead_loss_from_hidden(
+        *inputs, alpha=0.6, lam=1.3, chunk_size=chunk_size, zone_c_mix=zone_c_mix
+    )
     assert torch.equal(zones, ref_zones)
     assert_close(loss, ref_loss, grads(loss, *inputs[:2]), ref_grads)
 
@@ -139,8 +140,9 @@ def test_explicit_normalizer_and_given_zones(normalizer):
     g = torch.Generator().manual_seed(0)
     zones = torch.where(mask, torch.randint(0, 3, mask.shape, generator=g), MASKED)
     ref_loss, _, ref_grads = reference_sead(inputs, alpha=0.7, normalizer=normalizer, zones=zones)
-    loss, used = fused_losses.sead_loss_from_hidden(*inputs, alpha=0.7, zones=zones, normalizer=normalizer,
-                                                    chunk_size=5)  # fmt: skip
+    loss, used = fused_losses.sead_loss_from_hidden(
+        *inputs, alpha=0.7, zones=zones, normalizer=normalizer, chunk_size=5
+    )
     assert torch.equal(used, zones)
     assert_close(loss, ref_loss, grads(loss, *inputs[:2]), ref_grads)
 
@@ -153,8 +155,9 @@ def test_micro_batches_with_global_zones_reproduce_the_big_batch():
     count = int(((zones == Zone.B) | (zones == Zone.C)).sum())
     total = 0.0
     for part in (slice(0, 25), slice(25, 60)):
-        loss, _ = fused_losses.sead_loss_from_hidden(s_hidden[part], s_head, t_hidden[part], t_head, mask[part],
-                                                     alpha=0.4, zones=zones[part], normalizer=count)  # fmt: skip
+        loss, _ = fused_losses.sead_loss_from_hidden(
+            s_hidden[part], s_head, t_hidden[part], t_head, mask[part], alpha=0.4, zones=zones[part], normalizer=count
+        )
         total = total + loss
     assert_close(total, big, grads(total, s_hidden, s_head), want)
 
@@ -180,8 +183,9 @@ def test_teacher_transform_differs_from_student():
     t = fused.transform_logits(t_hidden @ t_head.T, 1.3, 2.0)
     zones = assign_zones(entropy(t), entropy(s.detach()), mask)
     ref = sead_loss(s, t, zones, 0.5)
-    loss, got = fused_losses.sead_loss_from_hidden(*inputs, alpha=0.5, chunk_size=4, logit_scale=0.9,
-                                                   teacher_transform=(1.3, 2.0))  # fmt: skip
+    loss, got = fused_losses.sead_loss_from_hidden(
+        *inputs, alpha=0.5, chunk_size=4, logit_scale=0.9, teacher_transform=(1.3, 2.0)
+    )
     assert torch.equal(got, zones)
     assert_close(loss, ref, grads(loss, s_hidden, s_head), grads(ref, s_hidden, s_head))
 
@@ -312,15 +316,20 @@ def test_larger_vocab_odd_chunks():
 def test_property_matches_reference(n, v, chunk_size, alpha, seed):
     inputs = make(n=n, h=8, h_t=6, v=v, v_t=v + seed % 3, masked=0.3, seed=seed)
     ref_loss, ref_zones, ref_grads = reference_sead(inputs, alpha=alpha, zone_c_mix="interpolate")
-    loss, zones = fused_losses.sead_loss_from_hidden(*inputs, alpha=alpha, chunk_size=chunk_size, zones=ref_zones,
-                                                     zone_c_mix="interpolate")  # fmt: skip
+    loss, zones = fused_losses.sead_loss_from_hidden(
+        *inputs, alpha=alpha, chunk_size=chunk_size, zones=ref_zones, zone_c_mix="interpolate"
+    )
     assert_close(loss, ref_loss, grads(loss, *inputs[:2]), ref_grads)
 
 
 @pytest.mark.parametrize("fractions", [(0.5, 0.4, 0.1), (0.3, 0.3, 0.4), (0.0, 0.0, 1.0), (1.0, 0.0, 0.0)])
 def test_percentile_thresholds_reproduce_assign_zones(fractions):
     g = torch.Generator().manual_seed(41)
-    h_t, h_s, mask = torch.rand(6, 17, generator=g), torch.rand(6, 17, generator=g), torch.rand(6, 17, generator=g) > 0.3
+    h_t, h_s, mask = (
+        torch.rand(6, 17, generator=g),
+        torch.rand(6, 17, generator=g),
+        torch.rand(6, 17, generator=g) > 0.3,
+    )
     thresholds = fused_single_pass.percentile_thresholds(h_t, h_s, mask, fractions)
     want = assign_zones(h_t, h_s, mask, fractions)
     assert torch.equal(assign_zones_threshold(h_t, h_s, mask, *thresholds), want)
@@ -335,16 +344,17 @@ def test_single_pass_matches_reference_with_threshold_zones(zone_c_mix, alpha, c
     thresholds = (float(h_t[mask].quantile(0.8)), float(h_s[mask].quantile(0.45)))  # e.g. last step's
     zones = assign_zones_threshold(h_t, h_s, mask, *thresholds)
     ref = sead_loss(s, t, zones, alpha, zone_c_mix=zone_c_mix)
-    loss, got_zones, ent_t, ent_s = fused_single_pass.sead_loss_single_pass(*inputs, alpha=alpha,
-                                                                            thresholds=thresholds, zone_c_mix=zone_c_mix,
-                                                                            chunk_size=chunk_size)  # fmt: skip
+    loss, got_zones, ent_t, ent_s = fused_single_pass.sead_loss_single_pass(
+        *inputs, alpha=alpha, thresholds=thresholds, zone_c_mix=zone_c_mix, chunk_size=chunk_size
+    )
     assert torch.equal(got_zones, zones)
     torch.testing.assert_close(ent_t, torch.where(mask, h_t, 0.0), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ent_s, torch.where(mask, h_s, 0.0), rtol=1e-5, atol=1e-6)
     assert_close(loss, ref, grads(loss, *inputs[:2]), grads(ref, *inputs[:2]))
     # Without thresholds (first step) it is the exact two-pass loss.
-    first, first_zones, _, _ = fused_single_pass.sead_loss_single_pass(*inputs, alpha=alpha, thresholds=None,
-                                                                       zone_c_mix=zone_c_mix)  # fmt: skip
+    first, first_zones, _, _ = fused_single_pass.sead_loss_single_pass(
+        *inputs, alpha=alpha, thresholds=None, zone_c_mix=zone_c_mix
+    )
     two_pass, two_pass_zones = fused_losses.sead_loss_from_hidden(*inputs, alpha=alpha, zone_c_mix=zone_c_mix)
     assert torch.equal(first_zones, two_pass_zones)
     torch.testing.assert_close(first, two_pass)
@@ -355,8 +365,17 @@ def test_divergence_stats_match_reference(chunk_size):
     s_hidden, s_head, t_hidden, t_head, mask = make(n=41, v=29, v_t=35, seed=61)
     s = fused.transform_logits(s_hidden @ s_head.T, 0.8, 3.0)
     t = fused.transform_logits(t_hidden @ t_head[:29].T, 1.2)
-    got = fused.divergence_stats_from_hidden(s_hidden, s_head, t_hidden, t_head, mask, chunk_size, logit_scale=0.8,
-                                             softcap=3.0, teacher_transform=(1.2, None))  # fmt: skip
+    got = fused.divergence_stats_from_hidden(
+        s_hidden,
+        s_head,
+        t_hidden,
+        t_head,
+        mask,
+        chunk_size,
+        logit_scale=0.8,
+        softcap=3.0,
+        teacher_transform=(1.2, None),
+    )
     want = (entropy(t), entropy(s), forward_kl(s, t), reverse_kl(s, t))
     for g, w in zip(got, want):
         assert g.shape == mask.shape and g.grad_fn is None

@@ -17,9 +17,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kill_resume import assert_same_objects
 
 import sead.divergence as D
-from kill_resume import assert_same_objects
 from sead.methods import sampled_logprobs
 from sead.objectives import divergence_token_losses, eopd_token_losses, opd_token_losses, sead_token_losses
 from sead.zones import Zone, assign_zones, assign_zones_threshold
@@ -44,11 +44,22 @@ def assets(tmp_path_factory):
 
 def overrides(assets, out, **extra) -> list[str]:
     base = {
-        "model.student": assets["student"], "model.teacher": assets["teacher"], "data.path": assets["data"],
-        "data.prompt_field": "question", "data.template": "{problem}", "verifier.kind": "exact",
-        "objective.method": "sead", "train.steps": 3, "train.batch_size": 2, "train.micro_batch_size": 2,
-        "train.save_every": 100, "rollout.max_new_tokens": 4, "train.output_dir": str(out),
-        "logging.progress": False, "logging.samples_every": 1, "optim.lr": 1e-2,
+        "model.student": assets["student"],
+        "model.teacher": assets["teacher"],
+        "data.path": assets["data"],
+        "data.prompt_field": "question",
+        "data.template": "{problem}",
+        "verifier.kind": "exact",
+        "objective.method": "sead",
+        "train.steps": 3,
+        "train.batch_size": 2,
+        "train.micro_batch_size": 2,
+        "train.save_every": 100,
+        "rollout.max_new_tokens": 4,
+        "train.output_dir": str(out),
+        "logging.progress": False,
+        "logging.samples_every": 1,
+        "optim.lr": 1e-2,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
@@ -82,9 +93,11 @@ def _poisoned_kwargs(kind: str, kw: dict) -> dict:
     elif kind == "student_nan":
         backend.student = lambda *a: _poison_first_token(inner.student(*a), NAN)
     elif kind == "loss_inf":  # an infinite loss whose gradients stay finite
+
         def losses(*a):
             loss, tl = inner.losses(*a)
             return loss + INF, _poison_first_token(tl.unsqueeze(-1), INF).squeeze(-1)
+
         backend.losses = losses
     elif kind == "grad_nan":  # loss finite, one gradient entry NaN after backward
         real_acc, student = kw["accelerator"], kw["student"]
@@ -94,6 +107,7 @@ def _poisoned_kwargs(kind: str, kw: dict) -> dict:
             real_acc.backward(loss)
             param = next(p for p in student.parameters() if p.grad is not None)
             param.grad.view(-1)[0] = NAN
+
         acc.backward = backward
         kw["accelerator"] = acc
     kw["backend"] = backend
@@ -138,8 +152,10 @@ def test_nonfinite_step_is_skipped_and_counted(assets, tmp_path, monkeypatch, ki
     before, after = snapshots[1]
     assert_same_objects(before, after)  # weights, AdamW moments and step counts, LR schedule: all untouched
     for i in (0, 2):  # the good steps did move the weights
-        assert not all(torch.equal(snapshots[i][0]["weights"][k], snapshots[i][1]["weights"][k])
-                       for k in snapshots[i][0]["weights"])
+        assert not all(
+            torch.equal(snapshots[i][0]["weights"][k], snapshots[i][1]["weights"][k])
+            for k in snapshots[i][0]["weights"]
+        )
     for name, value in _state(trainer)["weights"].items():
         assert bool(torch.isfinite(value).all()), name
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -152,9 +168,9 @@ def test_nonfinite_step_is_skipped_and_counted(assets, tmp_path, monkeypatch, ki
 
 
 def test_too_many_bad_steps_stop_the_run_with_a_checkpoint(assets, tmp_path, monkeypatch, capsys):
-    import sead.step
     from safetensors.torch import load_file
 
+    import sead.step
     from sead.cli import main
     from sead.metrics import read_metrics
 
@@ -164,10 +180,15 @@ def test_too_many_bad_steps_stop_the_run_with_a_checkpoint(assets, tmp_path, mon
     code = main(["train", *overrides(assets, run, **{"train.steps": 6, "train.max_bad_steps": 2})])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert len(err) == 1 and err[0].startswith("sead train: error: 2 consecutive steps had non-finite loss or gradients")
+    assert len(err) == 1 and err[0].startswith(
+        "sead train: error: 2 consecutive steps had non-finite loss or gradients"
+    )
     assert "(last at step 2)" in err[0] and "train.max_bad_steps" in err[0] and "optim.lr" in err[0]
     records = read_metrics(run / "metrics.jsonl")
-    assert [(r["step"], r["health/skipped_step"], r["health/bad_streak"]) for r in records] == [(1, 1.0, 1.0), (2, 1.0, 2.0)]
+    assert [(r["step"], r["health/skipped_step"], r["health/bad_streak"]) for r in records] == [
+        (1, 1.0, 1.0),
+        (2, 1.0, 2.0),
+    ]
     ckpt = run / "checkpoints" / "step-2"
     assert (ckpt / "COMPLETE").exists()
     saved, initial = load_file(ckpt / "model.safetensors"), load_file(f"{assets['student']}/model.safetensors")
@@ -240,8 +261,10 @@ def _check(value, grad, finite_rows):
 
 
 @FUZZ
-@given(st.integers(1, 4).flatmap(lambda r: st.integers(1, 3).flatmap(lambda v: logits(r, v))),
-       st.sampled_from([None, 1, 2]))
+@given(
+    st.integers(1, 4).flatmap(lambda r: st.integers(1, 3).flatmap(lambda v: logits(r, v))),
+    st.sampled_from([None, 1, 2]),
+)
 def test_fuzz_entropy_finite_with_finite_gradient(x, top_k):
     value, grad = _value_and_grad(lambda s, _: D.entropy(s, top_k=top_k), x, None)
     _check(value, grad, torch.ones(x.shape[0], dtype=torch.bool))
@@ -320,8 +343,9 @@ def test_fuzz_opd_token_losses(st_pair, data):
 
     def fn(a, b):
         lp = sampled_logprobs(a.unsqueeze(0), targets.unsqueeze(0))
-        return opd_token_losses(lp, lp.detach(), sampled_logprobs(b.unsqueeze(0), targets.unsqueeze(0)),
-                                mask.unsqueeze(0)).squeeze(0)
+        return opd_token_losses(
+            lp, lp.detach(), sampled_logprobs(b.unsqueeze(0), targets.unsqueeze(0)), mask.unsqueeze(0)
+        ).squeeze(0)
 
     value, grad = _value_and_grad(fn, s, t)
     teacher_ok = _support(t).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # -log p_t(x) finite

@@ -13,7 +13,6 @@ from test_divergence import DTYPES, assert_grads_close, assert_values_close, log
 from sead import objectives as O
 from sead.zones import MASKED, Zone
 
-
 SHAPES = [(1, 1, 2), (3, 7, 33), (1, 2, 151_936)]
 TOP_K = {2: 1, 33: 5, 151_936: 64}
 
@@ -75,7 +74,11 @@ def _sead_cases():
                 for mix in ("eq4", "interpolate"):
                     for topk in (False, True):
                         yield pytest.param(
-                            shape, kind, dtype, mix, topk,
+                            shape,
+                            kind,
+                            dtype,
+                            mix,
+                            topk,
                             id=f"{shape_id(shape)}-{kind}-{str(dtype)[6:]}-{mix}-{'topk' if topk else 'full'}",
                         )
 
@@ -89,7 +92,10 @@ def _check_sead(shape, kind, dtype, mix, topk, normalizer):
     grad = check(
         lambda s: O.sead_loss(s, teacher, zones, alpha, lam=lam, zone_c_mix=mix, normalizer=normalizer, top_k=k),
         lambda s: ref.sead_loss(s, teacher, zones, alpha, lam=lam, zone_c_mix=mix, normalizer=normalizer, top_k=k),
-        student, teacher, dtype, f"sead {mix}",
+        student,
+        teacher,
+        dtype,
+        f"sead {mix}",
     )
     skipped = (zones == Zone.A) | (zones == MASKED)
     assert bool((grad[skipped] == 0).all()), "Zone A and masked positions must get exactly zero gradient"
@@ -210,13 +216,17 @@ def test_global_normalizer_makes_the_split_irrelevant():
     n_bc = int(((zones == Zone.B) | (zones == Zone.C)).sum())
     n_valid = int(mask.sum())
     for mix in ("eq4", "interpolate"):
-        _split_check(lambda s, h, n: O.sead_loss(s, teacher[h], zones[h], 0.4, zone_c_mix=mix, normalizer=n), student, n_bc)
+        _split_check(
+            lambda s, h, n: O.sead_loss(s, teacher[h], zones[h], 0.4, zone_c_mix=mix, normalizer=n), student, n_bc
+        )
     _split_check(lambda s, h, n: O.rkl_loss(s, teacher[h], mask[h], normalizer=n), student, n_valid)
     _split_check(lambda s, h, n: O.fkl_loss(s, teacher[h], mask[h], normalizer=n), student, n_valid)
     _split_check(lambda s, h, n: O.jsd_loss(s, teacher[h], mask[h], beta=0.3, normalizer=n), student, n_valid)
     _split_check(lambda s, h, n: O.eopd_loss(s, teacher[h], mask[h], tau=2.5, normalizer=n), student, n_valid)
     # ...and the per-half mean would not be the same (the test above could fail).
-    halves = O.sead_loss(student[:1], teacher[:1], zones[:1], 0.4) + O.sead_loss(student[1:], teacher[1:], zones[1:], 0.4)
+    halves = O.sead_loss(student[:1], teacher[:1], zones[:1], 0.4) + O.sead_loss(
+        student[1:], teacher[1:], zones[1:], 0.4
+    )
     assert not torch.allclose(halves, O.sead_loss(student, teacher, zones, 0.4))
 
 
@@ -255,7 +265,10 @@ def test_divergence_losses_match_reference(kind, dtype, topk, normalizer):
     grad = check(
         lib,
         lambda s: ref.divergence_loss(s, teacher, mask, kind, beta=0.3, normalizer=normalizer, top_k=k),
-        student, teacher, dtype, kind,
+        student,
+        teacher,
+        dtype,
+        kind,
     )
     assert bool((grad[~mask] == 0).all())
 
@@ -287,7 +300,10 @@ def test_eopd_loss_matches_reference(dtype, topk, normalizer):
     grad = check(
         lambda s: O.eopd_loss(s, teacher, mask, tau, normalizer=normalizer, top_k=k),
         lambda s: ref.eopd_loss(s, teacher, mask, tau, normalizer=normalizer, top_k=k),
-        student, teacher, dtype, "eopd",
+        student,
+        teacher,
+        dtype,
+        "eopd",
     )
     assert bool((grad[~mask] == 0).all())
     # The gate really splits the tokens: above tau the loss is RKL + FKL, below it RKL alone.

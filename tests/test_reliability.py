@@ -14,8 +14,8 @@ import sys
 
 import pytest
 import torch
-
 from kill_resume import kill_resume_check, launch, make_assets, metrics_lines, train_overrides, wait_until
+
 from sead.config import load_config
 from sead.trainer import Trainer
 
@@ -40,8 +40,9 @@ def test_signal_finishes_the_step_checkpoints_and_exits_nonzero(assets, tmp_path
     from sead.checkpoint import latest_checkpoint
 
     run, log, err = tmp_path / "run", tmp_path / "out.log", tmp_path / "err.log"
-    proc = launch(train_overrides(assets, run, **{"train.steps": 200, "train.save_every": 1000}), log, fast=fast,
-                  err_log=err)
+    proc = launch(
+        train_overrides(assets, run, **{"train.steps": 200, "train.save_every": 1000}), log, fast=fast, err_log=err
+    )
     wait_until(lambda: len(metrics_lines(run)) >= 1, proc, log, "the first metrics line")
     os.kill(proc.pid, signum)
     proc.wait(timeout=120)
@@ -51,8 +52,10 @@ def test_signal_finishes_the_step_checkpoints_and_exits_nonzero(assets, tmp_path
     assert steps == list(range(1, last + 1)) and last < 200
     assert latest_checkpoint(run) == run / "checkpoints" / f"step-{last}"
     lines = err.read_text().strip().splitlines()
-    assert lines == [f"sead train: interrupted: stopped by signal {int(signum)} after step {last}; checkpoint "
-                     f"{run / 'checkpoints' / f'step-{last}'} saved, resume with train.resume=true"], lines
+    assert lines == [
+        f"sead train: interrupted: stopped by signal {int(signum)} after step {last}; checkpoint "
+        f"{run / 'checkpoints' / f'step-{last}'} saved, resume with train.resume=true"
+    ], lines
 
 
 def _free_port() -> int:
@@ -68,17 +71,42 @@ def test_two_processes_match_one_process(assets, tmp_path):
     the global batch of 4 prompts is split 2 + 2, and the single process does 2 micro-batches of 2.
     """
     difficulty = tmp_path / "difficulty.jsonl"
-    difficulty.write_text("".join(json.dumps({"id": str(i), "difficulty": (i * 37 % 100) / 100}) + "\n"
-                                  for i in range(100)))
-    extra = {"train.steps": 3, "train.save_every": 3, "train.micro_batch_size": 2, "rollout.temperature": 0,
-             "objective.curriculum": "true", "curriculum.sampler": "refreshing", "curriculum.difficulty_path": difficulty}
+    difficulty.write_text(
+        "".join(json.dumps({"id": str(i), "difficulty": (i * 37 % 100) / 100}) + "\n" for i in range(100))
+    )
+    extra = {
+        "train.steps": 3,
+        "train.save_every": 3,
+        "train.micro_batch_size": 2,
+        "rollout.temperature": 0,
+        "objective.curriculum": "true",
+        "curriculum.sampler": "refreshing",
+        "curriculum.difficulty_path": difficulty,
+    }
     one, two = tmp_path / "one", tmp_path / "two"
     # accelerate runs several CPU processes only through its multi-process launcher (torch.distributed.run)
     # with ACCELERATE_USE_CPU set; `--cpu --num_processes 2` alone starts a single process.
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "sead.cli", "train", *train_overrides(assets, two, **extra)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "sead.cli",
+        "train",
+        *train_overrides(assets, two, **extra),
+    ]
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (two / "checkpoints" / "step-3" / "random_states_1.pkl").exists()  # there really were two processes
@@ -88,17 +116,37 @@ def test_two_processes_match_one_process(assets, tmp_path):
     a, b = metrics_lines(one), metrics_lines(two)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
     for ra, rb in zip(a, b):
-        for key in ("zones/tokens", "zones/frac_a", "zones/frac_b", "zones/frac_c", "curriculum/batch_difficulty",
-                    "curriculum/competence", "curriculum/eligible", "optim/lr", "sched/alpha"):
+        for key in (
+            "zones/tokens",
+            "zones/frac_a",
+            "zones/frac_b",
+            "zones/frac_c",
+            "curriculum/batch_difficulty",
+            "curriculum/competence",
+            "curriculum/eligible",
+            "optim/lr",
+            "sched/alpha",
+        ):
             assert ra[key] == rb[key], (ra["step"], key)
-        for key in ("loss/total", "loss/zone_b", "loss/zone_c", "loss/fkl", "loss/rkl", "entropy/teacher_mean",
-                    "entropy/student_mean", "optim/grad_norm", "reward/mean", "rollout/response_len_mean"):
+        for key in (
+            "loss/total",
+            "loss/zone_b",
+            "loss/zone_c",
+            "loss/fkl",
+            "loss/rkl",
+            "entropy/teacher_mean",
+            "entropy/student_mean",
+            "optim/grad_norm",
+            "reward/mean",
+            "rollout/response_len_mean",
+        ):
             assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-6), (ra["step"], key)
     # Same prompts, same responses, same per-token zones in the logged samples (rank 0 holds the first rows).
     sa = [json.loads(x) for x in (one / "samples.jsonl").read_text().splitlines()]
     sb = [json.loads(x) for x in (two / "samples.jsonl").read_text().splitlines()]
-    assert [(s["step"], s["prompt"], s["response"], s["zone"]) for s in sa] == \
-           [(s["step"], s["prompt"], s["response"], s["zone"]) for s in sb]
+    assert [(s["step"], s["prompt"], s["response"], s["zone"]) for s in sa] == [
+        (s["step"], s["prompt"], s["response"], s["zone"]) for s in sb
+    ]
     # The curriculum sampler (its RNG, refreshed difficulties, position) ends in the same state.
     state = "checkpoints/step-3/trainer_state.json"
     assert json.loads((one / state).read_text()) == json.loads((two / state).read_text())
@@ -116,8 +164,12 @@ def test_second_process_on_a_run_folder_is_refused_and_a_dead_holders_lock_taken
 
     run, log = tmp_path / "run", tmp_path / "first.log"
     # The first run holds its write of checkpoint step-2 open (see sead.checkpoint), so the folder stands still.
-    first = launch(train_overrides(assets, run, **{"train.steps": 4, "train.save_every": 2}), log,
-                   {"SEAD_TEST_PAUSE_IN_CHECKPOINT": "2"}, fast=True)
+    first = launch(
+        train_overrides(assets, run, **{"train.steps": 4, "train.save_every": 2}),
+        log,
+        {"SEAD_TEST_PAUSE_IN_CHECKPOINT": "2"},
+        fast=True,
+    )
     paused = run / "checkpoints" / ".tmp-step-2" / "PAUSED"
     wait_until(paused.exists, first, log, "the paused write of step-2")
     before = {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
@@ -131,8 +183,15 @@ def test_second_process_on_a_run_folder_is_refused_and_a_dead_holders_lock_taken
         assert {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
     first.kill()
     assert (run / ".sead.lock").exists()  # SIGKILL: no chance to remove it
-    assert main(["train", *train_overrides(assets, run, **{"train.steps": 4, "train.save_every": 2,
-                                                           "train.resume": "true"})]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *train_overrides(assets, run, **{"train.steps": 4, "train.save_every": 2, "train.resume": "true"}),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"sead: warning: took over the stale lock {run / '.sead.lock'} of {holder}" in err
     assert [r["step"] for r in metrics_lines(run)] == [1, 2, 3, 4] and not (run / ".sead.lock").exists()

@@ -27,31 +27,61 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _eval_json(model: str, acc: float) -> dict:
     bench = {"pass@1": acc, "avg@k": acc - 0.01, "pass@k": {"1": acc, "4": min(1.0, acc + 0.2)}, "n": 50, "k": 4}
-    return {"model": model, "benchmarks": {"heldout": bench, "gsm8k": dict(bench, **{"pass@1": acc / 2})},
-            "average": {"pass@1": 0.75 * acc}}
+    return {
+        "model": model,
+        "benchmarks": {"heldout": bench, "gsm8k": dict(bench, **{"pass@1": acc / 2})},
+        "average": {"pass@1": 0.75 * acc},
+    }
 
 
-def make_run(root: Path, name: str, *, zones: bool, steps: int = 30, samples_every: int = 10,
-             rollouts: int = 2, n_tokens: int = 60, evals: dict[str, dict] | None = None,
-             config: bool = True) -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    *,
+    zones: bool,
+    steps: int = 30,
+    samples_every: int = 10,
+    rollouts: int = 2,
+    n_tokens: int = 60,
+    evals: dict[str, dict] | None = None,
+    config: bool = True,
+) -> Path:
     """A fake run directory in the documented format (docs/FORMATS.md)."""
     rng = random.Random(zlib.crc32(name.encode()))
     run = root / name
     (run / "eval").mkdir(parents=True)
     method = "sead" if zones else "opd"
     if config:
-        (run / "config.yaml").write_text(f"name: {name}\nobjective:\n  method: {method}\noptim:\n  lr: 1.0e-6\n",
-                                         encoding="utf-8")
+        (run / "config.yaml").write_text(
+            f"name: {name}\nobjective:\n  method: {method}\noptim:\n  lr: 1.0e-6\n", encoding="utf-8"
+        )
     metrics = []
     for step in range(1, steps + 1):
-        row = {"step": step, "loss/total": 1.0 / step + 0.05 * rng.random(), "loss/fkl": 0.8 / step ** 0.5,
-               "loss/rkl": 0.6 / step ** 0.5, "optim/lr": 1e-6 * min(1.0, step / 5), "optim/grad_norm": rng.random(),
-               "reward/mean": min(1.0, step / steps + 0.1 * rng.random()), "rollout/response_len_mean": 50 + step,
-               "entropy/student_mean": (0.39 - 0.08 * step / steps) if not zones else 0.39 + 0.01 * rng.random()}
+        row = {
+            "step": step,
+            "loss/total": 1.0 / step + 0.05 * rng.random(),
+            "loss/fkl": 0.8 / step**0.5,
+            "loss/rkl": 0.6 / step**0.5,
+            "optim/lr": 1e-6 * min(1.0, step / 5),
+            "optim/grad_norm": rng.random(),
+            "reward/mean": min(1.0, step / steps + 0.1 * rng.random()),
+            "rollout/response_len_mean": 50 + step,
+            "entropy/student_mean": (0.39 - 0.08 * step / steps) if not zones else 0.39 + 0.01 * rng.random(),
+        }
         if zones:
-            row.update({"zones/frac_a": 0.5, "zones/frac_b": 0.4, "zones/frac_c": 0.1, "sched/alpha": 0.8 * (1 - step / steps),
-                        "kl/fkl_share_a": 0.1, "kl/fkl_share_b": 0.58, "kl/fkl_share_c": 0.32,
-                        "loss/zone_b": 0.6 / step, "loss/zone_c": 0.4 / step})
+            row.update(
+                {
+                    "zones/frac_a": 0.5,
+                    "zones/frac_b": 0.4,
+                    "zones/frac_c": 0.1,
+                    "sched/alpha": 0.8 * (1 - step / steps),
+                    "kl/fkl_share_a": 0.1,
+                    "kl/fkl_share_b": 0.58,
+                    "kl/fkl_share_c": 0.32,
+                    "loss/zone_b": 0.6 / step,
+                    "loss/zone_c": 0.4 / step,
+                }
+            )
         if step % 10 == 0:
             row["eval/heldout/pass@1"] = 0.3 + step / 100
         metrics.append(row)
@@ -75,9 +105,21 @@ def make_run(root: Path, name: str, *, zones: bool, steps: int = 30, samples_eve
             fkl = [0.05 * rng.random() + 0.5 * t for t in ht]
             loss = [0.0 if z == 0 else f for z, f in zip(zone, fkl)]
             tokens = [EVIL if j == 3 else ("\n" if j % 17 == 0 else f" tok{j}") for j in range(n_tokens)]
-            samples.append({"step": step, "method": method, "prompt": f"Question {i}? {EVIL}", "response": "".join(tokens),
-                            "tokens": tokens, "zone": zone, "teacher_entropy": ht, "student_entropy": hs,
-                            "loss": loss, "fkl": fkl, "reward": float(i % 2)})
+            samples.append(
+                {
+                    "step": step,
+                    "method": method,
+                    "prompt": f"Question {i}? {EVIL}",
+                    "response": "".join(tokens),
+                    "tokens": tokens,
+                    "zone": zone,
+                    "teacher_entropy": ht,
+                    "student_entropy": hs,
+                    "loss": loss,
+                    "fkl": fkl,
+                    "reward": float(i % 2),
+                }
+            )
     _write_jsonl(run / "samples.jsonl", samples)
     for label, data in (evals or {}).items():
         (run / "eval" / f"{label}.json").write_text(json.dumps(data), encoding="utf-8")
@@ -87,8 +129,12 @@ def make_run(root: Path, name: str, *, zones: bool, steps: int = 30, samples_eve
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
-    sead = make_run(root, "sead-run", zones=True,
-                    evals={"before": _eval_json("student", 0.40), "after": _eval_json("sead-run/final", 0.55)})
+    sead = make_run(
+        root,
+        "sead-run",
+        zones=True,
+        evals={"before": _eval_json("student", 0.40), "after": _eval_json("sead-run/final", 0.55)},
+    )
     opd = make_run(root, "opd-run", zones=False, evals={"after": _eval_json("opd-run/final", 0.48)})
     return [sead, opd]
 
@@ -129,9 +175,15 @@ def test_fair_share_known_case():
 
 
 def test_fair_share_from_metrics():
-    run = RunData(Path("."), "r", "sead", metrics=[
-        {"step": 1, "zones/frac_a": 0.5, "kl/fkl_share_a": 0.1, "zones/frac_c": 0.1, "kl/fkl_share_c": 0.3},
-        {"step": 2, "zones/frac_a": 0.5, "kl/fkl_share_a": 0.2}])
+    run = RunData(
+        Path("."),
+        "r",
+        "sead",
+        metrics=[
+            {"step": 1, "zones/frac_a": 0.5, "kl/fkl_share_a": 0.1, "zones/frac_c": 0.1, "kl/fkl_share_c": 0.3},
+            {"step": 2, "zones/frac_a": 0.5, "kl/fkl_share_a": 0.2},
+        ],
+    )
     ratios = fair_share_from_metrics(run)
     assert ratios[0] == ([1, 2], pytest.approx([0.2, 0.4]))
     assert ratios[2] == ([1], pytest.approx([3.0]))
@@ -151,9 +203,12 @@ def test_load_run(two_runs):
 def test_load_run_tolerates_partial_files(tmp_path):
     run = tmp_path / "crashed"
     run.mkdir()
-    (run / "metrics.jsonl").write_text('{"step": 1, "loss/total": 1.0}\n{"step": 1, "eval/x/pass@1": 0.5}\n{"step": 2, "lo',
-                                       encoding="utf-8")
-    (run / "samples.jsonl").write_text(json.dumps({"step": 1, "tokens": ["a", "b"], "zone": [1], "fkl": [0.1, 0.2, 9]}) + "\n")
+    (run / "metrics.jsonl").write_text(
+        '{"step": 1, "loss/total": 1.0}\n{"step": 1, "eval/x/pass@1": 0.5}\n{"step": 2, "lo', encoding="utf-8"
+    )
+    (run / "samples.jsonl").write_text(
+        json.dumps({"step": 1, "tokens": ["a", "b"], "zone": [1], "fkl": [0.1, 0.2, 9]}) + "\n"
+    )
     data = load_run(run)
     assert data.name == "crashed" and data.method == "unknown"
     assert data.metrics == [{"step": 1, "loss/total": 1.0, "eval/x/pass@1": 0.5}]  # same step merged
@@ -179,8 +234,15 @@ def test_report_two_runs(two_runs, two_run_report):
     for sid, title in SECTIONS:
         assert f'<section id="{sid}"><h2>{title}</h2>' in text
     pngs = sorted(p.name for p in out.parent.glob("*.png"))
-    assert pngs == ["entropy_student.png", "methods_overlay.png", "tokens_opd-run.png", "tokens_sead-run.png",
-                    "training_opd-run.png", "training_sead-run.png", "zones_sead-run.png"]
+    assert pngs == [
+        "entropy_student.png",
+        "methods_overlay.png",
+        "tokens_opd-run.png",
+        "tokens_sead-run.png",
+        "training_opd-run.png",
+        "training_sead-run.png",
+        "zones_sead-run.png",
+    ]
     assert "Methods on shared axes" in text  # two methods: one overlay figure before the per-run curves
     assert all((out.parent / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert text.count("data:image/png;base64,") == len(pngs)
@@ -191,7 +253,7 @@ def test_report_two_runs(two_runs, two_run_report):
     assert "opd-run (opd) has no token zones" in text
     assert 'id="jaccard-sead-run"' in text and 'id="jaccard-opd-run"' in text
     # eval table: every file of every run, labelled
-    eval_part = text[text.index('<section id="eval">'):]
+    eval_part = text[text.index('<section id="eval">') :]
     labels = ("sead-run</td><td>before", "sead-run</td><td>after", "opd-run</td><td>after")
     assert sorted(labels, key=eval_part.index) == list(labels)  # every file, "before" first
     assert "55.0" in eval_part and "gsm8k" in eval_part
@@ -236,8 +298,10 @@ def test_overlay_groups_methods_and_alpha_belongs_to_sead_only(tmp_path):
     from sead.run_data import RunData
 
     def run(name, method, reward, curriculum=False):
-        cfg = {"objective": {"method": method, "curriculum": curriculum},
-               "curriculum": {"sampler": "competence" if curriculum else "uniform"}}
+        cfg = {
+            "objective": {"method": method, "curriculum": curriculum},
+            "curriculum": {"sampler": "competence" if curriculum else "uniform"},
+        }
         rows = [{"step": s, "reward/mean": reward + 0.01 * s, "sched/alpha": 0.8} for s in range(1, 21)]
         return RunData(path=tmp_path / name, name=name, method=method, config=cfg, metrics=rows)
 
@@ -264,9 +328,21 @@ def _demo_run(root: Path, objective: dict) -> Path:
     rows = []
     for prompt, zone in (("1+2=", [2, 0, 1, 0, 1, 0, 0, 0, 1, 0]), ("4-1=", [1, 0, 0, 0, 2, 1, 0, 0, 1, 0])):
         n = len(tokens)
-        rows.append({"step": 1, "method": "sead", "prompt": prompt, "response": "".join(tokens[:-1]), "tokens": tokens,
-                     "zone": zone, "teacher_entropy": [0.3] + [0.1] * (n - 1), "student_entropy": [0.2] * n,
-                     "loss": [0.1] * n, "fkl": [0.5 if z == 2 else 0.1 for z in zone], "reward": 1.0})
+        rows.append(
+            {
+                "step": 1,
+                "method": "sead",
+                "prompt": prompt,
+                "response": "".join(tokens[:-1]),
+                "tokens": tokens,
+                "zone": zone,
+                "teacher_entropy": [0.3] + [0.1] * (n - 1),
+                "student_entropy": [0.2] * n,
+                "loss": [0.1] * n,
+                "fkl": [0.5 if z == 2 else 0.1 for z in zone],
+                "reward": 1.0,
+            }
+        )
     _write_jsonl(run / "samples.jsonl", rows)
     return run
 
@@ -277,13 +353,15 @@ def test_zone_by_category_table_on_a_demo_run_and_no_paper_markers_for_threshold
     assert 'id="categories-demo-run"' in text and "P(zone | token category)" in text
     # category, tokens, token share %, teacher entropy, zone A/B/C % (20 tokens: 2 step start, 2 operand,
     # 4 computation, 12 syntax; e.g. computation zones 1, 1, 2, 1 -> B 75%, C 25%)
-    for row in ("step start</td><td>2</td><td>10.0</td><td>0.300</td><td>0.0</td><td>50.0</td><td>50.0",
-                "operand</td><td>2</td><td>10.0</td><td>0.100</td><td>50.0</td><td>50.0</td><td>0.0",
-                "computation</td><td>4</td><td>20.0</td><td>0.100</td><td>0.0</td><td>75.0</td><td>25.0",
-                "syntax</td><td>12</td><td>60.0</td><td>0.100</td><td>91.7</td><td>8.3</td><td>0.0"):
+    for row in (
+        "step start</td><td>2</td><td>10.0</td><td>0.300</td><td>0.0</td><td>50.0</td><td>50.0",
+        "operand</td><td>2</td><td>10.0</td><td>0.100</td><td>50.0</td><td>50.0</td><td>0.0",
+        "computation</td><td>4</td><td>20.0</td><td>0.100</td><td>0.0</td><td>75.0</td><td>25.0",
+        "syntax</td><td>12</td><td>60.0</td><td>0.100</td><td>91.7</td><td>8.3</td><td>0.0",
+    ):
         assert f"<td>{row}</td>" in text, row
     # threshold zones are not the paper's percentile zones: no paper column, markers or 90% reference
-    zones_part = text[text.index('<section id="zones">'):text.index('<section id="tokens">')]
+    zones_part = text[text.index('<section id="zones">') : text.index('<section id="tokens">')]
     assert "no paper markers: its zones are not the paper&#x27;s 50/40/10 percentile zones" in zones_part  # escaped
     assert "<th>paper</th>" not in zones_part and "paper: about 90%" not in zones_part
 
@@ -291,7 +369,7 @@ def test_zone_by_category_table_on_a_demo_run_and_no_paper_markers_for_threshold
 def test_no_category_table_without_demo_prompts_and_markers_with_paper_zones(two_run_report):
     text = two_run_report.read_text(encoding="utf-8")
     assert "P(zone | token category)" not in text and 'id="categories-' not in text  # prompts are not demo questions
-    zones_part = text[text.index('<section id="zones">'):text.index('<section id="tokens">')]
+    zones_part = text[text.index('<section id="zones">') : text.index('<section id="tokens">')]
     assert "black ticks: the SEAD paper" in zones_part and "<th>paper</th>" in zones_part
     assert "<td>3.19×</td>" in zones_part and "paper: about 90%" in zones_part
 
@@ -307,7 +385,9 @@ def test_zone_figure_draws_paper_markers_only_for_the_paper_zone_rule(two_runs):
         return [line.get_label() for line in ax.get_lines() if "paper" in line.get_label()]
 
     assert marker_labels({"objective": {"method": "sead"}}) == ["paper (OLMo-3-7B)"]  # defaults: 50/40/10 percentile
-    assert marker_labels({"objective": {"fractions": [0.5, 0.4, 0.1], "zone_mode": "percentile"}}) == ["paper (OLMo-3-7B)"]
+    assert marker_labels({"objective": {"fractions": [0.5, 0.4, 0.1], "zone_mode": "percentile"}}) == [
+        "paper (OLMo-3-7B)"
+    ]
     assert marker_labels({"objective": {"fractions": [0.6, 0.3, 0.1]}}) == []
     assert marker_labels({"objective": {"zone_mode": "threshold"}}) == []
     assert marker_labels({}) == []  # no config.yaml: the zone rule is unknown
@@ -318,5 +398,7 @@ def test_demo_category_helpers():
     assert response_token_categories(["1", "+", "2", "<eos>"]) == ["step start", "syntax", "operand", "syntax"]
     assert response_token_categories(["12", "+"]) is None  # another tokenizer's pieces: no per-character split
     table = zones_by_category(["operand", "operand", "syntax"], [1, -1, 0], [0.2, 9.0, 0.0], ZONE_LETTERS)
-    assert table == {"operand": {"tokens": 1, "share": 0.5, "teacher_entropy": 0.2, "p_zone": {"A": 0, "B": 1, "C": 0}},
-                     "syntax": {"tokens": 1, "share": 0.5, "teacher_entropy": 0.0, "p_zone": {"A": 1, "B": 0, "C": 0}}}
+    assert table == {
+        "operand": {"tokens": 1, "share": 0.5, "teacher_entropy": 0.2, "p_zone": {"A": 0, "B": 1, "C": 0}},
+        "syntax": {"tokens": 1, "share": 0.5, "teacher_entropy": 0.0, "p_zone": {"A": 1, "B": 0, "C": 0}},
+    }

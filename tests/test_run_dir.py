@@ -21,8 +21,14 @@ def test_config_diff_names_changed_keys_but_not_free_or_missing_ones():
 
 
 def test_drop_records_after_keeps_earlier_samples_and_drops_torn_lines(tmp_path):
-    lines = [json.dumps({"step": 1, "text": "caf\u00e9"}), json.dumps({"step": 2, "x": 0.1}), "[1, 2]",
-             json.dumps({"step": 3}), json.dumps({"no_step": 1}), '{"step": 2, "torn']
+    lines = [
+        json.dumps({"step": 1, "text": "caf\u00e9"}),
+        json.dumps({"step": 2, "x": 0.1}),
+        "[1, 2]",
+        json.dumps({"step": 3}),
+        json.dumps({"no_step": 1}),
+        '{"step": 2, "torn',
+    ]
     (tmp_path / "samples.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     truncated = []
     drop_records_after(_OneProcess(), SimpleNamespace(truncate_after=truncated.append), tmp_path, 2)

@@ -21,11 +21,24 @@ VOCAB = 24
 
 def tiny(kind: str, seed: int):
     torch.manual_seed(seed)
-    common = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                  num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=64)  # fmt: skip
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=64,
+    )
     if kind == "gemma2":  # tanh soft-cap small enough to bend these logits
-        cfg = transformers.Gemma2Config(**common, final_logit_softcapping=1.5, attn_logit_softcapping=None,
-                                        query_pre_attn_scalar=8, sliding_window=16)  # fmt: skip
+        cfg = transformers.Gemma2Config(
+            **common,
+            final_logit_softcapping=1.5,
+            attn_logit_softcapping=None,
+            query_pre_attn_scalar=8,
+            sliding_window=16,
+        )
         model = transformers.Gemma2ForCausalLM(cfg)
     elif kind == "cohere":
         model = transformers.CohereForCausalLM(transformers.CohereConfig(**common, logit_scale=0.37))
@@ -60,7 +73,9 @@ def test_fused_support_refuses_a_head_with_bias():
     assert not ok and "output embedding" in why
 
 
-@pytest.mark.parametrize("student_kind,teacher_kind", [("llama", "gemma2"), ("cohere", "llama"), ("gemma2", "cohere"), ("granite", "llama")])
+@pytest.mark.parametrize(
+    "student_kind,teacher_kind", [("llama", "gemma2"), ("cohere", "llama"), ("gemma2", "cohere"), ("granite", "llama")]
+)
 @pytest.mark.parametrize("method", ["sead", "eopd", "fkl"])
 def test_fused_equals_logits_with_different_logit_transforms(student_kind, teacher_kind, method):
     student, teacher, mb = tiny(student_kind, 1), tiny(teacher_kind, 2), batch()

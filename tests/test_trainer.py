@@ -8,18 +8,36 @@ import signal
 
 import pytest
 import torch
+from tiny import save_tiny_pair
 
 from sead.config import load_config
 from sead.metrics import read_metrics
 from sead.trainer import Trainer
-from tiny import save_tiny_pair
 
 METHODS = ["opd", "rkl", "fkl", "jsd", "eopd", "sead", "opsd"]
 REQUIRED_KEYS = [
-    "step", "loss/total", "loss/fkl", "loss/rkl", "zones/frac_a", "zones/frac_b", "zones/frac_c",
-    "entropy/teacher_mean", "entropy/student_mean", "entropy/teacher_zone_b", "entropy/student_zone_c",
-    "sched/alpha", "optim/lr", "optim/grad_norm", "rollout/response_len_mean", "perf/tokens_per_s",
-    "time/rollout_s", "time/teacher_s", "time/student_s", "time/backward_s", "time/optim_s", "reward/mean",
+    "step",
+    "loss/total",
+    "loss/fkl",
+    "loss/rkl",
+    "zones/frac_a",
+    "zones/frac_b",
+    "zones/frac_c",
+    "entropy/teacher_mean",
+    "entropy/student_mean",
+    "entropy/teacher_zone_b",
+    "entropy/student_zone_c",
+    "sched/alpha",
+    "optim/lr",
+    "optim/grad_norm",
+    "rollout/response_len_mean",
+    "perf/tokens_per_s",
+    "time/rollout_s",
+    "time/teacher_s",
+    "time/student_s",
+    "time/backward_s",
+    "time/optim_s",
+    "reward/mean",
 ]
 
 
@@ -35,11 +53,25 @@ def assets(tmp_path_factory):
 
 def overrides(assets, out, method="sead", **extra):
     base = {
-        "model.student": assets["student"], "model.teacher": assets["teacher"], "data.path": assets["data"],
-        "data.prompt_field": "question", "data.template": "{problem}", "verifier.kind": "exact",
-        "objective.method": method, "train.steps": 2, "train.batch_size": 4, "train.micro_batch_size": 4,
-        "train.save_every": 100, "rollout.max_new_tokens": 6, "rollout.batch_size": 8, "train.output_dir": str(out),
-        "logging.samples_every": 1, "logging.progress": False, "train.torch_threads": 1, "optim.lr": 1e-3, "optim.schedule": "constant",
+        "model.student": assets["student"],
+        "model.teacher": assets["teacher"],
+        "data.path": assets["data"],
+        "data.prompt_field": "question",
+        "data.template": "{problem}",
+        "verifier.kind": "exact",
+        "objective.method": method,
+        "train.steps": 2,
+        "train.batch_size": 4,
+        "train.micro_batch_size": 4,
+        "train.save_every": 100,
+        "rollout.max_new_tokens": 6,
+        "rollout.batch_size": 8,
+        "train.output_dir": str(out),
+        "logging.samples_every": 1,
+        "logging.progress": False,
+        "train.torch_threads": 1,
+        "optim.lr": 1e-3,
+        "optim.schedule": "constant",
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
@@ -74,8 +106,12 @@ def test_every_method_runs_and_logs(assets, tmp_path, method):
 
 
 def test_grpo_runs_without_a_teacher(assets, tmp_path):
-    trainer = run(assets, tmp_path / "grpo", method="grpo", **{"objective.group_size": 4, "train.batch_size": 2,
-                                                                "model.teacher": "/does/not/matter"})
+    trainer = run(
+        assets,
+        tmp_path / "grpo",
+        method="grpo",
+        **{"objective.group_size": 4, "train.batch_size": 2, "model.teacher": "/does/not/matter"},
+    )
     assert trainer.teacher is None
     rec = read_metrics(tmp_path / "grpo" / "metrics.jsonl")[-1]
     for key in ("loss/total", "reward/mean", "reward/std", "optim/grad_norm", "entropy/student_mean"):
@@ -91,8 +127,18 @@ def test_sead_zone_a_loss_is_zero_and_loss_parts_add_up(assets, tmp_path):
 
 
 def test_distillation_reduces_kl_to_teacher(assets, tmp_path):
-    run(assets, tmp_path / "run", method="rkl", **{"train.steps": 30, "optim.lr": 1e-2, "train.batch_size": 8,
-                                                    "train.micro_batch_size": 8, "logging.samples_every": 0})
+    run(
+        assets,
+        tmp_path / "run",
+        method="rkl",
+        **{
+            "train.steps": 30,
+            "optim.lr": 1e-2,
+            "train.batch_size": 8,
+            "train.micro_batch_size": 8,
+            "logging.samples_every": 0,
+        },
+    )
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     early = sum(r["loss/rkl"] for r in records[:5]) / 5
     late = sum(r["loss/rkl"] for r in records[-5:]) / 5
@@ -106,8 +152,9 @@ def _student_state(trainer):
 @pytest.mark.parametrize("method", ["sead", "opd"])
 def test_grad_accumulation_matches_full_batch(assets, tmp_path, method):
     full = _student_state(run(assets, tmp_path / "full", method=method, **{"train.steps": 1}))
-    split = _student_state(run(assets, tmp_path / "split", method=method,
-                               **{"train.steps": 1, "train.micro_batch_size": 2}))
+    split = _student_state(
+        run(assets, tmp_path / "split", method=method, **{"train.steps": 1, "train.micro_batch_size": 2})
+    )
     for key in full:
         torch.testing.assert_close(split[key], full[key], rtol=1e-5, atol=1e-6)
 
@@ -148,8 +195,12 @@ def test_resume_refuses_changed_config(assets, tmp_path):
 
     run(assets, tmp_path / "run", **{"train.steps": 1})
     with pytest.raises(ConfigError, match="changed config"):
-        Trainer(load_config(None, overrides(assets, tmp_path / "run", **{"train.steps": 1, "train.resume": "true",
-                                                                          "optim.lr": 5e-4}))).setup()
+        Trainer(
+            load_config(
+                None,
+                overrides(assets, tmp_path / "run", **{"train.steps": 1, "train.resume": "true", "optim.lr": 5e-4}),
+            )
+        ).setup()
 
 
 def test_tokenizer_mismatch_is_a_clear_error(assets, tmp_path):
@@ -176,8 +227,9 @@ def test_all_tac_combinations_select(assets, tmp_path):
 
     for zones in (False, True):
         for anneal in (False, True):
-            cfg = load_config(None, overrides(assets, tmp_path / "x", **{"objective.zones": zones,
-                                                                         "objective.anneal": anneal}))
+            cfg = load_config(
+                None, overrides(assets, tmp_path / "x", **{"objective.zones": zones, "objective.anneal": anneal})
+            )
             assert uses_zone_loss(cfg.objective) is zones
             mid = alpha_at(cfg.objective, 1, 2)
             assert (mid < cfg.objective.alpha_start) is anneal

@@ -135,7 +135,9 @@ def test_math_is_time_bounded_on_main_and_worker_threads(monkeypatch, math_verif
 
 def test_math_works_in_worker_threads(math_verifier):
     results = []
-    worker = threading.Thread(target=lambda: results.append((math_verifier("\\boxed{0.5}", "1/2"), math_verifier("\\boxed{3}", "1/2"))))
+    worker = threading.Thread(
+        target=lambda: results.append((math_verifier("\\boxed{0.5}", "1/2"), math_verifier("\\boxed{3}", "1/2")))
+    )
     worker.start()
     worker.join()
     assert results == [(True, False)]

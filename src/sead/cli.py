@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "config": "config tools: `sead config show --config X [key=value ...]` prints the resolved config with help",
 }
 
+
 def _train(args: argparse.Namespace) -> int:
     from sead.trainer import train_main
 
@@ -43,8 +44,15 @@ def _eval(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     cfg = load_config(args.config, args.overrides)
-    eval_main(args.model, data=args.data or None, out_dir=args.out, cfg=cfg.eval, verifier_cfg=cfg.verifier,
-              tag=args.tag, dtype=cfg.model.dtype)
+    eval_main(
+        args.model,
+        data=args.data or None,
+        out_dir=args.out,
+        cfg=cfg.eval,
+        verifier_cfg=cfg.verifier,
+        tag=args.tag,
+        dtype=cfg.model.dtype,
+    )
     return 0
 
 
@@ -60,14 +68,17 @@ def _configs(args: argparse.Namespace) -> int:
     from sead.config_files import recipe_description, recipe_dir, recipe_names
 
     names = recipe_names()
-    rows = [(name, load_config(name).objective.method, recipe_description(recipe_dir() / f"{name}.yaml"))
-            for name in names]
+    rows = [
+        (name, load_config(name).objective.method, recipe_description(recipe_dir() / f"{name}.yaml")) for name in names
+    ]
     width = max(len(name) for name in ("recipe", *names))
     print(f"{'recipe'.ljust(width)}  method  description")
     for name, method, description in rows:
         print(f"{name.ljust(width)}  {method.ljust(6)}  {description}")
-    print(f"\nrun one: sead train --config NAME [key=value ...]; every key: sead config show --config NAME\n"
-          f"files: {recipe_dir()} (each recipe is base.yaml plus its overlay)")
+    print(
+        f"\nrun one: sead train --config NAME [key=value ...]; every key: sead config show --config NAME\n"
+        f"files: {recipe_dir()} (each recipe is base.yaml plus its overlay)"
+    )
     return 0
 
 
@@ -90,8 +101,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="a shipped recipe's name (sead configs lists them) or a YAML file; "
-                                    "omitted: defaults + overrides")
+    p.add_argument(
+        "--config",
+        help="a shipped recipe's name (sead configs lists them) or a YAML file; omitted: defaults + overrides",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. objective.method=eopd optim.lr=1e-6")
 
 
@@ -114,8 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=_difficulty)
         elif name == "eval":
             p.add_argument("--model", required=True, help="model directory (e.g. RUN/final) or hub name")
-            p.add_argument("--data", action="append", default=[], metavar="[NAME=]PATH",
-                           help="benchmark file or dataset; repeat for several")
+            p.add_argument(
+                "--data",
+                action="append",
+                default=[],
+                metavar="[NAME=]PATH",
+                help="benchmark file or dataset; repeat for several",
+            )
             p.add_argument("--out", default=".", help="directory that receives eval/<tag>.json")
             p.add_argument("--tag", help="result name (default: the model folder's name)")
             _add_config_args(p)
@@ -134,8 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=_configs)
         elif name == "config":
             tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
-            show = tools.add_parser("show", help="print the resolved config: every key, its value and its help",
-                                    description="print the resolved config: every key, its value and its help")
+            show = tools.add_parser(
+                "show",
+                help="print the resolved config: every key, its value and its help",
+                description="print the resolved config: every key, its value and its help",
+            )
             _add_config_args(show)
             show.set_defaults(func=_config_show)
         elif name == "report":

@@ -65,26 +65,52 @@ def _split(values: Sequence[str] | None) -> list[str]:
 def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d = _DEFAULTS
     parser.add_argument("--config", help="base YAML config: seed, data, budget, eval.data shared by every variant")
-    parser.add_argument("--methods", default=",".join(d.methods),
-                        help=f"comma-separated methods, e.g. opd,eopd,sead,grpo,opsd (default {','.join(d.methods)})")
-    parser.add_argument("--ablation", choices=ABLATIONS, default=d.ablation,
-                        help="tac: the 8 combinations of sead's T (zones), A (anneal), C (curriculum)")
+    parser.add_argument(
+        "--methods",
+        default=",".join(d.methods),
+        help=f"comma-separated methods, e.g. opd,eopd,sead,grpo,opsd (default {','.join(d.methods)})",
+    )
+    parser.add_argument(
+        "--ablation",
+        choices=ABLATIONS,
+        default=d.ablation,
+        help="tac: the 8 combinations of sead's T (zones), A (anneal), C (curriculum)",
+    )
     parser.add_argument("--out", default=str(d.out), help=f"output directory (default {d.out})")
-    parser.add_argument("--only", action="append", default=[], metavar="VARIANT",
-                        help="run only these variants (comma-separated or repeated; 'base' = the initial student)")
-    parser.add_argument("--tabulate-only", action="store_true",
-                        help="train and evaluate nothing; write the tables from what OUT holds")
-    parser.add_argument("--reference", default=d.reference,
-                        help="variant the paired differences are taken to (default opd, else the first method)")
-    parser.add_argument("--metric", choices=METRICS, default=d.metric,
-                        help="per-problem score: pass@1 (greedy when eval.greedy, else mean of k samples) or avg@k")
-    parser.add_argument("--resamples", type=int, default=d.n_resamples,
-                        help=f"bootstrap resamples (default {d.n_resamples})")
-    parser.add_argument("--confidence", type=float, default=d.confidence,
-                        help=f"interval level (default {d.confidence})")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="VARIANT",
+        help="run only these variants (comma-separated or repeated; 'base' = the initial student)",
+    )
+    parser.add_argument(
+        "--tabulate-only", action="store_true", help="train and evaluate nothing; write the tables from what OUT holds"
+    )
+    parser.add_argument(
+        "--reference",
+        default=d.reference,
+        help="variant the paired differences are taken to (default opd, else the first method)",
+    )
+    parser.add_argument(
+        "--metric",
+        choices=METRICS,
+        default=d.metric,
+        help="per-problem score: pass@1 (greedy when eval.greedy, else mean of k samples) or avg@k",
+    )
+    parser.add_argument(
+        "--resamples", type=int, default=d.n_resamples, help=f"bootstrap resamples (default {d.n_resamples})"
+    )
+    parser.add_argument(
+        "--confidence", type=float, default=d.confidence, help=f"interval level (default {d.confidence})"
+    )
     parser.add_argument("--stats-seed", type=int, default=d.seed, help=f"bootstrap seed (default {d.seed})")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="applied to the base config, e.g. train.steps=200 eval.data=[math=math.jsonl]")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="applied to the base config, e.g. train.steps=200 eval.data=[math=math.jsonl]",
+    )
     return parser
 
 
@@ -94,8 +120,17 @@ def compare_main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         parser = add_compare_arguments(argparse.ArgumentParser(prog="sead compare"))
         args = parser.parse_args(list(args) if args is not None else None)
     run_compare(
-        args.config, args.overrides, methods=_split([args.methods]), ablation=args.ablation, out=args.out,
-        only=_split(args.only), tabulate_only=args.tabulate_only, reference=args.reference, metric=args.metric,
-        n_resamples=args.resamples, confidence=args.confidence, seed=args.stats_seed,
+        args.config,
+        args.overrides,
+        methods=_split([args.methods]),
+        ablation=args.ablation,
+        out=args.out,
+        only=_split(args.only),
+        tabulate_only=args.tabulate_only,
+        reference=args.reference,
+        metric=args.metric,
+        n_resamples=args.resamples,
+        confidence=args.confidence,
+        seed=args.stats_seed,
     )
     return 0

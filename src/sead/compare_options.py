@@ -41,8 +41,9 @@ class CompareOptions:
 
     def __post_init__(self) -> None:
         if self.only and self.tabulate_only:
-            raise ConfigError("--only and --tabulate-only exclude each other; run --only per variant, "
-                              "then --tabulate-only")
+            raise ConfigError(
+                "--only and --tabulate-only exclude each other; run --only per variant, then --tabulate-only"
+            )
         if self.metric not in METRICS:
             raise ConfigError(f"--metric {self.metric!r} is unknown; use {' or '.join(METRICS)}")
         if not isinstance(self.n_resamples, int) or self.n_resamples < 100:

@@ -38,14 +38,18 @@ def describe_variant(cfg: RunConfig) -> str:
     o = cfg.objective
     if o.method != "sead":
         return o.method + (" + curriculum" if o.curriculum else "")
-    return "sead: " + ", ".join(f"{x} {'on' if on else 'off'}" for x, on in
-                                (("T", o.zones), ("A", o.anneal), ("C", o.curriculum)))
+    return "sead: " + ", ".join(
+        f"{x} {'on' if on else 'off'}" for x, on in (("T", o.zones), ("A", o.anneal), ("C", o.curriculum))
+    )
 
 
 def _ablation_cell(zones: bool, anneal: bool, curriculum: bool) -> Variant:
     parts = [x for x, on in (("T", zones), ("A", anneal), ("C", curriculum)) if on]
-    return Variant(name="sead-" + ("-".join(parts) if parts else "none"), method="sead",
-                   objective={"method": "sead", "zones": zones, "anneal": anneal, "curriculum": curriculum})
+    return Variant(
+        name="sead-" + ("-".join(parts) if parts else "none"),
+        method="sead",
+        objective={"method": "sead", "zones": zones, "anneal": anneal, "curriculum": curriculum},
+    )
 
 
 def plan_variants(methods: Sequence[str], ablation: str | None = None) -> list[Variant]:
@@ -84,8 +88,9 @@ def resolve_variants(base_cfg: RunConfig, variants: Sequence[Variant], out_dir: 
     ``name=<variant>`` and ``train.output_dir=OUT/runs/<variant>``. Checks what would only fail later
     (curriculum inputs, evaluation sets) before anything is trained."""
     if not base_cfg.eval.data:
-        raise ConfigError("sead compare needs evaluation sets; set eval.data=[name=path,...] in the base config "
-                          "or as an override")
+        raise ConfigError(
+            "sead compare needs evaluation sets; set eval.data=[name=path,...] in the base config or as an override"
+        )
     base = config_to_dict(base_cfg)
     resolved = {}
     for v in variants:
@@ -108,7 +113,10 @@ def _check_curriculum_inputs(variant: Variant, cfg: RunConfig) -> None:
         what = "C (objective.curriculum)" if variant.name.startswith("sead-") else "objective.curriculum=true"
         raise ConfigError(
             f"variant {variant.name}: {what} needs curriculum.sampler=sorted|competence|refreshing and "
-            "curriculum.difficulty_path=PATH in the base config (write the file with `sead difficulty`)")
+            "curriculum.difficulty_path=PATH in the base config (write the file with `sead difficulty`)"
+        )
     if not Path(cur.difficulty_path).is_file():
-        raise ConfigError(f"variant {variant.name}: curriculum.difficulty_path={cur.difficulty_path!r} does not exist; "
-                          "write it with `sead difficulty --config BASE.yaml` first")
+        raise ConfigError(
+            f"variant {variant.name}: curriculum.difficulty_path={cur.difficulty_path!r} does not exist; "
+            "write it with `sead difficulty --config BASE.yaml` first"
+        )

@@ -83,7 +83,8 @@ class Row:
         if changed:
             raise ConfigError(
                 f"{self.run_dir} was trained with a different config ({', '.join(changed[:4])}); restore those "
-                f"values, use another --out, or delete {self.run_dir} to retrain {self.name}")
+                f"values, use another --out, or delete {self.run_dir} to retrain {self.name}"
+            )
         return saved
 
 
@@ -91,15 +92,29 @@ def base_row(base_cfg: RunConfig, out_dir: Path) -> Row:
     """The initial student's row: evaluated once into ``OUT/base/eval/base.json``."""
     m = base_cfg.model
     student = {"student": m.student, "tokenizer": m.tokenizer, "gguf_file": m.gguf_file, "dtype": m.dtype}
-    return Row(name=BASE, method=None, description="initial student", cfg=base_cfg, run_dir=None,
-               eval_json=out_dir / BASE / "eval" / f"{BASE}.json", fingerprint=eval_fingerprint(base_cfg, student))
+    return Row(
+        name=BASE,
+        method=None,
+        description="initial student",
+        cfg=base_cfg,
+        run_dir=None,
+        eval_json=out_dir / BASE / "eval" / f"{BASE}.json",
+        fingerprint=eval_fingerprint(base_cfg, student),
+    )
 
 
 def variant_row(variant: Variant, cfg: RunConfig) -> Row:
     """A variant's row, from its resolved config: its run dir is ``train.output_dir``."""
     run_dir = Path(cfg.train.output_dir)
-    return Row(name=variant.name, method=variant.method, description=describe_variant(cfg), cfg=cfg,
-               run_dir=run_dir, eval_json=run_dir / "eval" / "final.json", fingerprint=eval_fingerprint(cfg))
+    return Row(
+        name=variant.name,
+        method=variant.method,
+        description=describe_variant(cfg),
+        cfg=cfg,
+        run_dir=run_dir,
+        eval_json=run_dir / "eval" / "final.json",
+        fingerprint=eval_fingerprint(cfg),
+    )
 
 
 def _read_yaml(path: Path) -> dict:

@@ -62,13 +62,22 @@ def run_comparison(config: str | None, overrides: Sequence[str], options: Compar
         quiet_libraries()
         _train_and_evaluate(selected, base_cfg)
         if options.only:
-            _say(f"finished {', '.join(r.name for r in selected)}; when every variant is done, gather the tables "
-                 "with the same command and --tabulate-only (without --only)")
+            _say(
+                f"finished {', '.join(r.name for r in selected)}; when every variant is done, gather the tables "
+                "with the same command and --tabulate-only (without --only)"
+            )
             return None
     result = None
     if _is_main():
-        result = tabulate(rows, out, reference, metric=options.metric, n_resamples=options.n_resamples,
-                          confidence=options.confidence, seed=options.seed)
+        result = tabulate(
+            rows,
+            out,
+            reference,
+            metric=options.metric,
+            n_resamples=options.n_resamples,
+            confidence=options.confidence,
+            seed=options.seed,
+        )
         print((out / "comparison.md").read_text(encoding="utf-8"))
         print(f"compare: tables in {out / 'comparison.md'} and {out / 'comparison.json'}; runs in {out / 'runs'}")
     _state().wait_for_everyone()
@@ -131,8 +140,11 @@ def train_variant(row: Row) -> Path:
     _state().wait_for_everyone()
     trainer = Trainer(cfg).setup()
     start = trainer.step
-    _say(f"{row.name}: training steps {start + 1}..{cfg.train.steps} in {row.run_dir}" if start < cfg.train.steps
-         else f"{row.name}: all {cfg.train.steps} steps done, writing final/")
+    _say(
+        f"{row.name}: training steps {start + 1}..{cfg.train.steps} in {row.run_dir}"
+        if start < cfg.train.steps
+        else f"{row.name}: all {cfg.train.steps} steps done, writing final/"
+    )
     final = trainer.train()
     trainer.accelerator.free_memory()
     del trainer
@@ -153,13 +165,26 @@ def evaluate_row(row: Row, benchmarks: dict, progress: bool = True) -> dict:
     else:
         model_path = tok_path = str(row.run_dir / "final")
         gguf, key = None, f"{row.name}/final"
-    tokenizer = load_tokenizer(tok_path, gguf_file=gguf if tok_path == model_path else None, key=key,
-                               trust_remote_code=m.trust_remote_code)
-    model = load_model(model_path, dtype=m.dtype, gguf_file=gguf, key=key,
-                       trust_remote_code=m.trust_remote_code).to(_state().device).eval()
-    result, records = evaluate_model(model, tokenizer, benchmarks, build_verifier(cfg.verifier),
-                                     cfg.eval.rollout_config(), k=cfg.eval.k, greedy=cfg.eval.greedy,
-                                     model_name=model_path, seed=cfg.eval.seed, progress=progress)
+    tokenizer = load_tokenizer(
+        tok_path, gguf_file=gguf if tok_path == model_path else None, key=key, trust_remote_code=m.trust_remote_code
+    )
+    model = (
+        load_model(model_path, dtype=m.dtype, gguf_file=gguf, key=key, trust_remote_code=m.trust_remote_code)
+        .to(_state().device)
+        .eval()
+    )
+    result, records = evaluate_model(
+        model,
+        tokenizer,
+        benchmarks,
+        build_verifier(cfg.verifier),
+        cfg.eval.rollout_config(),
+        k=cfg.eval.k,
+        greedy=cfg.eval.greedy,
+        model_name=model_path,
+        seed=cfg.eval.seed,
+        progress=progress,
+    )
     result["compare"] = row.fingerprint
     row.eval_json.parent.mkdir(parents=True, exist_ok=True)
     write_samples(records, row.samples)

@@ -21,8 +21,9 @@ _SAMPLE_FIELDS = "benchmark, id, mode, correct"
 
 
 def _not_a_record(where: str, problem: str) -> None:
-    raise DataError(f"{where} {problem}, not an eval sample record ({_SAMPLE_FIELDS}); "
-                    "re-evaluate by deleting its eval JSON")
+    raise DataError(
+        f"{where} {problem}, not an eval sample record ({_SAMPLE_FIELDS}); re-evaluate by deleting its eval JSON"
+    )
 
 
 def problem_scores(samples_path: str | Path, metric: str = "pass@1") -> dict[str, dict[str, float]]:
@@ -43,15 +44,19 @@ def problem_scores(samples_path: str | Path, metric: str = "pass@1") -> dict[str
         try:
             bench, pid, mode, ok = rec["benchmark"], str(rec["id"]), rec["mode"], rec["correct"]
         except KeyError:
-            raise DataError(f"{path} record {number} is not an eval sample record ({_SAMPLE_FIELDS}); "
-                            "re-evaluate by deleting its eval JSON") from None
+            raise DataError(
+                f"{path} record {number} is not an eval sample record ({_SAMPLE_FIELDS}); "
+                "re-evaluate by deleting its eval JSON"
+            ) from None
         by_mode.setdefault(bench, {}).setdefault(mode, {}).setdefault(pid, []).append(float(bool(ok)))
     out: dict[str, dict[str, float]] = {}
     for bench, modes in by_mode.items():
         mode = "greedy" if metric == "pass@1" and "greedy" in modes else "sample"
         if mode not in modes:
-            raise DataError(f"{path}: benchmark {bench!r} has no sampled responses for avg@k; set eval.k >= 1 "
-                            "or use --metric pass@1")
+            raise DataError(
+                f"{path}: benchmark {bench!r} has no sampled responses for avg@k; set eval.k >= 1 "
+                "or use --metric pass@1"
+            )
         out[bench] = {pid: sum(v) / len(v) for pid, v in modes[mode].items()}
     if not out:
         raise DataError(f"{path} holds no eval records; re-evaluate by deleting its eval JSON")
@@ -69,15 +74,24 @@ def _cell(iv: dict | None, signed: bool = False) -> str:
     return f"{_fmt(iv['mean'], signed)} [{_fmt(iv['low'], signed)}, {_fmt(iv['high'], signed)}]{star}"
 
 
-def tabulate(rows: Sequence[Row], out_dir: str | Path, reference: str, metric: str = "pass@1",
-             n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+def tabulate(
+    rows: Sequence[Row],
+    out_dir: str | Path,
+    reference: str,
+    metric: str = "pass@1",
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
     """Write ``comparison.json`` and ``comparison.md`` for the rows that are done; returns the JSON."""
     out_dir = Path(out_dir)
     states = {r.name: r.state() for r in rows}
     done = [r for r in rows if states[r.name] == "done"]
     if not done:
-        raise DataError(f"no variant of {out_dir} is trained and evaluated yet; run sead compare without "
-                        "--tabulate-only (or with --only VARIANT for each variant)")
+        raise DataError(
+            f"no variant of {out_dir} is trained and evaluated yet; run sead compare without "
+            "--tabulate-only (or with --only VARIANT for each variant)"
+        )
     scores = {r.name: problem_scores(r.samples, metric) for r in done}
     first = done[0]
     benches = list(scores[first.name])
@@ -85,12 +99,15 @@ def tabulate(rows: Sequence[Row], out_dir: str | Path, reference: str, metric: s
     for r in done[1:]:
         for b in benches:
             if b not in scores[r.name] or set(scores[r.name][b]) != set(ids[b]):
-                raise DataError(f"{r.name} and {first.name} were evaluated on different problems of {b!r}; delete "
-                                f"{r.eval_json} and run sead compare again to re-evaluate it")
+                raise DataError(
+                    f"{r.name} and {first.name} were evaluated on different problems of {b!r}; delete "
+                    f"{r.eval_json} and run sead compare again to re-evaluate it"
+                )
         if set(scores[r.name]) - set(benches):
             extra = sorted(set(scores[r.name]) - set(benches))[0]
-            raise DataError(f"{r.name} has benchmark {extra!r} that {first.name} lacks; delete {r.eval_json} to "
-                            "re-evaluate it")
+            raise DataError(
+                f"{r.name} has benchmark {extra!r} that {first.name} lacks; delete {r.eval_json} to re-evaluate it"
+            )
     arrays = {b: np.array([[scores[r.name][b][i] for i in ids[b]] for r in done]) for b in benches}
     names = [r.name for r in done]
     ref_index = names.index(reference) if reference in names else None
@@ -98,10 +115,16 @@ def tabulate(rows: Sequence[Row], out_dir: str | Path, reference: str, metric: s
 
     table_rows = []
     for r in rows:
-        entry: dict[str, Any] = {"variant": r.name, "method": r.method, "description": r.description,
-                                 "status": states[r.name],
-                                 "run_dir": str(r.run_dir) if r.run_dir is not None else None,
-                                 "eval": str(r.eval_json), "scores": None, "diff": None}
+        entry: dict[str, Any] = {
+            "variant": r.name,
+            "method": r.method,
+            "description": r.description,
+            "status": states[r.name],
+            "run_dir": str(r.run_dir) if r.run_dir is not None else None,
+            "eval": str(r.eval_json),
+            "scores": None,
+            "diff": None,
+        }
         if r.name in names:
             i = names.index(r.name)
             entry["scores"] = {b: stats[b]["score"][i].to_dict() for b in benches + ["average"]}
@@ -109,12 +132,18 @@ def tabulate(rows: Sequence[Row], out_dir: str | Path, reference: str, metric: s
                 entry["diff"] = {b: stats[b]["diff"][i].to_dict() for b in benches + ["average"]}
         table_rows.append(entry)
     result = {
-        "metric": metric, "confidence": confidence, "resamples": n_resamples, "seed": seed,
+        "metric": metric,
+        "confidence": confidence,
+        "resamples": n_resamples,
+        "seed": seed,
         "reference": reference if ref_index is not None else None,
         "benchmarks": {b: {"n": len(ids[b])} for b in benches},
         "eval": {"k": first.cfg.eval.k, "greedy": first.cfg.eval.greedy},
-        "train": {"steps": first.cfg.train.steps, "seed": first.cfg.train.seed,
-                  "batch_size": first.cfg.train.batch_size},
+        "train": {
+            "steps": first.cfg.train.steps,
+            "seed": first.cfg.train.seed,
+            "batch_size": first.cfg.train.batch_size,
+        },
         "rows": table_rows,
     }
     atomic_write_json(out_dir / "comparison.json", result)
@@ -127,8 +156,11 @@ def comparison_markdown(result: dict) -> str:
     benches = list(result["benchmarks"])
     cols = [f"{b} (n={result['benchmarks'][b]['n']})" for b in benches] + ["average"]
     level = f"{100 * result['confidence']:g}%"
-    what = ("greedy pass@1" if result["eval"]["greedy"] else f"mean over k={result['eval']['k']} samples") \
-        if result["metric"] == "pass@1" else f"avg@k (mean over k={result['eval']['k']} samples)"
+    what = (
+        ("greedy pass@1" if result["eval"]["greedy"] else f"mean over k={result['eval']['k']} samples")
+        if result["metric"] == "pass@1"
+        else f"avg@k (mean over k={result['eval']['k']} samples)"
+    )
     tr = result["train"]
     lines = [
         "# Comparison",
@@ -147,8 +179,11 @@ def comparison_markdown(result: dict) -> str:
         if row["scores"] is None:
             lines.append(f"| {row['variant']} | {what_row} | " + " | ".join([row["status"]] * len(cols)) + " |")
         else:
-            lines.append(f"| {row['variant']} | {what_row} | "
-                         + " | ".join(_cell(row["scores"][b]) for b in benches + ["average"]) + " |")
+            lines.append(
+                f"| {row['variant']} | {what_row} | "
+                + " | ".join(_cell(row["scores"][b]) for b in benches + ["average"])
+                + " |"
+            )
     ref = result["reference"]
     lines += [""]
     if ref is None:
@@ -164,8 +199,11 @@ def comparison_markdown(result: dict) -> str:
         ]
         for row in result["rows"]:
             if row["diff"] is not None:
-                lines.append(f"| {row['variant']} | " + " | ".join(_cell(row["diff"][b], True)
-                                                                   for b in benches + ["average"]) + " |")
+                lines.append(
+                    f"| {row['variant']} | "
+                    + " | ".join(_cell(row["diff"][b], True) for b in benches + ["average"])
+                    + " |"
+                )
         lines.append("")
     missing = [r["variant"] for r in result["rows"] if r["scores"] is None]
     if missing:

@@ -24,7 +24,7 @@ PANELS = (
 
 def _running_mean(values: list[float], half: int) -> list[float]:
     n = len(values)
-    return [statistics.fmean(values[max(0, i - half):i + half + 1]) for i in range(n)]
+    return [statistics.fmean(values[max(0, i - half) : i + half + 1]) for i in range(n)]
 
 
 def _mean_series(runs: Sequence[RunData], key: str) -> tuple[list[int], list[float]]:
@@ -70,9 +70,17 @@ def method_overlay(runs: Sequence[RunData]):
 def overlay_caption(runs: Sequence[RunData]) -> str:
     """The overlay's caption; it says so where the curriculum makes the batch reward fall by design."""
     text = "Methods on shared axes: mean over each method's runs (seeds), a light running mean, raw values faint."
-    curriculum = sorted({r.method for r in runs if ((r.config or {}).get("objective") or {}).get("curriculum")
-                         and ((r.config or {}).get("curriculum") or {}).get("sampler", "uniform") != "uniform"})
+    curriculum = sorted(
+        {
+            r.method
+            for r in runs
+            if ((r.config or {}).get("objective") or {}).get("curriculum")
+            and ((r.config or {}).get("curriculum") or {}).get("sampler", "uniform") != "uniform"
+        }
+    )
     if curriculum:
-        text += (f" With the curriculum ({', '.join(curriculum)}) batches start with the easiest prompts and grow "
-                 "harder, so the sampled reward of those runs falls by design; compare held-out accuracy instead.")
+        text += (
+            f" With the curriculum ({', '.join(curriculum)}) batches start with the easiest prompts and grow "
+            "harder, so the sampled reward of those runs falls by design; compare held-out accuracy instead."
+        )
     return text

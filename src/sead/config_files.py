@@ -32,8 +32,16 @@ import yaml
 from sead.errors import ConfigError
 from sead.settings import help_texts
 
-__all__ = ["PATH_KEYS", "recipe_dir", "recipe_names", "recipe_description", "find_config", "read_config_file",
-           "merge_configs", "commented_yaml"]
+__all__ = [
+    "PATH_KEYS",
+    "recipe_dir",
+    "recipe_names",
+    "recipe_description",
+    "find_config",
+    "read_config_file",
+    "merge_configs",
+    "commented_yaml",
+]
 
 PATH_KEYS = {"model": ("student", "teacher", "tokenizer"), "data": ("path",), "curriculum": ("difficulty_path",)}
 BASE_NAME = "base"  # src/sead/configs/base.yaml: the settings every shipped recipe shares, not a recipe itself
@@ -77,11 +85,14 @@ def find_config(name_or_path: str | Path) -> Path:
         names = recipe_names()
         close = difflib.get_close_matches(text, names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"--config {text!r} is no file and no shipped recipe; {hint}"
-                          f"recipes: {', '.join(names)} (sead configs), or pass a YAML file")
+        raise ConfigError(
+            f"--config {text!r} is no file and no shipped recipe; {hint}"
+            f"recipes: {', '.join(names)} (sead configs), or pass a YAML file"
+        )
     what = "is a folder, not a file" if path.exists() else "does not exist"
-    raise ConfigError(f"config file {text!r} {what}; pass --config a YAML file or a shipped recipe name "
-                      "(sead configs lists them)")
+    raise ConfigError(
+        f"config file {text!r} {what}; pass --config a YAML file or a shipped recipe name (sead configs lists them)"
+    )
 
 
 def _read_yaml(path: Path) -> dict:
@@ -148,8 +159,10 @@ def _base_path(base: Any, path: Path) -> Path:
     shipped = _shipped(base) if _is_bare_name(base) else None
     if shipped is not None:
         return shipped
-    raise ConfigError(f"base {base!r} named in {path} does not exist (looked in {path.parent}); fix its base: line "
-                      "(a file relative to that config, or a shipped recipe name)")
+    raise ConfigError(
+        f"base {base!r} named in {path} does not exist (looked in {path.parent}); fix its base: line "
+        "(a file relative to that config, or a shipped recipe name)"
+    )
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -160,7 +173,7 @@ def read_config_file(path: str | Path) -> dict:
 
 def _read_chain(path: Path, chain: tuple[Path, ...]) -> dict:
     if path in chain:
-        loop = " -> ".join(p.name for p in (*chain[chain.index(path):], path))
+        loop = " -> ".join(p.name for p in (*chain[chain.index(path) :], path))
         raise ConfigError(f"config base cycle {loop}; remove one of these base: lines")
     data = _read_yaml(path)
     base = data.pop("base", None)

@@ -44,8 +44,13 @@ def save_run_config(run_dir: Path, cfg, step: int) -> None:
         changed = config_diff(kept[-1].get("config") or {}, new, RESUME_FREE)
         if changed:
             old = kept[-1].get("config") or {}
-            kept.append({"from_step": step + 1, "changed": {k: [_value(old, k), _value(new, k)] for k in changed},
-                         "config": new})
+            kept.append(
+                {
+                    "from_step": step + 1,
+                    "changed": {k: [_value(old, k), _value(new, k)] for k in changed},
+                    "config": new,
+                }
+            )
     if len(kept) > 1:
         write_jsonl(history_path, kept, durable=True)
     elif history_path.exists():

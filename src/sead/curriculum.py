@@ -106,7 +106,9 @@ class PromptSampler:
         if total_steps <= 0:
             raise ConfigError(f"the sampler needs total_steps > 0, got {total_steps}; set train.steps")
         if difficulties is not None and len(difficulties) != num_prompts:
-            raise DataError(f"{len(difficulties)} difficulties for {num_prompts} prompts; re-run `sead difficulty` on this data")
+            raise DataError(
+                f"{len(difficulties)} difficulties for {num_prompts} prompts; re-run `sead difficulty` on this data"
+            )
         self.num_prompts = num_prompts
         self.total_steps = total_steps
         self.difficulties = None if difficulties is None else [float(d) for d in difficulties]
@@ -267,7 +269,9 @@ class RefreshingSampler(CompetenceSampler):
 
     kind = "refreshing"
 
-    def __init__(self, num_prompts, total_steps, difficulties, seed=0, c0=0.25, p=2.0, momentum=0.5, explore_frac=0.125):
+    def __init__(
+        self, num_prompts, total_steps, difficulties, seed=0, c0=0.25, p=2.0, momentum=0.5, explore_frac=0.125
+    ):
         super().__init__(num_prompts, total_steps, difficulties, seed, c0, p)
         self.momentum, self.explore_frac = momentum, explore_frac
         self.updates = 0
@@ -275,7 +279,9 @@ class RefreshingSampler(CompetenceSampler):
     def _draw(self, step, batch_size):
         pool = self.eligible(step, batch_size)
         in_pool = set(pool)
-        upcoming = sorted((i for i in range(self.num_prompts) if i not in in_pool), key=lambda i: (self.difficulties[i], i))
+        upcoming = sorted(
+            (i for i in range(self.num_prompts) if i not in in_pool), key=lambda i: (self.difficulties[i], i)
+        )
         n_explore = min(math.floor(self.explore_frac * batch_size), len(upcoming))
         self._last["curriculum/competence"] = self.competence(step)
         self._last["curriculum/eligible"] = len(pool) / self.num_prompts
@@ -328,7 +334,9 @@ def load_difficulties(path: str, items: list[PromptItem]) -> list[float]:
     """
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"difficulty file {path} does not exist; run `sead difficulty` or fix curriculum.difficulty_path")
+        raise DataError(
+            f"difficulty file {path} does not exist; run `sead difficulty` or fix curriculum.difficulty_path"
+        )
     by_id: dict[str, float] = {}
     with p.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -340,7 +348,9 @@ def load_difficulties(path: str, items: list[PromptItem]) -> list[float]:
                 value = row["difficulty"] if row.get("difficulty") is not None else 1.0 - float(row["pass_rate"])
                 key, value = str(row["id"]), float(value)
             except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-                raise DataError(f'{where} is not {{"id", "pass_rate", "difficulty"}} JSON; fix the line or re-run `sead difficulty`') from None
+                raise DataError(
+                    f'{where} is not {{"id", "pass_rate", "difficulty"}} JSON; fix the line or re-run `sead difficulty`'
+                ) from None
             if not 0.0 <= value <= 1.0:
                 raise DataError(f"{where}: difficulty {value} is outside [0, 1]; re-run `sead difficulty`")
             by_id[key] = value
@@ -361,10 +371,15 @@ def sampler_notes(sampler: PromptSampler, batch_size: int, source: str | None) -
     if d is None or sampler.kind == "uniform":
         return notes
     if max(d) - min(d) < 1e-9:
-        does = "orders them by its noise alone, at random" if sampler.kind == "sorted" else \
-            f"draws from all {n} prompts alike, as curriculum.sampler=uniform would"
-        notes.append(f"every difficulty in {source} is {d[0]:g} (no spread): the curriculum cannot order the prompts; "
-                     f"the {sampler.kind} sampler {does}")
+        does = (
+            "orders them by its noise alone, at random"
+            if sampler.kind == "sorted"
+            else f"draws from all {n} prompts alike, as curriculum.sampler=uniform would"
+        )
+        notes.append(
+            f"every difficulty in {source} is {d[0]:g} (no spread): the curriculum cannot order the prompts; "
+            f"the {sampler.kind} sampler {does}"
+        )
     elif isinstance(sampler, CompetenceSampler):
         ordered, want = sorted(d), min(batch_size, n)
         short = 0  # competence only grows, so the steps with too few eligible prompts come first
@@ -374,7 +389,9 @@ def sampler_notes(sampler: PromptSampler, batch_size: int, source: str | None) -
             c = sampler.competence(0)
             eligible = bisect.bisect_right(ordered, c + 1e-12)
             pool = len(sampler.eligible(0, batch_size))
-            notes.append(f"at step 1 only {eligible} of {n} prompts in {source} have difficulty <= the competence "
-                         f"{c:.3g}, fewer than train.batch_size={batch_size}: through step {short} the "
-                         f"{sampler.kind} sampler draws from the {pool} easiest prompts instead")
+            notes.append(
+                f"at step 1 only {eligible} of {n} prompts in {source} have difficulty <= the competence "
+                f"{c:.3g}, fewer than train.batch_size={batch_size}: through step {short} the "
+                f"{sampler.kind} sampler draws from the {pool} easiest prompts instead"
+            )
     return notes

@@ -27,7 +27,13 @@ from sead.errors import ConfigError, DataError
 from sead.settings import setting
 
 __all__ = [
-    "DEFAULT_TEMPLATE", "LONG_PROMPTS", "PromptRows", "DataConfig", "PromptItem", "load_prompts", "load_rows",
+    "DEFAULT_TEMPLATE",
+    "LONG_PROMPTS",
+    "PromptRows",
+    "DataConfig",
+    "PromptItem",
+    "load_prompts",
+    "load_rows",
     "check_template",
 ]
 
@@ -45,7 +51,9 @@ def check_template(template: str, key: str) -> set[str]:
         raise ConfigError(f"{key} is not a valid format string ({err}); write literal braces as {{{{ }}}}") from None
     names = {name for _, name, _, _ in parts if name is not None}
     if "" in names or any(n.isdigit() for n in names):
-        raise ConfigError(f"{key} has an empty or positional {{}} field; use {{problem}} and write literal braces as {{{{ }}}}")
+        raise ConfigError(
+            f"{key} has an empty or positional {{}} field; use {{problem}} and write literal braces as {{{{ }}}}"
+        )
     if not names:
         raise ConfigError(f"{key} must contain {{problem}} (the prompt text); got {template!r}")
     return names
@@ -60,7 +68,9 @@ class PromptRows:
     prompt_field: str = setting("problem", "prompt text column ({problem} in the template)")
     answer_field: str | None = setting("answer", "reference answer column; null (data only): none, pure distillation")
     id_field: str | None = setting(None, "row id column; null: the 0-based row number")
-    template: str = setting(DEFAULT_TEMPLATE, "prompt format: {problem}, other columns by name, {{ }} for literal braces")
+    template: str = setting(
+        DEFAULT_TEMPLATE, "prompt format: {problem}, other columns by name, {{ }} for literal braces"
+    )
     max_prompts: int | None = setting(None, "a seeded random subset of this many rows (eval: per benchmark); null: all")
 
 
@@ -71,7 +81,9 @@ class DataConfig(PromptRows):
     path: str = setting("", "prompt file (.jsonl/.json/.parquet/.csv), dataset folder or hub name owner/name")
     subset: str | None = setting(None, "hub dataset configuration name, e.g. main for openai/gsm8k")
     shuffle_seed: int = setting(0, "seed of the max_prompts subset")
-    long_prompts: str = setting("error", "prompts longer than the context allows: error | truncate (keep the end) | drop")
+    long_prompts: str = setting(
+        "error", "prompts longer than the context allows: error | truncate (keep the end) | drop"
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str):
@@ -209,7 +221,9 @@ def _read_hub(name: str, subset: str | None, split: str) -> list[tuple[str, dict
 def load_rows(path: str, split: str = "train", subset: str | None = None) -> list[tuple[str, dict]]:
     """Read raw rows as ``(where, row)`` pairs; ``where`` names the file and row for error messages."""
     if not path:
-        raise DataError("no data path given; set data.path to a .jsonl/.json/.parquet/.csv file, a folder or owner/name")
+        raise DataError(
+            "no data path given; set data.path to a .jsonl/.json/.parquet/.csv file, a folder or owner/name"
+        )
     p = Path(path).expanduser()
     if p.is_dir():
         rows = _read_dataset_dir(p, split)
@@ -280,12 +294,17 @@ def rows_to_items(
                 raise _missing(where, id_field, row, f"{key_prefix}.id_field")
             item_id = _text(row[id_field], where, id_field, f"set {key_prefix}.id_field to a text or integer field")
             if item_id in seen:
-                raise DataError(f"{where}: id {item_id!r} repeats {seen[item_id]}; make {key_prefix}.id_field unique or set it to null")
+                raise DataError(
+                    f"{where}: id {item_id!r} repeats {seen[item_id]}; "
+                    f"make {key_prefix}.id_field unique or set it to null"
+                )
             seen[item_id] = where
         values = {n: row.get(n) for n in names if n != "problem"}
         for n, v in values.items():
             if v is None:
-                raise DataError(f"{where} has no field {n!r} used by {key_prefix}.template; fix the template or the data")
+                raise DataError(
+                    f"{where} has no field {n!r} used by {key_prefix}.template; fix the template or the data"
+                )
         values["problem"] = question
         items.append(PromptItem(id=item_id, question=question, answer=answer, prompt=template.format(**values)))
     return items

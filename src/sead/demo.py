@@ -48,13 +48,28 @@ def _preset_overlay(preset: str, recipe: dict) -> dict:
         "objective": {"tau": 1.0},  # eopd's gate for this teacher's entropy scale
         "optim": {"lr": 1e-5, "schedule": "constant", "warmup_steps": 0},
         "train": {"batch_size": 4 // group, "micro_batch_size": 4},
-        "eval": {"data": [f"heldout={heldout}"], "template": template, "max_prompts": 16, "batch_size": 16, "k": 0,
-                 "every": 0, **decoding},
+        "eval": {
+            "data": [f"heldout={heldout}"],
+            "template": template,
+            "max_prompts": 16,
+            "batch_size": 16,
+            "k": 0,
+            "every": 0,
+            **decoding,
+        },
     }
 
 
-def demo_config(out: Path, method: str, steps: int, seed: int, max_prompts: int, difficulty_path: Path,
-                preset: str = "tiny", lr: float | None = None) -> dict:
+def demo_config(
+    out: Path,
+    method: str,
+    steps: int,
+    seed: int,
+    max_prompts: int,
+    difficulty_path: Path,
+    preset: str = "tiny",
+    lr: float | None = None,
+) -> dict:
     """The config dict of one demo run: the shipped recipe of ``method`` (``sead config show
     --config METHOD``), the preset's changes over it, then this run's budget, seed and folder."""
     recipe = read_config_file(find_config(method))
@@ -64,8 +79,13 @@ def demo_config(out: Path, method: str, steps: int, seed: int, max_prompts: int,
         "data": {"max_prompts": max_prompts},
         "curriculum": {"difficulty_path": str(difficulty_path), "seed": seed},
         "optim": {} if lr is None else {"lr": lr},
-        "train": {"steps": steps, "seed": seed, "save_every": steps, "keep_checkpoints": 1,
-                  "output_dir": str(out / "runs" / f"{method}-s{seed}")},
+        "train": {
+            "steps": steps,
+            "seed": seed,
+            "save_every": steps,
+            "keep_checkpoints": 1,
+            "output_dir": str(out / "runs" / f"{method}-s{seed}"),
+        },
         "logging": {"samples_every": max(1, steps // 5)},
     }
     return merge_configs(merge_configs(recipe, _preset_overlay(preset, recipe)), run)
@@ -76,34 +96,55 @@ def _evaluate(model_path: str, cfg, out_dir: Path, tag: str) -> dict:
     from sead.compare_tables import problem_scores
     from sead.evaluate import eval_main
 
-    result = eval_main(model_path, out_dir=str(out_dir), cfg=cfg.eval, verifier_cfg=cfg.verifier, tag=tag,
-                       progress=False, show_table=False)
+    result = eval_main(
+        model_path,
+        out_dir=str(out_dir),
+        cfg=cfg.eval,
+        verifier_cfg=cfg.verifier,
+        tag=tag,
+        progress=False,
+        show_table=False,
+    )
     scores = result["benchmarks"]["heldout"]
     samples = Path(out_dir) / "eval" / f"{tag}.samples.jsonl"
-    return {"greedy": float(scores["pass@1"]), "sampled": scores.get("avg@k"), "n": int(scores["n"]),
-            "problems": problem_scores(samples)["heldout"]}
+    return {
+        "greedy": float(scores["pass@1"]),
+        "sampled": scores.get("avg@k"),
+        "n": int(scores["n"]),
+        "problems": problem_scores(samples)["heldout"],
+    }
 
 
 def _flips(old: dict[str, float], new: dict[str, float]) -> dict:
     """Problems the greedy answer got right that it had wrong before (fixed), and the reverse (broken)."""
-    return {"fixed": sum(1 for i, v in new.items() if v > old.get(i, 0.0)),
-            "broken": sum(1 for i, v in new.items() if v < old.get(i, 0.0))}
+    return {
+        "fixed": sum(1 for i, v in new.items() if v > old.get(i, 0.0)),
+        "broken": sum(1 for i, v in new.items() if v < old.get(i, 0.0)),
+    }
 
 
 def _mean(values: list) -> float | None:
     return None if not values or None in values else statistics.fmean(values)
 
 
-def run_demo(out: Path, methods: list[str], steps: int, seeds: list[int], max_prompts: int, k: int,
-             preset: str = "tiny", lr: float | None = None) -> dict:
+def run_demo(
+    out: Path,
+    methods: list[str],
+    steps: int,
+    seeds: list[int],
+    max_prompts: int,
+    k: int,
+    preset: str = "tiny",
+    lr: float | None = None,
+) -> dict:
     """Run the whole demo into ``out``: every method once per seed, same budget; returns ``results.json``."""
+    import torch
+
     from sead.config import config_from_dict
     from sead.demo_summary import summarise
     from sead.difficulty import difficulty_from_config
     from sead.report import build_report
     from sead.trainer import Trainer
-
-    import torch
 
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -118,11 +159,24 @@ def run_demo(out: Path, methods: list[str], steps: int, seeds: list[int], max_pr
     before = _evaluate(base.model.student, base, out, "student-before")
     teacher = _evaluate(base.model.teacher, base, out, "teacher")
     problems = {"before": before["problems"], "teacher": teacher["problems"]}
-    results = {"preset": preset, "seeds": list(seeds), "steps": steps, "lr": base.optim.lr,
-               "batch_size": base.train.batch_size, "n_eval": before["n"], "before": before["greedy"],
-               "teacher": teacher["greedy"], "after": {}, "per_seed": {}, "eval_samples": base.eval.k,
-               "sampled": {"before": before["sampled"], "teacher": teacher["sampled"]}, "sampled_per_seed": {},
-               "flips": {}, "time_s": {}, "runs": {}}
+    results = {
+        "preset": preset,
+        "seeds": list(seeds),
+        "steps": steps,
+        "lr": base.optim.lr,
+        "batch_size": base.train.batch_size,
+        "n_eval": before["n"],
+        "before": before["greedy"],
+        "teacher": teacher["greedy"],
+        "after": {},
+        "per_seed": {},
+        "eval_samples": base.eval.k,
+        "sampled": {"before": before["sampled"], "teacher": teacher["sampled"]},
+        "sampled_per_seed": {},
+        "flips": {},
+        "time_s": {},
+        "runs": {},
+    }
     total = len(methods) * len(seeds)
     for i, (method, seed) in enumerate(((m, s) for m in methods for s in seeds), 1):
         print(f"[3/4] training {method}, seed {seed} ({i}/{total}): {steps} steps from the same student")
@@ -154,16 +208,27 @@ def run_demo(out: Path, methods: list[str], steps: int, seeds: list[int], max_pr
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--preset", default="tiny", choices=list(PRESETS),
-                        help="tiny: shipped tiny models (default); smollm2: real SmolLM2-135M teacher")
+    parser.add_argument(
+        "--preset",
+        default="tiny",
+        choices=list(PRESETS),
+        help="tiny: shipped tiny models (default); smollm2: real SmolLM2-135M teacher",
+    )
     parser.add_argument("--out", default=None, help="output folder (default runs/demo or runs/demo-smollm2)")
-    parser.add_argument("--methods", default=None, help="comma-separated methods (default opd,eopd,sead; smollm2: opd,sead)")
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated methods (default opd,eopd,sead; smollm2: opd,sead)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps per run (tiny 40, smollm2 3)")
-    parser.add_argument("--seeds", default=None, help="comma-separated training seeds, one run per method and seed "
-                                                       "(tiny 0,1,2; smollm2 0)")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated training seeds, one run per method and seed (tiny 0,1,2; smollm2 0)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="a single training seed (same as --seeds N)")
     parser.add_argument("--prompts", type=int, default=None, help="training prompts used (tiny 1024, smollm2 32)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate of every method (tiny: the recipes' 1e-4)")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="learning rate of every method (tiny: the recipes' 1e-4)"
+    )
     parser.add_argument("--k", type=int, default=None, help="rollouts per prompt for difficulty (tiny 4, smollm2 2)")
     return parser
 
@@ -178,7 +243,9 @@ def _seeds(args: argparse.Namespace, default: int) -> list[int]:
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
-        raise SeadError(f"--seeds {args.seeds!r} is not a comma-separated list of integers; e.g. --seeds 0,1,2") from None
+        raise SeadError(
+            f"--seeds {args.seeds!r} is not a comma-separated list of integers; e.g. --seeds 0,1,2"
+        ) from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise SeadError(f"--seeds {args.seeds!r} must name at least one seed, each once; e.g. --seeds 0,1,2")
     return seeds

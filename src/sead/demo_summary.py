@@ -35,16 +35,25 @@ def summarise(problems: dict, methods: list[str], n_resamples: int = 2000, seed:
 
     names = ["teacher", "before", *methods]
     rows = {name: row(name) for name in names}
-    stats = compare_scores({"heldout": np.array([rows[n] for n in names])}, reference=1,
-                           n_resamples=n_resamples, seed=seed)["heldout"]
+    stats = compare_scores(
+        {"heldout": np.array([rows[n] for n in names])}, reference=1, n_resamples=n_resamples, seed=seed
+    )["heldout"]
     score = {n: stats["score"][i].to_dict() for i, n in enumerate(names)}
     vs_before = {m: stats["diff"][names.index(m)].to_dict() for m in methods}
-    pairs = {f"{b} - {a}": paired_difference(rows[b], rows[a], n_resamples=n_resamples, seed=seed).to_dict()
-             for a, b in itertools.combinations(methods, 2)}
+    pairs = {
+        f"{b} - {a}": paired_difference(rows[b], rows[a], n_resamples=n_resamples, seed=seed).to_dict()
+        for a, b in itertools.combinations(methods, 2)
+    }
     gap = score["teacher"]["mean"] - score["before"]["mean"]
     gap_closed = {m: (score[m]["mean"] - score["before"]["mean"]) / gap if gap > 0 else None for m in methods}
-    return {"score": score, "vs_before": vs_before, "pairs": pairs, "gap_closed": gap_closed,
-            "confidence": 0.95, "resamples": n_resamples}
+    return {
+        "score": score,
+        "vs_before": vs_before,
+        "pairs": pairs,
+        "gap_closed": gap_closed,
+        "confidence": 0.95,
+        "resamples": n_resamples,
+    }
 
 
 def _pct(x: float | None) -> str:
@@ -82,20 +91,26 @@ def verdict_lines(results: dict, methods: list[str]) -> list[str]:
     closed = {m: g for m, g in s["gap_closed"].items() if g is not None}
     if closed:
         best = max(closed, key=closed.get)
-        lines.append(f"Best: {best}, closing {closed[best]:.0%} of the teacher-student gap "
-                     f"({_pct(before)} -> {_pct(results['after'][best])}, teacher {_pct(results['teacher'])}).")
+        lines.append(
+            f"Best: {best}, closing {closed[best]:.0%} of the teacher-student gap "
+            f"({_pct(before)} -> {_pct(results['after'][best])}, teacher {_pct(results['teacher'])})."
+        )
     for pair, iv in s["pairs"].items():
         b, a = pair.split(" - ")
         if iv["low"] > 0 or iv["high"] < 0:
             lead, trail = (b, a) if iv["mean"] > 0 else (a, b)
             lines.append(f"{lead} beat {trail} by {abs(100 * iv['mean']):.1f} points ({pair}: {_pt(iv)}).")
         else:
-            lines.append(f"{pair}: {_pt(iv)} points; the interval includes zero: no difference shown on "
-                         f"{results['n_eval']} problems.")
+            lines.append(
+                f"{pair}: {_pt(iv)} points; the interval includes zero: no difference shown on "
+                f"{results['n_eval']} problems."
+            )
     churn = [f["fixed"] + f["broken"] for m in methods for f in results["flips"][m]]
     if churn and max(churn) > 0:
-        lines.append(f"Churn: each run changed the greedy answer on {min(churn)}-{max(churn)} of the "
-                     f"{results['n_eval']} problems (fixed + broken).")
+        lines.append(
+            f"Churn: each run changed the greedy answer on {min(churn)}-{max(churn)} of the "
+            f"{results['n_eval']} problems (fixed + broken)."
+        )
     return lines
 
 
@@ -105,17 +120,27 @@ def summary_rows(results: dict, methods: list[str], compact: bool = False) -> tu
     ``compact`` (the console at 80 columns): no per-seed column, intervals in whole points."""
     per_seed, digits = not compact, 0 if compact else 1
     k, sampled, s = results.get("eval_samples", 0), results.get("sampled", {}), results["summary"]
-    header = ["model", "greedy [95% CI]", *(["per seed"] if per_seed else []),
-              "vs before" if compact else "vs before [95% CI]", "gap" if compact else "gap closed",
-              "fix/brk" if compact else "fixed/broken", *([f"avg@{k}"] if k else [])]
+    header = [
+        "model",
+        "greedy [95% CI]",
+        *(["per seed"] if per_seed else []),
+        "vs before" if compact else "vs before [95% CI]",
+        "gap" if compact else "gap closed",
+        "fix/brk" if compact else "fixed/broken",
+        *([f"avg@{k}"] if k else []),
+    ]
 
     def row(label, key, trained=False):
         cells = [label, _with_ci(s["score"][key], digits)]
         if trained:
             flips, gap = results["flips"][key], s["gap_closed"][key]
             seeds = [" / ".join(f"{100 * v:.1f}" for v in results["per_seed"][key])] if per_seed else []
-            cells += [*seeds, _pt(s["vs_before"][key], digits), "-" if gap is None else f"{gap:.0%}",
-                      f"{sum(f['fixed'] for f in flips)}/{sum(f['broken'] for f in flips)}"]
+            cells += [
+                *seeds,
+                _pt(s["vs_before"][key], digits),
+                "-" if gap is None else f"{gap:.0%}",
+                f"{sum(f['fixed'] for f in flips)}/{sum(f['broken'] for f in flips)}",
+            ]
         else:
             cells += [""] * (4 if per_seed else 3)
         return cells + ([f"{100 * sampled[key]:.1f}" if sampled.get(key) is not None else "-"] if k else [])
@@ -127,13 +152,15 @@ def summary_rows(results: dict, methods: list[str], compact: bool = False) -> tu
 def caption(results: dict) -> str:
     """What the numbers are (the same budget for every method, what the intervals cover)."""
     k = results.get("eval_samples", 0)
-    return (f"Held-out accuracy in %, {results['n_eval']} problems; {results['steps']} steps per run, batch "
-            f"{results['batch_size']}, lr {results['lr']:g} for every method; seeds "
-            f"{', '.join(map(str, results['seeds']))}. Greedy: mean over seeds, 95% percentile-bootstrap interval "
-            "over problems (training noise shows in the per-seed values). vs before: paired difference in points. "
-            "Gap closed: share of the teacher-student gap. fixed/broken: greedy answers that turned right / wrong "
-            "against the student before training, summed over seeds."
-            + (f" avg@{k}: mean over {k} samples at temperature 0.7." if k else ""))
+    return (
+        f"Held-out accuracy in %, {results['n_eval']} problems; {results['steps']} steps per run, batch "
+        f"{results['batch_size']}, lr {results['lr']:g} for every method; seeds "
+        f"{', '.join(map(str, results['seeds']))}. Greedy: mean over seeds, 95% percentile-bootstrap interval "
+        "over problems (training noise shows in the per-seed values). vs before: paired difference in points. "
+        "Gap closed: share of the teacher-student gap. fixed/broken: greedy answers that turned right / wrong "
+        "against the student before training, summed over seeds."
+        + (f" avg@{k}: mean over {k} samples at temperature 0.7." if k else "")
+    )
 
 
 def print_table(results: dict, methods: list[str]) -> None:
@@ -141,8 +168,11 @@ def print_table(results: dict, methods: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"held-out accuracy %, {results['n_eval']} problems, mean of {len(results['seeds'])} seeds",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=f"held-out accuracy %, {results['n_eval']} problems, mean of {len(results['seeds'])} seeds",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     header, rows = summary_rows(results, methods, compact=True)
     for name in header:
         table.add_column(name, justify="left" if name == "model" else "right", no_wrap=True)
@@ -150,8 +180,11 @@ def print_table(results: dict, methods: list[str]) -> None:
         table.add_row(*cells)
     console = Console()
     console.print(table)
-    console.print("per seed (greedy %): " + "; ".join(
-        f"{m} {' / '.join(f'{100 * v:.1f}' for v in results['per_seed'][m])}" for m in methods), highlight=False)
+    console.print(
+        "per seed (greedy %): "
+        + "; ".join(f"{m} {' / '.join(f'{100 * v:.1f}' for v in results['per_seed'][m])}" for m in methods),
+        highlight=False,
+    )
     console.print(caption(results), style="dim", highlight=False)
     for line in verdict_lines(results, methods):
         console.print(line, highlight=False)

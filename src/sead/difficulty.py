@@ -36,7 +36,9 @@ def read_done(path: str | Path) -> dict[str, dict]:
             except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
                 if lineno == len(lines):
                     break  # torn last line of an interrupted run: drop it
-                raise DataError(f"{path} line {lineno} is not a difficulty record; delete that line and re-run") from None
+                raise DataError(
+                    f"{path} line {lineno} is not a difficulty record; delete that line and re-run"
+                ) from None
         keep += len(line)
     if keep < len(raw):
         with path.open("r+b") as f:
@@ -90,7 +92,13 @@ def estimate_difficulty(
                 texts = _texts(model, tokenizer, chunk, rollout_cfg, k, False, lambda n=1: None)
                 for it, responses in zip(chunk, texts):
                     correct = sum(bool(verifier(r, it.answer)) for r in responses)
-                    row = {"id": it.id, "pass_rate": correct / k, "difficulty": 1.0 - correct / k, "k": k, "correct": correct}
+                    row = {
+                        "id": it.id,
+                        "pass_rate": correct / k,
+                        "difficulty": 1.0 - correct / k,
+                        "k": k,
+                        "correct": correct,
+                    }
                     done[it.id] = row
                     if out is not None:
                         out.write(json.dumps(row) + "\n")
@@ -154,6 +162,15 @@ def difficulty_from_config(cfg, k: int = 8, out_path: str | None = None, progres
     if not out_path:
         raise ConfigError("no output file for difficulties; set curriculum.difficulty_path=PATH.jsonl")
     return difficulty_main(
-        cfg.model.student, cfg.data, cfg.verifier, cfg.rollout, k, out_path, cfg.model.dtype, progress, cfg.train.seed,
-        cfg.model.tokenizer, cfg.model.gguf_file,
+        cfg.model.student,
+        cfg.data,
+        cfg.verifier,
+        cfg.rollout,
+        k,
+        out_path,
+        cfg.model.dtype,
+        progress,
+        cfg.train.seed,
+        cfg.model.tokenizer,
+        cfg.model.gguf_file,
     )

@@ -116,17 +116,13 @@ def _pair(student_logits, teacher_logits, top_k):
     return s_logp, t_logp
 
 
-def forward_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, top_k: int | None = None
-) -> torch.Tensor:
+def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
     """KL(p_teacher || p_student) = sum_v p_t (log p_t - log p_s), per position ``(...)``."""
     s_logp, t_logp = _pair(student_logits, teacher_logits, top_k)
     return _kl_from_logp(t_logp, s_logp)
 
 
-def reverse_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, top_k: int | None = None
-) -> torch.Tensor:
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
     """KL(p_student || p_teacher) = sum_v p_s (log p_s - log p_t), per position ``(...)``."""
     s_logp, t_logp = _pair(student_logits, teacher_logits, top_k)
     return _kl_from_logp(s_logp, t_logp)

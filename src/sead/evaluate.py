@@ -3,12 +3,12 @@
 `evaluate_model` scores a model on named prompt sets and returns the eval JSON of docs/FORMATS.md
 (``{"model", "benchmarks": {NAME: {"pass@1", "avg@k", "pass@k": {"1": .., "2": ..}, "n", "k"}},
 "average": {metric: float}}``, and ``"warnings": [line, ...]`` when the verifier cannot match some
-reference answers at all, see `sead.verifier.unmatchable_answers`) plus one record per generated response. ``pass@1`` is the greedy
-accuracy when ``greedy`` is on, else the sampled pass@1 (= avg@k). ``pass@k`` is reported for the
-powers of two up to k, and k itself. With ``k = 0`` only greedy decoding runs and ``avg@k`` /
-``pass@k`` are left out. ``average`` is the unweighted mean over benchmarks of the flat metrics
-(``pass@1``, ``avg@k``, ``pass@J`` for J >= 2), the same names as the trainer's
-``eval/<bench>/<metric>`` keys (`flat_metrics`).
+reference answers at all, see `sead.verifier.unmatchable_answers`) plus one record per generated
+response. ``pass@1`` is the greedy accuracy when ``greedy`` is on, else the sampled pass@1
+(= avg@k). ``pass@k`` is reported for the powers of two up to k, and k itself. With ``k = 0``
+only greedy decoding runs and ``avg@k`` / ``pass@k`` are left out. ``average`` is the unweighted
+mean over benchmarks of the flat metrics (``pass@1``, ``avg@k``, ``pass@J`` for J >= 2), the same
+names as the trainer's ``eval/<bench>/<metric>`` keys (`flat_metrics`).
 
 Trainer hook: ``if should_evaluate(cfg.eval, step): metrics |= evaluate_during_training(...)``
 on the main process, with the unwrapped model.
@@ -61,7 +61,9 @@ class EvalConfig(PromptRows, RolloutConfig):
         if not isinstance(self.data, list) or not all(isinstance(d, str) and d for d in self.data):
             raise ConfigError(f"eval.data must be a list of paths or name=path strings, got {self.data!r}")
         if not self.prompt_field or not self.answer_field:
-            raise ConfigError("eval.prompt_field and eval.answer_field must be non-empty; e.g. eval.prompt_field=problem")
+            raise ConfigError(
+                "eval.prompt_field and eval.answer_field must be non-empty; e.g. eval.prompt_field=problem"
+            )
         check_template(self.template, "eval.template")
         if not isinstance(self.k, int) or self.k < 0:
             raise ConfigError(f"eval.k must be an integer >= 0, got {self.k!r}; e.g. eval.k=8")
@@ -114,7 +116,9 @@ def load_benchmarks(cfg: EvalConfig) -> dict[str, list[PromptItem]]:
             path = entry
             name = Path(entry).name.split(".")[0] if Path(entry).exists() else entry.replace("/", "_")
         if name in benchmarks or not name or "/" in name:
-            raise ConfigError(f"eval.data entry {entry!r} gives a repeated or unusable name {name!r}; write it as name=path")
+            raise ConfigError(
+                f"eval.data entry {entry!r} gives a repeated or unusable name {name!r}; write it as name=path"
+            )
         rows = load_rows(path, cfg.split)
         items = rows_to_items(rows, cfg.prompt_field, cfg.answer_field, cfg.id_field, cfg.template, key_prefix="eval")
         benchmarks[name] = subsample(items, cfg.max_prompts, cfg.seed)
@@ -127,9 +131,22 @@ def progress_bar(total: int, description: str, enabled: bool = True):
     if not enabled:
         yield lambda n=1: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
@@ -138,7 +155,9 @@ def progress_bar(total: int, description: str, enabled: bool = True):
 def _generate(model, tokenizer, prompts: list[str], rollout_cfg, num_samples: int, greedy: bool) -> list[str]:
     from sead.rollout import generate_rollouts
 
-    return generate_rollouts(model, tokenizer, prompts, rollout_cfg, num_samples=num_samples, greedy=greedy).response_texts
+    return generate_rollouts(
+        model, tokenizer, prompts, rollout_cfg, num_samples=num_samples, greedy=greedy
+    ).response_texts
 
 
 def _texts(model, tokenizer, items, rollout_cfg, num_samples, greedy, advance) -> list[list[str]]:
@@ -191,8 +210,16 @@ def evaluate_model(
                 correct = [[bool(verifier(t, it.answer)) for t in row] for it, row in zip(items, texts)]
                 for it, row, oks in zip(items, texts, correct):
                     records += [
-                        {"benchmark": name, "id": it.id, "mode": mode, "sample": j, "prompt": it.prompt,
-                         "answer": it.answer, "response": t, "correct": ok}
+                        {
+                            "benchmark": name,
+                            "id": it.id,
+                            "mode": mode,
+                            "sample": j,
+                            "prompt": it.prompt,
+                            "answer": it.answer,
+                            "response": t,
+                            "correct": ok,
+                        }
                         for j, (t, ok) in enumerate(zip(row, oks))
                     ]
                 if is_greedy:
@@ -200,11 +227,16 @@ def evaluate_model(
                 else:
                     counts = [sum(oks) for oks in correct]
                     scores["avg@k"] = sum(counts) / (k * len(items))
-                    scores["pass@k"] = {str(j): sum(pass_at_k(k, c, j) for c in counts) / len(items) for j in k_values(k)}
+                    scores["pass@k"] = {
+                        str(j): sum(pass_at_k(k, c, j) for c in counts) / len(items) for j in k_values(k)
+                    }
                     scores.setdefault("pass@1", scores["avg@k"])
-            result["benchmarks"][name] = {key: scores[key] for key in ("pass@1", "avg@k", "pass@k", "n", "k") if key in scores}
-            warning = unmatchable_note(verifier, items, f"of benchmark {name!r}", "eval",
-                                       "they score 0 whatever the model answers")
+            result["benchmarks"][name] = {
+                key: scores[key] for key in ("pass@1", "avg@k", "pass@k", "n", "k") if key in scores
+            }
+            warning = unmatchable_note(
+                verifier, items, f"of benchmark {name!r}", "eval", "they score 0 whatever the model answers"
+            )
             if warning:
                 result.setdefault("warnings", []).append(warning)
     per_bench = [_flat(b) for b in result["benchmarks"].values()]

@@ -54,16 +54,35 @@ def transform_logits(logits: torch.Tensor, logit_scale: float = 1.0, softcap: fl
 
 
 @torch.no_grad()
-def divergence_stats_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, chunk_size=1024,
-                                 logit_scale=1.0, softcap=None, teacher_transform=None, workspace=None):  # fmt: skip
+def divergence_stats_from_hidden(
+    student_hidden,
+    student_head,
+    teacher_hidden,
+    teacher_head,
+    mask,
+    chunk_size=1024,
+    logit_scale=1.0,
+    softcap=None,
+    teacher_transform=None,
+    workspace=None,
+):
     """Per-position float32 ``(H(p_t), H(p_s), FKL(p_t || p_s), RKL(p_s || p_t))``, each shaped like ``mask``
     (0 where masked), in one chunked pass over the valid rows: two ``(chunk_size, V)`` buffers, no gradient.
     """
     s_N_H, s_head_V_H, t_N_H, t_head_V_H, t_transform = checked_inputs(
-        student_hidden.detach(), student_head.detach(), teacher_hidden, teacher_head, mask.shape, chunk_size,
-        logit_scale, softcap, teacher_transform)  # fmt: skip
-    opts = KernelOptions(chunk_size, float(logit_scale), softcap, t_transform, None, None, False, False, workspace,
-                         entropies=True)  # fmt: skip
+        student_hidden.detach(),
+        student_head.detach(),
+        teacher_hidden,
+        teacher_head,
+        mask.shape,
+        chunk_size,
+        logit_scale,
+        softcap,
+        teacher_transform,
+    )
+    opts = KernelOptions(
+        chunk_size, float(logit_scale), softcap, t_transform, None, None, False, False, workspace, entropies=True
+    )
     rows_S = mask.reshape(-1).bool().nonzero().squeeze(-1)
     ones_S = torch.ones(rows_S.numel(), dtype=torch.float32, device=s_N_H.device)
     out_4N = torch.zeros(4, s_N_H.shape[0], dtype=torch.float32, device=s_N_H.device)
@@ -90,9 +109,20 @@ def zone_c_weights(alpha: float, lam: float, zone_c_mix: str) -> tuple[float, fl
     return ((1.0 - alpha) * lam if zone_c_mix == "interpolate" else 0.0), alpha * lam
 
 
-def fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head, rkl_weight, fkl_weight,
-                     normalizer=None, chunk_size=1024, logit_scale=1.0, softcap=None, teacher_transform=None,
-                     workspace=None):  # fmt: skip
+def fused_divergence(
+    student_hidden,
+    student_head,
+    teacher_hidden,
+    teacher_head,
+    rkl_weight,
+    fkl_weight,
+    normalizer=None,
+    chunk_size=1024,
+    logit_scale=1.0,
+    softcap=None,
+    teacher_transform=None,
+    workspace=None,
+):
     """The shared chunked core: ``(loss, token_losses)``.
 
     loss = sum_t [w_rkl(t) RKL(t) + w_fkl(t) FKL(t)] / max(normalizer, 1). Weights are shaped like
@@ -105,8 +135,20 @@ def fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head,
     w_r_N, w_f_N = rkl_weight.reshape(-1).float(), fkl_weight.reshape(-1).float()
     rows_S = ((w_r_N != 0) | (w_f_N != 0)).nonzero().squeeze(-1)
     normalizer = rows_S.numel() if normalizer is None else normalizer
-    loss, tokens, _, _ = apply_fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head,
-                                                rkl_weight.shape, w_r_N, w_f_N, rows_S, normalizer, chunk_size,
-                                                logit_scale, softcap, teacher_transform,
-                                                workspace=workspace)  # fmt: skip
+    loss, tokens, _, _ = apply_fused_divergence(
+        student_hidden,
+        student_head,
+        teacher_hidden,
+        teacher_head,
+        rkl_weight.shape,
+        w_r_N,
+        w_f_N,
+        rows_S,
+        normalizer,
+        chunk_size,
+        logit_scale,
+        softcap,
+        teacher_transform,
+        workspace=workspace,
+    )
     return loss, tokens

@@ -19,10 +19,19 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
-    "check_transform", "teacher_logit_transform", "flatten_hidden", "head_rows", "checked_inputs",
-    "two_pass_workspace", "chunked_entropies", "ZoneRule", "KernelOptions", "ChunkOut", "run_chunks",
+    "check_transform",
+    "teacher_logit_transform",
+    "flatten_hidden",
+    "head_rows",
+    "checked_inputs",
+    "two_pass_workspace",
+    "chunked_entropies",
+    "ZoneRule",
+    "KernelOptions",
+    "ChunkOut",
+    "run_chunks",
     "apply_fused_divergence",
-]  # fmt: skip
+]
 
 # ---------------------------------------------------------------------------------------------
 # Input checks shared by every entry point
@@ -41,8 +50,10 @@ def head_rows(head: torch.Tensor, hidden_N_H: torch.Tensor, vocab: int | None, n
         raise ValueError(f"{name} {tuple(head.shape)} must be (V, {hidden_N_H.shape[1]})")
     vocab = head.shape[0] if vocab is None else vocab
     if head.shape[0] < vocab:
-        raise ValueError(f"{name} has {head.shape[0]} rows but the student vocabulary has {vocab}; "
-                         "the teacher head must cover the student vocabulary (extra rows are ignored)")  # fmt: skip
+        raise ValueError(
+            f"{name} has {head.shape[0]} rows but the student vocabulary has {vocab}; "
+            "the teacher head must cover the student vocabulary (extra rows are ignored)"
+        )
     return head if head.shape[0] == vocab else head[:vocab]  # no view: autograd hands our grad straight to .grad
 
 
@@ -55,15 +66,26 @@ def teacher_logit_transform(logit_scale, softcap, teacher_transform) -> tuple[fl
 
 def check_transform(logit_scale: float, softcap: float | None, chunk_size: int = 1) -> None:
     """ValueError naming the bad value unless softcap > 0 (or None), logit_scale > 0, chunk_size >= 1."""
-    for ok, what in ((softcap is None or softcap > 0, f"softcap must be > 0 or None, got {softcap}"),
-                     (logit_scale > 0, f"logit_scale must be > 0, got {logit_scale}"),
-                     (chunk_size >= 1, f"chunk_size must be >= 1, got {chunk_size}")):  # fmt: skip
+    for ok, what in (
+        (softcap is None or softcap > 0, f"softcap must be > 0 or None, got {softcap}"),
+        (logit_scale > 0, f"logit_scale must be > 0, got {logit_scale}"),
+        (chunk_size >= 1, f"chunk_size must be >= 1, got {chunk_size}"),
+    ):
         if not ok:
             raise ValueError(what)
 
 
-def checked_inputs(student_hidden, student_head, teacher_hidden, teacher_head, shape, chunk_size, logit_scale,
-                   softcap, teacher_transform):  # fmt: skip
+def checked_inputs(
+    student_hidden,
+    student_head,
+    teacher_hidden,
+    teacher_head,
+    shape,
+    chunk_size,
+    logit_scale,
+    softcap,
+    teacher_transform,
+):
     """Checked, flattened inputs: ``(s_N_H, s_head_V_H, t_N_H, t_head_V_H, teacher (scale, softcap))``;
     the teacher's side detached and its head cut to the student's V rows."""
     check_transform(logit_scale, softcap, chunk_size)
@@ -324,8 +346,9 @@ class _FusedDivergence(torch.autograd.Function):
         grad_h = torch.zeros_like(s_hidden_N_H) if opts.need_hidden_grad else None
         grad_w = torch.zeros(vocab, width, dtype=torch.float32, device=device) if opts.need_head_grad else None
         low, count = s_head_V_H.dtype != torch.float32, 0
-        for idx, hs, bufs, out in run_chunks(s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_S, w_rkl_S,
-                                          w_fkl_S, opts):  # fmt: skip
+        for idx, hs, bufs, out in run_chunks(
+            s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_S, w_rkl_S, w_fkl_S, opts
+        ):
             tokens_N[idx], g = out.values, out.grad
             if out.in_zone is not None:
                 ent_t_N[idx], ent_s_N[idx], count = out.ent_t, out.ent_s, count + int(out.in_zone.sum())
@@ -360,9 +383,23 @@ class _FusedDivergence(torch.autograd.Function):
         return grad_h, grad_w, None, None, None, None, None, None
 
 
-def apply_fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head, weight_shape, w_rkl_N,
-                           w_fkl_N, rows_S, normalizer, chunk_size, logit_scale, softcap, teacher_transform,
-                           rule=None, workspace=None):  # fmt: skip
+def apply_fused_divergence(
+    student_hidden,
+    student_head,
+    teacher_hidden,
+    teacher_head,
+    weight_shape,
+    w_rkl_N,
+    w_fkl_N,
+    rows_S,
+    normalizer,
+    chunk_size,
+    logit_scale,
+    softcap,
+    teacher_transform,
+    rule=None,
+    workspace=None,
+):
     """``(loss, token_losses, teacher_entropy, student_entropy)``, the last three shaped ``weight_shape``.
 
     Checks shapes, builds the options and applies the autograd function over the rows ``rows_S``
@@ -370,14 +407,31 @@ def apply_fused_divergence(student_hidden, student_head, teacher_hidden, teacher
     ``rule``. Every differentiable fused loss goes through here.
     """
     s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, teacher_transform = checked_inputs(
-        student_hidden, student_head, teacher_hidden, teacher_head, weight_shape, chunk_size, logit_scale, softcap,
-        teacher_transform)  # fmt: skip
+        student_hidden,
+        student_head,
+        teacher_hidden,
+        teacher_head,
+        weight_shape,
+        chunk_size,
+        logit_scale,
+        softcap,
+        teacher_transform,
+    )
     inv_norm = None if normalizer is None else 1.0 / max(float(normalizer), 1.0)
     grad_on = torch.is_grad_enabled()
-    opts = KernelOptions(chunk_size, float(logit_scale), softcap, teacher_transform, inv_norm, rule,
-                         grad_on and s_hidden_N_H.requires_grad, grad_on and s_head_V_H.requires_grad,
-                         workspace)  # fmt: skip
+    opts = KernelOptions(
+        chunk_size,
+        float(logit_scale),
+        softcap,
+        teacher_transform,
+        inv_norm,
+        rule,
+        grad_on and s_hidden_N_H.requires_grad,
+        grad_on and s_head_V_H.requires_grad,
+        workspace,
+    )
     w_r_S, w_f_S = w_rkl_N.index_select(0, rows_S), w_fkl_N.index_select(0, rows_S)
-    loss, *per_position = _FusedDivergence.apply(s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_S,
-                                                 w_r_S, w_f_S, opts)  # fmt: skip
+    loss, *per_position = _FusedDivergence.apply(
+        s_hidden_N_H, s_head_V_H, t_hidden_N_H, t_head_V_H, rows_S, w_r_S, w_f_S, opts
+    )
     return loss, *(x.reshape(weight_shape) for x in per_position)

@@ -27,13 +27,18 @@ from sead.fused_kernels import (
 from sead.zones import MASKED, Zone, assign_zones, check_fractions
 
 __all__ = [
-    "token_entropies_from_hidden", "zones_from_hidden", "sead_loss_from_hidden", "rkl_loss_from_hidden",
-    "fkl_loss_from_hidden", "eopd_loss_from_hidden",
-]  # fmt: skip
+    "token_entropies_from_hidden",
+    "zones_from_hidden",
+    "sead_loss_from_hidden",
+    "rkl_loss_from_hidden",
+    "fkl_loss_from_hidden",
+    "eopd_loss_from_hidden",
+]
 
 
-def token_entropies_from_hidden(hidden, head, mask, chunk_size=1024, vocab_size=None, logit_scale=1.0,
-                                softcap=None, workspace=None) -> torch.Tensor:  # fmt: skip
+def token_entropies_from_hidden(
+    hidden, head, mask, chunk_size=1024, vocab_size=None, logit_scale=1.0, softcap=None, workspace=None
+) -> torch.Tensor:
     """Float32 entropy ``H(softmax(transform(hidden @ head[:vocab_size].T)))`` per position.
 
     ``hidden (..., H)``, ``head (V_h, H)``, ``mask (...)`` -> ``(...)``; 0 at masked positions.
@@ -51,27 +56,53 @@ def token_entropies_from_hidden(hidden, head, mask, chunk_size=1024, vocab_size=
 
 
 @torch.no_grad()
-def zones_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask,
-                      fractions: Sequence[float] = (0.5, 0.4, 0.1), chunk_size=1024, logit_scale=1.0,
-                      softcap=None, teacher_transform=None, workspace=None) -> torch.Tensor:  # fmt: skip
+def zones_from_hidden(
+    student_hidden,
+    student_head,
+    teacher_hidden,
+    teacher_head,
+    mask,
+    fractions: Sequence[float] = (0.5, 0.4, 0.1),
+    chunk_size=1024,
+    logit_scale=1.0,
+    softcap=None,
+    teacher_transform=None,
+    workspace=None,
+) -> torch.Tensor:
     """Pass 1: ``assign_zones(H(p_t), H(p_s), mask, fractions)`` without materialised logits.
 
     Zone C depends on teacher entropy alone, so student entropies of C tokens (never ranked) are
     not computed. Returns a LongTensor shaped like ``mask`` (A=0, B=1, C=2, masked -1).
     """
     vocab, t_transform = student_head.shape[0], teacher_logit_transform(logit_scale, softcap, teacher_transform)
-    t_ent = token_entropies_from_hidden(teacher_hidden, teacher_head, mask, chunk_size, vocab, *t_transform,
-                                        workspace=workspace)  # fmt: skip
+    t_ent = token_entropies_from_hidden(
+        teacher_hidden, teacher_head, mask, chunk_size, vocab, *t_transform, workspace=workspace
+    )
     s_mask = mask.bool() & (assign_zones(t_ent, torch.zeros_like(t_ent), mask, fractions) != Zone.C)
-    s_ent = token_entropies_from_hidden(student_hidden, student_head, s_mask, chunk_size, vocab, logit_scale,
-                                        softcap, workspace=workspace)  # fmt: skip
+    s_ent = token_entropies_from_hidden(
+        student_hidden, student_head, s_mask, chunk_size, vocab, logit_scale, softcap, workspace=workspace
+    )
     return assign_zones(t_ent, s_ent, mask, fractions)
 
 
-def sead_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, alpha, lam=1.0,
-                          fractions: Sequence[float] = (0.5, 0.4, 0.1), chunk_size=1024, zone_c_mix="eq4",
-                          normalizer=None, zones=None, logit_scale=1.0, softcap=None, teacher_transform=None,
-                          workspace=None):  # fmt: skip
+def sead_loss_from_hidden(
+    student_hidden,
+    student_head,
+    teacher_hidden,
+    teacher_head,
+    mask,
+    alpha,
+    lam=1.0,
+    fractions: Sequence[float] = (0.5, 0.4, 0.1),
+    chunk_size=1024,
+    zone_c_mix="eq4",
+    normalizer=None,
+    zones=None,
+    logit_scale=1.0,
+    softcap=None,
+    teacher_transform=None,
+    workspace=None,
+):
     """SEAD loss (paper Eq. 4) from hidden states: ``(loss, zones)``, equal to
     ``sead.objectives.sead_loss`` on materialised logits (value and gradients).
 
@@ -87,54 +118,171 @@ def sead_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_
         _, rho_b, rho_c = check_fractions(fractions)
         n = int(mask.bool().sum())
         n_c = min(round(rho_c * n), n)
-        rows1, workspace = two_pass_workspace(n, n_c + min(round(rho_b * n), n - n_c), chunk_size,
-                                              2 + (softcap is not None), student_head.shape[0], student_hidden.device,
-                                              workspace)  # fmt: skip
-        zones = zones_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, fractions, rows1,
-                                  logit_scale, softcap, teacher_transform, workspace)  # fmt: skip
+        rows1, workspace = two_pass_workspace(
+            n,
+            n_c + min(round(rho_b * n), n - n_c),
+            chunk_size,
+            2 + (softcap is not None),
+            student_head.shape[0],
+            student_hidden.device,
+            workspace,
+        )
+        zones = zones_from_hidden(
+            student_hidden,
+            student_head,
+            teacher_hidden,
+            teacher_head,
+            mask,
+            fractions,
+            rows1,
+            logit_scale,
+            softcap,
+            teacher_transform,
+            workspace,
+        )
     elif zones.shape != mask.shape:
         raise ValueError(f"zones {tuple(zones.shape)} must be shaped like mask {tuple(mask.shape)}")
     else:
         zones = zones.masked_fill(~mask.bool(), MASKED)
     w_rkl, w_fkl = sead_weights(zones, alpha, lam, zone_c_mix)
     count = int(((zones == Zone.B) | (zones == Zone.C)).sum())
-    loss, _ = fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head, w_rkl, w_fkl,
-                               count if normalizer is None else normalizer, chunk_size, logit_scale, softcap,
-                               teacher_transform, workspace)  # fmt: skip
+    loss, _ = fused_divergence(
+        student_hidden,
+        student_head,
+        teacher_hidden,
+        teacher_head,
+        w_rkl,
+        w_fkl,
+        count if normalizer is None else normalizer,
+        chunk_size,
+        logit_scale,
+        softcap,
+        teacher_transform,
+        workspace,
+    )
     return loss, zones
 
 
-def _full_vocab(kind, student_hidden, student_head, teacher_hidden, teacher_head, mask, normalizer, chunk_size,
-                logit_scale, softcap, teacher_transform, tau=None) -> torch.Tensor:  # fmt: skip
+def _full_vocab(
+    kind,
+    student_hidden,
+    student_head,
+    teacher_hidden,
+    teacher_head,
+    mask,
+    normalizer,
+    chunk_size,
+    logit_scale,
+    softcap,
+    teacher_transform,
+    tau=None,
+) -> torch.Tensor:
     valid_N = mask.reshape(-1).bool()
     rows_S, w_N = valid_N.nonzero().squeeze(-1), valid_N.float()
     normalizer = rows_S.numel() if normalizer is None else normalizer
     weights = {"rkl": (w_N, w_N * 0), "fkl": (w_N * 0, w_N), "eopd": (w_N, w_N)}[kind]
     rule = None if tau is None else ZoneRule(float(tau), -math.inf, b=(1.0, 0.0), c=(1.0, 1.0))
-    return apply_fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head, mask.shape, *weights,
-                                  rows_S, normalizer, chunk_size, logit_scale, softcap, teacher_transform,
-                                  rule)[0]  # fmt: skip
+    return apply_fused_divergence(
+        student_hidden,
+        student_head,
+        teacher_hidden,
+        teacher_head,
+        mask.shape,
+        *weights,
+        rows_S,
+        normalizer,
+        chunk_size,
+        logit_scale,
+        softcap,
+        teacher_transform,
+        rule,
+    )[0]
 
 
-def rkl_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, normalizer=None,
-                         chunk_size=1024, logit_scale=1.0, softcap=None, teacher_transform=None) -> torch.Tensor:  # fmt: skip
+def rkl_loss_from_hidden(
+    student_hidden,
+    student_head,
+    teacher_hidden,
+    teacher_head,
+    mask,
+    normalizer=None,
+    chunk_size=1024,
+    logit_scale=1.0,
+    softcap=None,
+    teacher_transform=None,
+) -> torch.Tensor:
     """Full reverse KL(p_s || p_t), mean over valid positions (or / ``normalizer``); = ``objectives.rkl_loss``."""
-    return _full_vocab("rkl", student_hidden, student_head, teacher_hidden, teacher_head, mask, normalizer,
-                       chunk_size, logit_scale, softcap, teacher_transform)  # fmt: skip
+    return _full_vocab(
+        "rkl",
+        student_hidden,
+        student_head,
+        teacher_hidden,
+        teacher_head,
+        mask,
+        normalizer,
+        chunk_size,
+        logit_scale,
+        softcap,
+        teacher_transform,
+    )
 
 
-def fkl_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, normalizer=None,
-                         chunk_size=1024, logit_scale=1.0, softcap=None, teacher_transform=None) -> torch.Tensor:  # fmt: skip
+def fkl_loss_from_hidden(
+    student_hidden,
+    student_head,
+    teacher_hidden,
+    teacher_head,
+    mask,
+    normalizer=None,
+    chunk_size=1024,
+    logit_scale=1.0,
+    softcap=None,
+    teacher_transform=None,
+) -> torch.Tensor:
     """Full forward KL(p_t || p_s), mean over valid positions (or / ``normalizer``); = ``objectives.fkl_loss``."""
-    return _full_vocab("fkl", student_hidden, student_head, teacher_hidden, teacher_head, mask, normalizer,
-                       chunk_size, logit_scale, softcap, teacher_transform)  # fmt: skip
+    return _full_vocab(
+        "fkl",
+        student_hidden,
+        student_head,
+        teacher_hidden,
+        teacher_head,
+        mask,
+        normalizer,
+        chunk_size,
+        logit_scale,
+        softcap,
+        teacher_transform,
+    )
 
 
-def eopd_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, tau, normalizer=None,
-                          chunk_size=1024, logit_scale=1.0, softcap=None, teacher_transform=None) -> torch.Tensor:  # fmt: skip
+def eopd_loss_from_hidden(
+    student_hidden,
+    student_head,
+    teacher_hidden,
+    teacher_head,
+    mask,
+    tau,
+    normalizer=None,
+    chunk_size=1024,
+    logit_scale=1.0,
+    softcap=None,
+    teacher_transform=None,
+) -> torch.Tensor:
     """EOPD: mean over valid positions of RKL + 1[H(p_t) > tau] FKL; = ``objectives.eopd_loss``.
 
     The teacher-entropy gate is evaluated inside the chunk (one pass, no extra projection).
     """
-    return _full_vocab("eopd", student_hidden, student_head, teacher_hidden, teacher_head, mask, normalizer,
-                       chunk_size, logit_scale, softcap, teacher_transform, tau=tau)  # fmt: skip
+    return _full_vocab(
+        "eopd",
+        student_hidden,
+        student_head,
+        teacher_hidden,
+        teacher_head,
+        mask,
+        normalizer,
+        chunk_size,
+        logit_scale,
+        softcap,
+        teacher_transform,
+        tau=tau,
+    )

@@ -45,9 +45,23 @@ def percentile_thresholds(teacher_entropy, student_entropy, mask, fractions=(0.5
     return split(t_desc, n_c), split(s_desc, n_b)
 
 
-def sead_loss_single_pass(student_hidden, student_head, teacher_hidden, teacher_head, mask, alpha, thresholds,
-                          lam=1.0, chunk_size=1024, zone_c_mix="eq4", normalizer=None, logit_scale=1.0,
-                          softcap=None, fractions=(0.5, 0.4, 0.1), teacher_transform=None):  # fmt: skip
+def sead_loss_single_pass(
+    student_hidden,
+    student_head,
+    teacher_hidden,
+    teacher_head,
+    mask,
+    alpha,
+    thresholds,
+    lam=1.0,
+    chunk_size=1024,
+    zone_c_mix="eq4",
+    normalizer=None,
+    logit_scale=1.0,
+    softcap=None,
+    fractions=(0.5, 0.4, 0.1),
+    teacher_transform=None,
+):
     """SEAD loss with zones from entropy ``thresholds = (teacher, student)``, in one chunked pass.
 
     C: H(p_t) > teacher; B: not C and H(p_s) > student; A: the rest (as ``assign_zones_threshold``).
@@ -63,14 +77,39 @@ def sead_loss_single_pass(student_hidden, student_head, teacher_hidden, teacher_
         ent_t = token_entropies_from_hidden(teacher_hidden, teacher_head, mask, chunk_size, vocab, *t_transform)
         ent_s = token_entropies_from_hidden(student_hidden, student_head, mask, chunk_size, vocab, logit_scale, softcap)
         zones = assign_zones(ent_t, ent_s, mask, fractions)
-        loss, _ = sead_loss_from_hidden(student_hidden, student_head, teacher_hidden, teacher_head, mask, alpha, lam,
-                                        chunk_size=chunk_size, zone_c_mix=zone_c_mix, normalizer=normalizer, zones=zones,
-                                        logit_scale=logit_scale, softcap=softcap, teacher_transform=teacher_transform)  # fmt: skip
+        loss, _ = sead_loss_from_hidden(
+            student_hidden,
+            student_head,
+            teacher_hidden,
+            teacher_head,
+            mask,
+            alpha,
+            lam,
+            chunk_size=chunk_size,
+            zone_c_mix=zone_c_mix,
+            normalizer=normalizer,
+            zones=zones,
+            logit_scale=logit_scale,
+            softcap=softcap,
+            teacher_transform=teacher_transform,
+        )
         return loss, zones, ent_t, ent_s
     rule = ZoneRule(float(thresholds[0]), float(thresholds[1]), b=(1.0, 0.0), c=c_weights)
     valid_N = mask.reshape(-1).bool()
-    loss, _, ent_t, ent_s = apply_fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head,
-                                                   mask.shape, valid_N.float(), valid_N.float(),
-                                                   valid_N.nonzero().squeeze(-1), normalizer, chunk_size, logit_scale,
-                                                   softcap, teacher_transform, rule)  # fmt: skip
+    loss, _, ent_t, ent_s = apply_fused_divergence(
+        student_hidden,
+        student_head,
+        teacher_hidden,
+        teacher_head,
+        mask.shape,
+        valid_N.float(),
+        valid_N.float(),
+        valid_N.nonzero().squeeze(-1),
+        normalizer,
+        chunk_size,
+        logit_scale,
+        softcap,
+        teacher_transform,
+        rule,
+    )
     return loss, assign_zones_threshold(ent_t, ent_s, mask, rule.teacher, rule.student), ent_t, ent_s

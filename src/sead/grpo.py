@@ -42,8 +42,22 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1.0
 
 
-def grpo_step(*, cfg, accelerator, student, reference, tokenizer, optimizer, scheduler, prompts, answers, verifier,
-              step: int, vocab: int, want_samples: bool = False) -> StepResult:
+def grpo_step(
+    *,
+    cfg,
+    accelerator,
+    student,
+    reference,
+    tokenizer,
+    optimizer,
+    scheduler,
+    prompts,
+    answers,
+    verifier,
+    step: int,
+    vocab: int,
+    want_samples: bool = False,
+) -> StepResult:
     """One GRPO optimiser step on this process's prompts (groups never straddle processes)."""
     obj, timings = cfg.objective, {}
     group = obj.group_size
@@ -84,8 +98,14 @@ def grpo_step(*, cfg, accelerator, student, reference, tokenizer, optimizer, sch
     t0 = time.perf_counter()
     loss = sum_processes(accelerator, loss_sum) / max(tokens, 1.0)
     update = apply_update(accelerator, student, optimizer, scheduler, cfg.optim.max_grad_norm, loss)
-    timings.update({"time/student_s": t_fwd, "time/backward_s": t_bwd, "time/optim_s": time.perf_counter() - t0,
-                    "time/teacher_s": 0.0})
+    timings.update(
+        {
+            "time/student_s": t_fwd,
+            "time/backward_s": t_bwd,
+            "time/optim_s": time.perf_counter() - t0,
+            "time/teacher_s": 0.0,
+        }
+    )
     n_rows = sum_processes(accelerator, float(len(rewards)))
     reward_mean = sum_processes(accelerator, float(rewards.sum())) / n_rows
     metrics = {
@@ -106,8 +126,17 @@ def grpo_step(*, cfg, accelerator, student, reference, tokenizer, optimizer, sch
     samples = []
     if want_samples and accelerator.is_main_process:
         for row in range(min(cfg.logging.num_samples, len(rollout.response_texts))):
-            ids = rollout.response_ids[row][rollout.response_mask[row, rollout.prompt_len:]].tolist()
-            samples.append({"step": step + 1, "method": "grpo", "prompt": rollout.prompts[row],
-                            "response": rollout.response_texts[row], "tokens": [tokenizer.decode([t]) for t in ids],
-                            "zone": [-1] * len(ids), "reward": float(rewards[row]), "advantage": float(advantages[row])})
+            ids = rollout.response_ids[row][rollout.response_mask[row, rollout.prompt_len :]].tolist()
+            samples.append(
+                {
+                    "step": step + 1,
+                    "method": "grpo",
+                    "prompt": rollout.prompts[row],
+                    "response": rollout.response_texts[row],
+                    "tokens": [tokenizer.decode([t]) for t in ids],
+                    "zone": [-1] * len(ids),
+                    "reward": float(rewards[row]),
+                    "advantage": float(advantages[row]),
+                }
+            )
     return StepResult(metrics=metrics, samples=samples, finite=update.applied, prompt_rewards=per_prompt)

@@ -17,21 +17,32 @@ from dataclasses import dataclass
 
 import torch
 
+from sead.errors import ConfigError
+from sead.fused import sead_weights
 from sead.objectives import (
     divergence_token_losses,
     eopd_token_losses,
     opd_token_losses,
     sead_token_losses,
 )
-from sead.errors import ConfigError
-from sead.fused import sead_weights
 from sead.schedule import cosine_alpha
 from sead.settings import setting
 from sead.zones import Zone, check_fractions
 
 __all__ = [
-    "ObjectiveConfig", "Method", "METHODS", "METHOD_NAMES", "get_method", "loss_method", "alpha_at", "uses_zone_loss",
-    "normalizer_mask", "sampled_logprobs", "token_losses", "fused_weights", "fused_reason",
+    "ObjectiveConfig",
+    "Method",
+    "METHODS",
+    "METHOD_NAMES",
+    "get_method",
+    "loss_method",
+    "alpha_at",
+    "uses_zone_loss",
+    "normalizer_mask",
+    "sampled_logprobs",
+    "token_losses",
+    "fused_weights",
+    "fused_reason",
 ]
 
 # (cfg, student_logits_BRV, teacher_logits_BRV, targets_BR, mask_BR, zones_BR, alpha) -> token losses (B, R)
@@ -124,32 +135,87 @@ def _sead_weights(cfg, mask_BR, zones_BR, alpha, teacher_entropy_BR):
     return sead_weights(zones_BR, alpha, cfg.lam, cfg.zone_c_mix)
 
 
-_ZONE_KNOBS = ("zones", "anneal", "curriculum", "fractions", "zone_mode", "teacher_threshold", "student_threshold",
-               "alpha_start", "alpha_end", "lam", "zone_c_mix")
+_ZONE_KNOBS = (
+    "zones",
+    "anneal",
+    "curriculum",
+    "fractions",
+    "zone_mode",
+    "teacher_threshold",
+    "student_threshold",
+    "alpha_start",
+    "alpha_end",
+    "lam",
+    "zone_c_mix",
+)
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("opd", "sampled-token reverse KL as a clipped policy gradient (plain on-policy distillation)",
-           token_losses=_opd_losses, fused_off_reason="needs sampled-token terms the fused kernel does not compute",
-           knobs=("clip_eps",)),
-    Method("rkl", "full-vocabulary reverse KL(student || teacher) on every token",
-           token_losses=_divergence_losses("rkl"), fused_weights=_rkl_weights, knobs=("top_k",)),
-    Method("fkl", "full-vocabulary forward KL(teacher || student) on every token",
-           token_losses=_divergence_losses("fkl"), fused_weights=_fkl_weights, knobs=("top_k",)),
-    Method("jsd", "generalised Jensen-Shannon divergence with weight beta",
-           token_losses=_divergence_losses("jsd"), fused_off_reason="needs JSD terms the fused kernel does not compute",
-           knobs=("beta", "top_k")),
-    Method("eopd", "reverse KL everywhere plus forward KL where the teacher's entropy exceeds tau (EOPD)",
-           token_losses=_eopd_losses, fused_weights=_eopd_weights, knobs=("tau", "top_k")),
-    Method("sead", "entropy zones: skip A, reverse KL on B, annealed forward KL on C; optional curriculum",
-           token_losses=_sead_losses, fused_weights=_sead_weights, zoned=lambda cfg: cfg.zones, uses_alpha=True,
-           knobs=(*_ZONE_KNOBS, "top_k")),
-    Method("grpo", "verifier rewards, group-normalised advantages, clipped surrogate; no teacher",
-           teacher="none", step="grpo", needs_answers=True, initial_copy=lambda cfg: cfg.kl_coef > 0,
-           knobs=("group_size", "clip_eps", "clip_eps_high", "kl_coef")),
-    Method("opsd", "the student is its own teacher, with the reference answer in the teacher's context",
-           teacher="self", needs_answers=True, initial_copy=lambda cfg: cfg.opsd_teacher == "initial",
-           loss_from="opsd_divergence", knobs=("opsd_teacher", "opsd_divergence", "opsd_template")),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "opd",
+            "sampled-token reverse KL as a clipped policy gradient (plain on-policy distillation)",
+            token_losses=_opd_losses,
+            fused_off_reason="needs sampled-token terms the fused kernel does not compute",
+            knobs=("clip_eps",),
+        ),
+        Method(
+            "rkl",
+            "full-vocabulary reverse KL(student || teacher) on every token",
+            token_losses=_divergence_losses("rkl"),
+            fused_weights=_rkl_weights,
+            knobs=("top_k",),
+        ),
+        Method(
+            "fkl",
+            "full-vocabulary forward KL(teacher || student) on every token",
+            token_losses=_divergence_losses("fkl"),
+            fused_weights=_fkl_weights,
+            knobs=("top_k",),
+        ),
+        Method(
+            "jsd",
+            "generalised Jensen-Shannon divergence with weight beta",
+            token_losses=_divergence_losses("jsd"),
+            fused_off_reason="needs JSD terms the fused kernel does not compute",
+            knobs=("beta", "top_k"),
+        ),
+        Method(
+            "eopd",
+            "reverse KL everywhere plus forward KL where the teacher's entropy exceeds tau (EOPD)",
+            token_losses=_eopd_losses,
+            fused_weights=_eopd_weights,
+            knobs=("tau", "top_k"),
+        ),
+        Method(
+            "sead",
+            "entropy zones: skip A, reverse KL on B, annealed forward KL on C; optional curriculum",
+            token_losses=_sead_losses,
+            fused_weights=_sead_weights,
+            zoned=lambda cfg: cfg.zones,
+            uses_alpha=True,
+            knobs=(*_ZONE_KNOBS, "top_k"),
+        ),
+        Method(
+            "grpo",
+            "verifier rewards, group-normalised advantages, clipped surrogate; no teacher",
+            teacher="none",
+            step="grpo",
+            needs_answers=True,
+            initial_copy=lambda cfg: cfg.kl_coef > 0,
+            knobs=("group_size", "clip_eps", "clip_eps_high", "kl_coef"),
+        ),
+        Method(
+            "opsd",
+            "the student is its own teacher, with the reference answer in the teacher's context",
+            teacher="self",
+            needs_answers=True,
+            initial_copy=lambda cfg: cfg.opsd_teacher == "initial",
+            loss_from="opsd_divergence",
+            knobs=("opsd_teacher", "opsd_divergence", "opsd_template"),
+        ),
+    )
+}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 # OPSD trains with another method's per-token loss on its self-teacher's logits.
 OPSD_DIVERGENCES = tuple(name for name in ("rkl", "fkl", "jsd", "sead") if METHODS[name].token_losses is not None)
@@ -169,7 +235,9 @@ class ObjectiveConfig:
     fractions: list[float] = setting([0.5, 0.4, 0.1], "percentile zones: shares [A, B, C] of the valid tokens")
     zone_mode: str = setting("percentile", "percentile (fractions) | threshold (teacher/student_threshold)")
     teacher_threshold: float = setting(1.0, "threshold zones: teacher entropy (nats) above which a token is C")
-    student_threshold: float | None = setting(None, "threshold zones: B above this student entropy; null: every non-C token")
+    student_threshold: float | None = setting(
+        None, "threshold zones: B above this student entropy; null: every non-C token"
+    )
     alpha_start: float = setting(0.8, "Zone C forward-KL weight alpha at the first step")
     alpha_end: float = setting(0.0, "alpha at the last step (with anneal)")
     lam: float = setting(1.0, "Zone C loss scale lambda")
@@ -184,10 +252,14 @@ class ObjectiveConfig:
     group_size: int = setting(8, "grpo: rollouts per prompt (replaces train.samples_per_prompt)")
     clip_eps_high: float | None = setting(None, "grpo: upper ratio clip; null: clip_eps")
     kl_coef: float = setting(0.0, "grpo: weight of the KL to the initial policy")
-    opsd_teacher: str = setting("initial", "opsd: the teacher is the initial (frozen copy) | current (live, no grad) student")
+    opsd_teacher: str = setting(
+        "initial", "opsd: the teacher is the initial (frozen copy) | current (live, no grad) student"
+    )
     opsd_divergence: str = setting("rkl", "opsd: rkl | fkl | jsd | sead (zones)")
-    opsd_template: str = setting("{prompt}\n\nReference answer (for you only): {answer}",
-                                 "opsd: the teacher's context, with the privileged {answer}")
+    opsd_template: str = setting(
+        "{prompt}\n\nReference answer (for you only): {answer}",
+        "opsd: the teacher's context, with the privileged {answer}",
+    )
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -219,7 +291,9 @@ class ObjectiveConfig:
         if self.chunk_size < 1:
             raise ConfigError(f"objective.chunk_size must be >= 1, got {self.chunk_size}")
         if self.group_size < 2:
-            raise ConfigError(f"objective.group_size must be >= 2 for group-normalised advantages, got {self.group_size}")
+            raise ConfigError(
+                f"objective.group_size must be >= 2 for group-normalised advantages, got {self.group_size}"
+            )
         if self.clip_eps_high is not None and not 0 < self.clip_eps_high < 10:
             raise ConfigError(f"objective.clip_eps_high must be in (0, 10) or null, got {self.clip_eps_high}")
         if self.kl_coef < 0:
@@ -227,8 +301,9 @@ class ObjectiveConfig:
         if self.opsd_teacher not in ("initial", "current"):
             raise ConfigError(f"objective.opsd_teacher must be initial or current, got {self.opsd_teacher!r}")
         if self.opsd_divergence not in OPSD_DIVERGENCES:
-            raise ConfigError(f"objective.opsd_divergence must be one of {', '.join(OPSD_DIVERGENCES)}, "
-                              f"got {self.opsd_divergence!r}")
+            raise ConfigError(
+                f"objective.opsd_divergence must be one of {', '.join(OPSD_DIVERGENCES)}, got {self.opsd_divergence!r}"
+            )
         if "{prompt}" not in self.opsd_template or "{answer}" not in self.opsd_template:
             raise ConfigError("objective.opsd_template must contain {prompt} and {answer}")
 
@@ -292,7 +367,8 @@ def fused_reason(cfg: ObjectiveConfig) -> str:
     return ""
 
 
-def fused_weights(cfg: ObjectiveConfig, mask: torch.Tensor, zones: torch.Tensor, alpha: float,
-                  teacher_entropy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_weights(
+    cfg: ObjectiveConfig, mask: torch.Tensor, zones: torch.Tensor, alpha: float, teacher_entropy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token (w_rkl, w_fkl) of ``cfg.method`` for the fused kernel; a token with both 0 costs nothing."""
     return loss_method(cfg).fused_weights(cfg, mask, zones, alpha, teacher_entropy)

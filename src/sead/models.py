@@ -18,8 +18,16 @@ def torch_dtype(name: str | None):
 
 
 # Files one of which every saved tokenizer has (fast, sentencepiece, BPE and WordPiece formats).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "tekken.json", "vocab.json",
-                   "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "tekken.json",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 _GGUF_KEYS = {"model.student": "model.gguf_file", "model.teacher": "model.teacher_gguf_file"}
 
 
@@ -71,7 +79,9 @@ def load_tokenizer(path: str, gguf_file: str | None = None, key: str = "model.to
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as err:
-        raise SeadError(f"cannot load the tokenizer from {key}={path!r} ({str(err).splitlines()[0]}); check the path") from None
+        raise SeadError(
+            f"cannot load the tokenizer from {key}={path!r} ({str(err).splitlines()[0]}); check the path"
+        ) from None
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise ConfigError(f"the tokenizer at {path!r} has no pad or EOS token; add one to it")
@@ -79,8 +89,13 @@ def load_tokenizer(path: str, gguf_file: str | None = None, key: str = "model.to
     return tok
 
 
-def load_model(path: str, dtype: str | None = "float32", gguf_file: str | None = None, key: str = "model.student",
-               trust_remote_code: bool = False):
+def load_model(
+    path: str,
+    dtype: str | None = "float32",
+    gguf_file: str | None = None,
+    key: str = "model.student",
+    trust_remote_code: bool = False,
+):
     """Load a causal LM (local dir, hub name, or GGUF file inside a dir)."""
     from transformers import AutoModelForCausalLM
 
@@ -91,7 +106,9 @@ def load_model(path: str, dtype: str | None = "float32", gguf_file: str | None =
             path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
         )
     except (OSError, ValueError) as err:
-        raise SeadError(f"cannot load the model from {key}={path!r} ({str(err).splitlines()[0]}); check the path") from None
+        raise SeadError(
+            f"cannot load the model from {key}={path!r} ({str(err).splitlines()[0]}); check the path"
+        ) from None
     return model
 
 

@@ -20,8 +20,17 @@ import numpy as np
 from sead.run_data import PAPER_FAIR_SHARE, ZONE_COLORS, ZONE_LETTERS, ZONE_NAMES, RunData, Sample
 
 __all__ = [
-    "ZoneShare", "zone_fair_share", "fair_share_from_metrics", "top_fraction_jaccard", "pooled_tokens",
-    "new_figure", "to_png", "training_curves", "zone_figure", "token_figure", "entropy_collapse",
+    "ZoneShare",
+    "zone_fair_share",
+    "fair_share_from_metrics",
+    "top_fraction_jaccard",
+    "pooled_tokens",
+    "new_figure",
+    "to_png",
+    "training_curves",
+    "zone_figure",
+    "token_figure",
+    "entropy_collapse",
 ]
 
 _KEY_COLORS = {"loss/total": "k", "loss/zone_b": ZONE_COLORS[1], "loss/zone_c": ZONE_COLORS[2]}
@@ -60,9 +69,13 @@ def fair_share_from_metrics(run: RunData) -> dict[int, tuple[list[int], list[flo
     out = {}
     for z, name in ZONE_LETTERS.items():
         letter = name.lower()
-        pts = [(r["step"], r[f"kl/fkl_share_{letter}"] / r[f"zones/frac_{letter}"]) for r in run.metrics
-               if isinstance(r.get(f"kl/fkl_share_{letter}"), (int, float))
-               and isinstance(r.get(f"zones/frac_{letter}"), (int, float)) and r[f"zones/frac_{letter}"] > 0]
+        pts = [
+            (r["step"], r[f"kl/fkl_share_{letter}"] / r[f"zones/frac_{letter}"])
+            for r in run.metrics
+            if isinstance(r.get(f"kl/fkl_share_{letter}"), (int, float))
+            and isinstance(r.get(f"zones/frac_{letter}"), (int, float))
+            and r[f"zones/frac_{letter}"] > 0
+        ]
         if pts:
             out[z] = ([s for s, _ in pts], [v for _, v in pts])
     return out
@@ -216,8 +229,15 @@ def zone_figure(run: RunData, shares: dict[int, ZoneShare], ratios: dict[int, tu
         fa, fb, fc = ([per_step[s][z].token_share for s in steps] for z in ZONE_LETTERS)
         source = "samples"
     if steps:
-        ax1.stackplot(steps, fa, fb, fc, colors=[ZONE_COLORS[z] for z in ZONE_LETTERS], alpha=0.85,
-                      labels=[f"zone {ZONE_NAMES[z]}" for z in ZONE_LETTERS])
+        ax1.stackplot(
+            steps,
+            fa,
+            fb,
+            fc,
+            colors=[ZONE_COLORS[z] for z in ZONE_LETTERS],
+            alpha=0.85,
+            labels=[f"zone {ZONE_NAMES[z]}" for z in ZONE_LETTERS],
+        )
         ax1.set_ylim(0, 1)
         ax1.set_xlim(steps[0], steps[-1] if len(steps) > 1 else steps[0] + 1)
         ax1.legend(fontsize=8, loc="lower left")
@@ -229,7 +249,9 @@ def zone_figure(run: RunData, shares: dict[int, ZoneShare], ratios: dict[int, tu
     source = "metrics"
     if not ratios:
         per_step = per_step if per_step is not None else _by_step_from_samples(run)
-        ratios = {z: (list(per_step), [per_step[s][z].ratio for s in per_step]) for z in ZONE_LETTERS} if per_step else {}
+        ratios = (
+            {z: (list(per_step), [per_step[s][z].ratio for s in per_step]) for z in ZONE_LETTERS} if per_step else {}
+        )
         source = "samples"
     for z, (st, vals) in ratios.items():
         _plot(ax2, st, vals, f"zone {ZONE_NAMES[z]}", ZONE_COLORS[z])
@@ -286,8 +308,14 @@ def token_figure(run: RunData, tok: dict[str, list], jaccard: float):
         keep = np.random.default_rng(0).permutation(np.asarray(_thin(n)))  # mixed draw order: no zone hides another
         x = np.arange(n) / max(n - 1, 1)
         floor = max(f_sorted[f_sorted > 0].min() if (f_sorted > 0).any() else 1e-6, 1e-8)
-        ax1.scatter(x[keep], np.maximum(f_sorted[keep], floor), s=5, lw=0, rasterized=True,
-                    c=[ZONE_COLORS.get(z, "#555") for z in z_sorted[keep].tolist()])
+        ax1.scatter(
+            x[keep],
+            np.maximum(f_sorted[keep], floor),
+            s=5,
+            lw=0,
+            rasterized=True,
+            c=[ZONE_COLORS.get(z, "#555") for z in z_sorted[keep].tolist()],
+        )
         ax1.set_yscale("log")
         total = f_sorted.sum()
         if total > 0:
@@ -306,15 +334,24 @@ def token_figure(run: RunData, tok: dict[str, list], jaccard: float):
             acc = np.zeros(bins)
             for z in zones:
                 frac = np.array([(z_sorted[a:b] == z).mean() if b > a else 0.0 for a, b in zip(edges[:-1], edges[1:])])
-                strip.bar(edges[:-1] / max(n - 1, 1), frac, width=np.diff(edges) / max(n - 1, 1), bottom=acc,
-                          align="edge", color=ZONE_COLORS.get(z, "#555"), lw=0)
+                strip.bar(
+                    edges[:-1] / max(n - 1, 1),
+                    frac,
+                    width=np.diff(edges) / max(n - 1, 1),
+                    bottom=acc,
+                    align="edge",
+                    color=ZONE_COLORS.get(z, "#555"),
+                    lw=0,
+                )
                 acc += frac
             strip.set_ylim(0, 1)
             strip.set_ylabel("zone mix", fontsize=8)
             strip.tick_params(labelsize=8)
     else:
         _empty(ax1, "no finite fkl values")
-    ax1.set_title("Sorted per-token forward KL" + (", coloured by zone" if zoned else " (run without zones)"), fontsize=10)
+    ax1.set_title(
+        "Sorted per-token forward KL" + (", coloured by zone" if zoned else " (run without zones)"), fontsize=10
+    )
     ax2 = right.subplots()
 
     ok = np.isfinite(ht) & np.isfinite(hs)
@@ -324,8 +361,9 @@ def token_figure(run: RunData, tok: dict[str, list], jaccard: float):
         t, s, z = np.maximum(ht[ok][keep], floor), np.maximum(hs[ok][keep], floor), zone[ok][keep]
         for zz in sorted(set(z.tolist())):
             m = z == zz
-            ax2.scatter(t[m], s[m], s=6, alpha=0.6, color=ZONE_COLORS.get(zz, "#555"),
-                        label=_zlabel(zz), rasterized=True, lw=0)
+            ax2.scatter(
+                t[m], s[m], s=6, alpha=0.6, color=ZONE_COLORS.get(zz, "#555"), label=_zlabel(zz), rasterized=True, lw=0
+            )
         ax2.axvline(np.quantile(ht[ok], 0.8), color="#c2410c", ls="--", lw=0.9, label="top 20% teacher")
         ax2.axhline(np.quantile(hs[ok], 0.8), color="#1d4ed8", ls="--", lw=0.9, label="top 20% student")
         lim = max(ht[ok].max(), hs[ok].max(), 10 * floor) * 1.5

@@ -6,8 +6,14 @@ import math
 
 __all__ = ["StepProgress", "summary_line", "quiet_libraries"]
 
-_KEYS = (("loss/total", "loss", "{:.4f}"), ("loss/fkl", "fkl", "{:.3f}"), ("entropy/student_mean", "H_s", "{:.3f}"),
-         ("zones/frac_b", "B", "{:.2f}"), ("reward/mean", "reward", "{:.2f}"), ("perf/tokens_per_s", "tok/s", "{:.0f}"))
+_KEYS = (
+    ("loss/total", "loss", "{:.4f}"),
+    ("loss/fkl", "fkl", "{:.3f}"),
+    ("entropy/student_mean", "H_s", "{:.3f}"),
+    ("zones/frac_b", "B", "{:.2f}"),
+    ("reward/mean", "reward", "{:.2f}"),
+    ("perf/tokens_per_s", "tok/s", "{:.0f}"),
+)
 
 
 def quiet_libraries() -> None:
@@ -46,11 +52,23 @@ class StepProgress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
             )
             self._progress.__enter__()
             self._task = self._progress.add_task("train", total=self.total, completed=self.start, info="")

@@ -91,22 +91,36 @@ def fit_prompts(
     return out, [f"data.long_prompts=truncate: cut {count} of {source} to their last tokens, {limit} at most"]
 
 
-def _too_long(item: PromptItem, size: tuple[int, str, int], source: str, rollout: RolloutConfig,
-              binding: tuple[str, int] | None, limit: int, count: str) -> str:
+def _too_long(
+    item: PromptItem,
+    size: tuple[int, str, int],
+    source: str,
+    rollout: RolloutConfig,
+    binding: tuple[str, int] | None,
+    limit: int,
+    count: str,
+) -> str:
     """The one-line refusal: the first long prompt, what it exceeds, how many are too long, the fixes."""
     _, which, n = size
-    what = f"prompt {item.id!r} of {source}" if which == "prompt" else \
-        f"the OPSD teacher prompt (objective.opsd_template) of prompt {item.id!r} of {source}"
+    what = (
+        f"prompt {item.id!r} of {source}"
+        if which == "prompt"
+        else f"the OPSD teacher prompt (objective.opsd_template) of prompt {item.id!r} of {source}"
+    )
     if binding is None or (which == "prompt" and limit == rollout.max_prompt_tokens):
         problem = f"has {n} tokens, more than rollout.max_prompt_tokens={rollout.max_prompt_tokens}"
         fix = "raise rollout.max_prompt_tokens"
     else:
         m = rollout.max_new_tokens
-        problem = (f"has {n} tokens; with rollout.max_new_tokens={m} that is {n + m} positions, more than the "
-                   f"{binding[0]}'s context of {binding[1]} (max_position_embeddings)")
+        problem = (
+            f"has {n} tokens; with rollout.max_new_tokens={m} that is {n + m} positions, more than the "
+            f"{binding[0]}'s context of {binding[1]} (max_position_embeddings)"
+        )
         fix = "lower rollout.max_new_tokens"
-    return (f"{what} {problem} ({count} are too long); set data.long_prompts=truncate (keeps their last tokens) "
-            f"or data.long_prompts=drop, {fix}, or shorten the prompts")
+    return (
+        f"{what} {problem} ({count} are too long); set data.long_prompts=truncate (keeps their last tokens) "
+        f"or data.long_prompts=drop, {fix}, or shorten the prompts"
+    )
 
 
 def _truncate(item: PromptItem, tokenizer, cut: int, excess_of: Callable[[str, str | None], int], source: str) -> str:

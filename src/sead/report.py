@@ -27,16 +27,31 @@ import yaml
 from sead import demo_summary, plots, toy
 from sead.comparison_plots import method_overlay, overlay_caption
 from sead.errors import SeadError
-from sead.run_data import (PAPER_FAIR_SHARE, PAPER_FRACTIONS, PAPER_JACCARD, ZONE_COLORS, ZONE_LETTERS, ZONE_NAMES,
-                            RunData, Sample, load_run)
+from sead.run_data import (
+    PAPER_FAIR_SHARE,
+    PAPER_FRACTIONS,
+    PAPER_JACCARD,
+    ZONE_COLORS,
+    ZONE_LETTERS,
+    ZONE_NAMES,
+    RunData,
+    Sample,
+    load_run,
+)
 from sead.zones import MASKED
 
 __all__ = ["SECTIONS", "build_report", "render_rollout", "rollout_legend", "add_report_arguments", "report_main"]
 
-SECTIONS = [("result", "Result"), ("overview", "Runs"), ("training", "Training curves"),
-            ("zones", "Token zones and loss concentration"),
-            ("tokens", "Per-token loss and entropy"), ("entropy", "Student entropy over training"),
-            ("rollouts", "Rollouts coloured by zone"), ("eval", "Evaluation")]
+SECTIONS = [
+    ("result", "Result"),
+    ("overview", "Runs"),
+    ("training", "Training curves"),
+    ("zones", "Token zones and loss concentration"),
+    ("tokens", "Per-token loss and entropy"),
+    ("entropy", "Student entropy over training"),
+    ("rollouts", "Rollouts coloured by zone"),
+    ("eval", "Evaluation"),
+]
 _PAPER_ZONES = "/".join(f"{100 * f:g}" for f in PAPER_FRACTIONS)  # "50/40/10"
 
 
@@ -78,25 +93,37 @@ def render_rollout(sample: Sample, max_tokens: int = 1500, scale: float | None =
         alpha = 0.12 + 0.78 * min(1.0, abs(loss) / scale) if math.isfinite(loss) else 0.12
         c = ZONE_COLORS.get(z, ZONE_COLORS[MASKED])
         rgba = f"rgba({int(c[1:3], 16)},{int(c[3:5], 16)},{int(c[5:7], 16)},{alpha:.2f})"
-        tip = (f"zone {ZONE_NAMES.get(z, z)} | loss {loss:.4g} | fkl {sample.fkl[i]:.4g} | "
-               f"H_teacher {sample.teacher_entropy[i]:.3g} | H_student {sample.student_entropy[i]:.3g}")
+        tip = (
+            f"zone {ZONE_NAMES.get(z, z)} | loss {loss:.4g} | fkl {sample.fkl[i]:.4g} | "
+            f"H_teacher {sample.teacher_entropy[i]:.3g} | H_student {sample.student_entropy[i]:.3g}"
+        )
         spans.append(f'<span class="tok" style="background:{rgba}" title="{_e(tip)}">{_e(tok)}</span>')
     more = len(sample.tokens) - max_tokens
     tail = f'<span class="more"> … {more} more tokens not shown</span>' if more > 0 else ""
     reward = "–" if sample.reward is None else f"{sample.reward:g}"
-    return (f'<div class="rollout"><div class="meta">step {sample.step} · method {_e(sample.method or "?")} · '
-            f"{len(sample.tokens)} tokens · reward {reward}</div>"
-            f"<details><summary>prompt</summary><pre>{_e(sample.prompt)}</pre></details>"
-            f'<div class="text">{"".join(spans)}{tail}</div></div>')
+    return (
+        f'<div class="rollout"><div class="meta">step {sample.step} · method {_e(sample.method or "?")} · '
+        f"{len(sample.tokens)} tokens · reward {reward}</div>"
+        f"<details><summary>prompt</summary><pre>{_e(sample.prompt)}</pre></details>"
+        f'<div class="text">{"".join(spans)}{tail}</div></div>'
+    )
 
 
 def rollout_legend() -> str:
     """The colour key shown above the rollouts."""
-    sw = "".join(f'<span class="tok" style="background:{ZONE_COLORS[z]}">&nbsp;{n}&nbsp;</span> '
-                 for z, n in ((0, "Zone A (skipped)"), (1, "Zone B (reverse KL)"), (2, "Zone C (forward KL)"),
-                              (MASKED, "no zone")))
-    return (f'<p class="legend">{sw} — opacity grows with the token\'s |loss| (faint = small, solid = the '
-            f"largest loss in the rollout). Hover a token for its numbers.</p>")
+    sw = "".join(
+        f'<span class="tok" style="background:{ZONE_COLORS[z]}">&nbsp;{n}&nbsp;</span> '
+        for z, n in (
+            (0, "Zone A (skipped)"),
+            (1, "Zone B (reverse KL)"),
+            (2, "Zone C (forward KL)"),
+            (MASKED, "no zone"),
+        )
+    )
+    return (
+        f'<p class="legend">{sw} — opacity grows with the token\'s |loss| (faint = small, solid = the '
+        f"largest loss in the rollout). Hover a token for its numbers.</p>"
+    )
 
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:auto;
@@ -122,8 +149,10 @@ class _Figures:
         path = self.out_dir / f"{name}.png"
         path.write_bytes(data)
         self.written.append(path)
-        return (f'<figure id="fig-{_e(name)}"><img alt="{_e(caption)}" src="data:image/png;base64,'
-                f'{base64.b64encode(data).decode()}"><figcaption>{_e(caption)}</figcaption></figure>')
+        return (
+            f'<figure id="fig-{_e(name)}"><img alt="{_e(caption)}" src="data:image/png;base64,'
+            f'{base64.b64encode(data).decode()}"><figcaption>{_e(caption)}</figcaption></figure>'
+        )
 
 
 def _resolve_out(runs: list[Path], out: str | Path | None) -> Path:
@@ -133,8 +162,14 @@ def _resolve_out(runs: list[Path], out: str | Path | None) -> Path:
     return out if out.suffix.lower() in (".html", ".htm") else out / "report.html"
 
 
-def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, max_rollouts: int = 3,
-                 max_tokens: int = 1500, demo: dict | None = None) -> Path:
+def build_report(
+    run_dirs: Sequence[str | Path],
+    out: str | Path | None = None,
+    *,
+    max_rollouts: int = 3,
+    max_tokens: int = 1500,
+    demo: dict | None = None,
+) -> Path:
     """Write the HTML report of ``run_dirs`` and one PNG per figure next to it; return the HTML path.
 
     ``out``: a directory (HTML at ``out/report.html``) or an ``.html`` file; default ``RUN/report/``
@@ -161,8 +196,14 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     for r in runs:
         slug, head = _slug(r.name, taken), f"<h3>{_e(r.name)} <span class=small>({_e(r.method)})</span></h3>"
         fig = plots.training_curves(r)
-        parts["training"].append(head + (figs.add(fig, f"training_{slug}", f"{r.name}: training curves")
-                                         if fig else _missing(f"{r.name} has no metrics.jsonl rows")))
+        parts["training"].append(
+            head
+            + (
+                figs.add(fig, f"training_{slug}", f"{r.name}: training curves")
+                if fig
+                else _missing(f"{r.name} has no metrics.jsonl rows")
+            )
+        )
         tok = plots.pooled_tokens(r.samples)
         parts["zones"].append(head + _zone_section(r, slug, tok, figs))
         if not tok["fkl"]:
@@ -171,24 +212,37 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
             jac = plots.top_fraction_jaccard(tok["teacher_entropy"], tok["student_entropy"], 0.2)
             fig = plots.token_figure(r, tok, jac)
             parts["tokens"].append(
-                head + figs.add(fig, f"tokens_{slug}", f"{r.name}: sorted per-token forward KL and entropy scatter")
+                head
+                + figs.add(fig, f"tokens_{slug}", f"{r.name}: sorted per-token forward KL and entropy scatter")
                 + f'<p id="jaccard-{slug}"><b>Jaccard overlap of the top-20% teacher-entropy and top-20% '
                 f"student-entropy tokens: {_pct(jac)}%</b> over {len(tok['fkl'])} logged tokens "
-                f"(paper: {_pct(PAPER_JACCARD)}%).</p>")
+                f"(paper: {_pct(PAPER_JACCARD)}%).</p>"
+            )
         latest = r.latest_samples()[:max_rollouts]
-        parts["rollouts"].append(head + (
-            f'<p class="note">Latest logged step ({latest[0].step}).</p>'
-            + "".join(render_rollout(s, max_tokens) for s in latest)
-            if latest else _missing(f"{r.name} has no samples.jsonl")))
+        parts["rollouts"].append(
+            head
+            + (
+                f'<p class="note">Latest logged step ({latest[0].step}).</p>'
+                + "".join(render_rollout(s, max_tokens) for s in latest)
+                if latest
+                else _missing(f"{r.name} has no samples.jsonl")
+            )
+        )
     parts["entropy"].append(_entropy_section(runs, figs))
     parts["eval"].append(_eval_table(runs))
     toc = "".join(f'<a href="#{sid}">{title}</a>' for sid, title in SECTIONS)
     body = "".join(f'<section id="{sid}"><h2>{title}</h2>{"".join(parts[sid])}</section>' for sid, title in SECTIONS)
-    title = "sead report: " + (", ".join(r.name for r in runs) if len(runs) <= 3 else
-                               f"{len(runs)} runs of {', '.join(dict.fromkeys(r.method for r in runs))}")
-    html_path.write_text(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-                         f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1><nav>{toc}</nav>{body}"
-                         f"</body></html>\n", encoding="utf-8")
+    title = "sead report: " + (
+        ", ".join(r.name for r in runs)
+        if len(runs) <= 3
+        else f"{len(runs)} runs of {', '.join(dict.fromkeys(r.method for r in runs))}"
+    )
+    html_path.write_text(
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1><nav>{toc}</nav>{body}"
+        f"</body></html>\n",
+        encoding="utf-8",
+    )
     return html_path
 
 
@@ -198,9 +252,11 @@ def _result_section(demo: dict | None) -> str:
         return '<p class="note">Per-run evaluation files are listed under <a href="#eval">Evaluation</a>.</p>'
     methods = list(demo["after"])
     header, rows = demo_summary.summary_rows(demo, methods)
-    return (_table(header, [[_e(c) for c in row] for row in rows], "eval")
-            + f'<p class="note">{_e(demo_summary.caption(demo))}</p>'
-            + "".join(f"<p>{_e(line)}</p>" for line in demo_summary.verdict_lines(demo, methods)))
+    return (
+        _table(header, [[_e(c) for c in row] for row in rows], "eval")
+        + f'<p class="note">{_e(demo_summary.caption(demo))}</p>'
+        + "".join(f"<p>{_e(line)}</p>" for line in demo_summary.verdict_lines(demo, methods))
+    )
 
 
 def _overlay(runs: list[RunData], figs: _Figures) -> str:
@@ -209,15 +265,25 @@ def _overlay(runs: list[RunData], figs: _Figures) -> str:
 
 
 def _overview(runs: list[RunData]) -> str:
-    rows = [[_e(r.name), _e(r.method), f'<span class="small">{_e(r.path)}</span>',
-             str(r.metrics[-1]["step"]) if r.metrics else "–", str(len(r.samples)),
-             ", ".join(_e(k) for k in r.evals) or "–", _e("; ".join([f"missing {m}" for m in r.missing] + r.notes))]
-            for r in runs]
+    rows = [
+        [
+            _e(r.name),
+            _e(r.method),
+            f'<span class="small">{_e(r.path)}</span>',
+            str(r.metrics[-1]["step"]) if r.metrics else "–",
+            str(len(r.samples)),
+            ", ".join(_e(k) for k in r.evals) or "–",
+            _e("; ".join([f"missing {m}" for m in r.missing] + r.notes)),
+        ]
+        for r in runs
+    ]
     out = _table(["run", "method", "path", "last step", "samples", "eval files", "notes"], rows)
     for r in runs:
         if r.config:
-            out += (f"<details><summary>config.yaml of {_e(r.name)}</summary>"
-                    f"<pre>{_e(yaml.safe_dump(r.config, sort_keys=False))}</pre></details>")
+            out += (
+                f"<details><summary>config.yaml of {_e(r.name)}</summary>"
+                f"<pre>{_e(yaml.safe_dump(r.config, sort_keys=False))}</pre></details>"
+            )
     return out
 
 
@@ -232,20 +298,37 @@ def _zone_section(r: RunData, slug: str, tok: dict[str, list], figs: _Figures) -
         why = "its zones are not" if r.config else "no config.yaml says whether its zones are"
         markers = f"no paper markers: {why} the paper's {_PAPER_ZONES} percentile zones"
     fig = plots.zone_figure(r, shares, plots.fair_share_from_metrics(r))
-    body = figs.add(fig, f"zones_{slug}", f"{r.name}: zone fractions and loss concentration (forward KL share "
-                    f"divided by token share; 1 = fair share); {markers}")
+    body = figs.add(
+        fig,
+        f"zones_{slug}",
+        f"{r.name}: zone fractions and loss concentration (forward KL share "
+        f"divided by token share; 1 = fair share); {markers}",
+    )
     if not shares:
         return body + _missing(f"{r.name} has no samples with zones for the per-zone share table")
     steps = sorted({s.step for s in r.samples})
-    rows = [[ZONE_NAMES[z], str(s.tokens), _pct(s.token_share), _pct(s.loss_share),
-             f"{s.ratio:.2f}×" if math.isfinite(s.ratio) else "–"] + ([f"{PAPER_FAIR_SHARE[z]}×"] if paper else [])
-            for z, s in shares.items()]
+    rows = [
+        [
+            ZONE_NAMES[z],
+            str(s.tokens),
+            _pct(s.token_share),
+            _pct(s.loss_share),
+            f"{s.ratio:.2f}×" if math.isfinite(s.ratio) else "–",
+        ]
+        + ([f"{PAPER_FAIR_SHARE[z]}×"] if paper else [])
+        for z, s in shares.items()
+    ]
     header = ["zone", "tokens", "token share %", "forward-KL share %", "× fair share"] + (["paper"] if paper else [])
-    return (body + _table(header, rows)
-            + f'<p class="note">From {len(r.samples)} logged rollouts (steps {steps[0]}–{steps[-1]}), per-token '
-            f"<code>fkl</code> and <code>zone</code> of samples.jsonl. B+C carry "
-            f"{_pct(shares[1].loss_share + shares[2].loss_share)}% of the forward KL"
-            + (" (paper: about 90%)." if paper else ".") + "</p>" + _category_section(r, slug))
+    return (
+        body
+        + _table(header, rows)
+        + f'<p class="note">From {len(r.samples)} logged rollouts (steps {steps[0]}–{steps[-1]}), per-token '
+        f"<code>fkl</code> and <code>zone</code> of samples.jsonl. B+C carry "
+        f"{_pct(shares[1].loss_share + shares[2].loss_share)}% of the forward KL"
+        + (" (paper: about 90%)." if paper else ".")
+        + "</p>"
+        + _category_section(r, slug)
+    )
 
 
 def _category_zones(samples: Sequence[Sample]) -> dict[str, dict] | None:
@@ -256,23 +339,40 @@ def _category_zones(samples: Sequence[Sample]) -> dict[str, dict] | None:
     categories = [toy.response_token_categories(s.tokens) for s in samples]
     if any(c is None for c in categories):
         return None
-    return toy.zones_by_category([c for cs in categories for c in cs], [z for s in samples for z in s.zone],
-                                 [h for s in samples for h in s.teacher_entropy], ZONE_LETTERS) or None
+    return (
+        toy.zones_by_category(
+            [c for cs in categories for c in cs],
+            [z for s in samples for z in s.zone],
+            [h for s in samples for h in s.teacher_entropy],
+            ZONE_LETTERS,
+        )
+        or None
+    )
 
 
 def _category_section(r: RunData, slug: str) -> str:
     table = _category_zones(r.samples)
     if table is None:
         return ""
-    rows = [[_e(cat), str(v["tokens"]), _pct(v["share"]),
-             f"{v['teacher_entropy']:.3f}" if math.isfinite(v["teacher_entropy"]) else "–"]
-            + [_pct(v["p_zone"][name]) for name in ZONE_LETTERS.values()] for cat, v in table.items()]
+    rows = [
+        [
+            _e(cat),
+            str(v["tokens"]),
+            _pct(v["share"]),
+            f"{v['teacher_entropy']:.3f}" if math.isfinite(v["teacher_entropy"]) else "–",
+        ]
+        + [_pct(v["p_zone"][name]) for name in ZONE_LETTERS.values()]
+        for cat, v in table.items()
+    ]
     header = ["category", "tokens", "token share %", "teacher entropy"] + [f"zone {n} %" for n in ZONE_LETTERS.values()]
-    return (f'<h4 id="categories-{slug}">P(zone | token category)</h4>' + _table(header, rows)
-            + '<p class="note">The paper\'s Table 3 on the demo task: the share of each token category\'s tokens '
-            "in each zone, over the same logged rollouts and zones (<code>sead.toy.token_categories</code>: step "
-            "start = the first character of a step, where the path is chosen). The shipped models' table, at the "
-            "first step on 512 prompts, is in the demo assets README.</p>")
+    return (
+        f'<h4 id="categories-{slug}">P(zone | token category)</h4>'
+        + _table(header, rows)
+        + "<p class=\"note\">The paper's Table 3 on the demo task: the share of each token category's tokens "
+        "in each zone, over the same logged rollouts and zones (<code>sead.toy.token_categories</code>: step "
+        "start = the first character of a step, where the path is chosen). The shipped models' table, at the "
+        "first step on 512 prompts, is in the demo assets README.</p>"
+    )
 
 
 def _entropy_section(runs: list[RunData], figs: _Figures) -> str:
@@ -286,10 +386,12 @@ def _entropy_section(runs: list[RunData], figs: _Figures) -> str:
             w = max(1, len(v) // 10)
             a, b = sum(v[:w]) / w, sum(v[-w:]) / w
             rows.append([_e(r.name), _e(r.method), f"{a:.3f}", f"{b:.3f}", f"{b - a:+.3f}"])
-    return (figs.add(fig, "entropy_student", "Mean student entropy over training, all runs")
-            + _table(["run", "method", "start", "end", "change"], rows)
-            + '<p class="note">Start/end: mean over the first/last 10% of logged steps. '
-            "Paper (OLMo-3-7B): OPD collapses 0.39 → 0.31, SEAD holds.</p>")
+    return (
+        figs.add(fig, "entropy_student", "Mean student entropy over training, all runs")
+        + _table(["run", "method", "start", "end", "change"], rows)
+        + '<p class="note">Start/end: mean over the first/last 10% of logged steps. '
+        "Paper (OLMo-3-7B): OPD collapses 0.39 → 0.31, SEAD holds.</p>"
+    )
 
 
 def _eval_table(runs: list[RunData]) -> str:
@@ -312,21 +414,32 @@ def _eval_table(runs: list[RunData]) -> str:
             pk = m.get("pass@k") if isinstance(m.get("pass@k"), dict) else {}
             kmax = max(pk, key=lambda k: int(k) if str(k).isdigit() else 0) if pk else None
             extra = (f"avg@k {_pct(m.get('avg@k'))}" if isinstance(m.get("avg@k"), (int, float)) else "") + (
-                f" · pass@{kmax} {_pct(pk[kmax])}" if kmax and isinstance(pk[kmax], (int, float)) else "")
-            cells.append(f'{_pct(v) if isinstance(v, (int, float)) else "–"}'
-                         f'<br><span class="small">{_e(extra)} (n={_e(m.get("n", "?"))}, k={_e(m.get("k", "?"))})</span>')
+                f" · pass@{kmax} {_pct(pk[kmax])}" if kmax and isinstance(pk[kmax], (int, float)) else ""
+            )
+            cells.append(
+                f"{_pct(v) if isinstance(v, (int, float)) else '–'}"
+                f'<br><span class="small">{_e(extra)} (n={_e(m.get("n", "?"))}, k={_e(m.get("k", "?"))})</span>'
+            )
         avg = (data.get("average") or {}).get("pass@1")
         avg = avg if isinstance(avg, (int, float)) else (sum(p1) / len(p1) if p1 else None)
         rows.append(cells + [f"<b>{_pct(avg)}</b>"])
-    return (_table(["run", "file", "model"] + [_e(b) for b in benches] + ["average"], rows, "eval")
-            + '<p class="note">pass@1 in %; small print: avg@k and the largest pass@k logged, with n problems and '
-            "k samples. One row per eval/*.json file of each run.</p>")
+    return (
+        _table(["run", "file", "model"] + [_e(b) for b in benches] + ["average"], rows, "eval")
+        + '<p class="note">pass@1 in %; small print: avg@k and the largest pass@k logged, with n problems and '
+        "k samples. One row per eval/*.json file of each run.</p>"
+    )
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (metrics.jsonl, samples.jsonl, eval/)")
-    parser.add_argument("--out", default=None, help="output directory or .html file (default: RUN/report/ for one "
-                        "run, <parent of the first run>/report/ for several)")
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run directories (metrics.jsonl, samples.jsonl, eval/)"
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory or .html file (default: RUN/report/ for one "
+        "run, <parent of the first run>/report/ for several)",
+    )
     parser.add_argument("--rollouts", type=int, default=3, help="rollouts shown per run (default 3)")
     parser.add_argument("--max-tokens", type=int, default=1500, help="tokens shown per rollout (default 1500)")
     return parser

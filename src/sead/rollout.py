@@ -14,7 +14,14 @@ import torch
 from sead.errors import ConfigError
 from sead.settings import setting
 
-__all__ = ["RolloutConfig", "Rollout", "format_prompts", "encode_prompts", "generate_rollouts", "position_ids_from_mask"]
+__all__ = [
+    "RolloutConfig",
+    "Rollout",
+    "format_prompts",
+    "encode_prompts",
+    "generate_rollouts",
+    "position_ids_from_mask",
+]
 
 
 @dataclass
@@ -63,7 +70,7 @@ class Rollout:
         """(B, R) generated ids (padding included; see ``response_mask``)."""
         return self.input_ids[:, self.prompt_len :]
 
-    def to(self, device) -> "Rollout":
+    def to(self, device) -> Rollout:
         return Rollout(
             self.input_ids.to(device),
             self.attention_mask.to(device),
@@ -79,7 +86,9 @@ def format_prompts(tokenizer, prompts: list[str], chat_template: str = "auto") -
     """Apply the tokenizer's chat template when asked/available; returns (texts, templated)."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if chat_template == "on" and not has_template:
-        raise ConfigError("rollout.chat_template=on but the tokenizer has no chat template; set rollout.chat_template=off")
+        raise ConfigError(
+            "rollout.chat_template=on but the tokenizer has no chat template; set rollout.chat_template=off"
+        )
     if chat_template == "off" or not has_template:
         return list(prompts), False
     texts = [
@@ -172,15 +181,11 @@ def generate_rollouts(
     finally:
         model.train(was_training)
     width = max(c.shape[1] for c in chunks)
-    response_ids = torch.cat(
-        [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad_id) for c in chunks]
-    )
+    response_ids = torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad_id) for c in chunks])
     response_mask = _response_mask(response_ids, eos_id, pad_id)
     response_ids = response_ids.masked_fill(~response_mask, pad_id)
     input_ids = torch.cat([enc["input_ids"], response_ids], dim=1)
     attention_mask = torch.cat([enc["attention_mask"].bool(), response_mask], dim=1)
     full_mask = torch.cat([torch.zeros_like(enc["attention_mask"], dtype=torch.bool), response_mask], dim=1)
-    response_texts = [
-        tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(response_ids, response_mask)
-    ]
+    response_texts = [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(response_ids, response_mask)]
     return Rollout(input_ids, attention_mask.long(), full_mask, prompt_len, rows, response_texts, index)

@@ -20,8 +20,17 @@ from sead.errors import DataError
 from sead.jsonio import read_jsonl
 from sead.zones import MASKED, Zone
 
-__all__ = ["Sample", "RunData", "load_run", "ZONE_LETTERS", "ZONE_NAMES", "ZONE_COLORS", "PAPER_FAIR_SHARE",
-           "PAPER_JACCARD", "PAPER_FRACTIONS"]
+__all__ = [
+    "Sample",
+    "RunData",
+    "load_run",
+    "ZONE_LETTERS",
+    "ZONE_NAMES",
+    "ZONE_COLORS",
+    "PAPER_FAIR_SHARE",
+    "PAPER_JACCARD",
+    "PAPER_FRACTIONS",
+]
 
 ZONE_LETTERS = {int(z): z.name for z in Zone}  # 0 -> "A", 1 -> "B", 2 -> "C"
 ZONE_NAMES = {**ZONE_LETTERS, MASKED: "none"}
@@ -65,12 +74,19 @@ class Sample:
             return vals + [fill] * (n - len(vals))
 
         reward = row.get("reward")
-        return cls(int(row.get("step", 0)), str(row.get("method") or ""), str(row.get("prompt") or ""),
-                   str(row.get("response") or ""), tokens,
-                   [int(z) if isinstance(z, (int, float)) else MASKED for z in cut("zone", MASKED)],
-                   _floats(cut("teacher_entropy", None)), _floats(cut("student_entropy", None)),
-                   _floats(cut("loss", None)), _floats(cut("fkl", None)),
-                   float(reward) if isinstance(reward, (int, float)) else None)
+        return cls(
+            int(row.get("step", 0)),
+            str(row.get("method") or ""),
+            str(row.get("prompt") or ""),
+            str(row.get("response") or ""),
+            tokens,
+            [int(z) if isinstance(z, (int, float)) else MASKED for z in cut("zone", MASKED)],
+            _floats(cut("teacher_entropy", None)),
+            _floats(cut("student_entropy", None)),
+            _floats(cut("loss", None)),
+            _floats(cut("fkl", None)),
+            float(reward) if isinstance(reward, (int, float)) else None,
+        )
 
 
 @dataclass
@@ -89,8 +105,11 @@ class RunData:
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of a metric over the steps that logged a finite value for it."""
-        pts = [(r["step"], float(r[key])) for r in self.metrics
-               if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        pts = [
+            (r["step"], float(r[key]))
+            for r in self.metrics
+            if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+        ]
         return [s for s, _ in pts], [v for _, v in pts]
 
     def metric_keys(self) -> set[str]:
@@ -132,7 +151,7 @@ def _read_rows(path: Path, notes: list[str]) -> list[dict]:
 
 
 def _eval_order(f: Path) -> tuple:
-    """before/base/... first, after/final last, the rest by name with numbers compared as numbers (step-20 < step-100)."""
+    """before/base/... first, after/final last, the rest by name, numbers compared as numbers (step-20 < step-100)."""
     stem = f.stem.lower()
     rank = 0 if stem.startswith(_EVAL_ORDER[0]) else 2 if stem.startswith(_EVAL_ORDER[1]) else 1
     return rank, [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", stem) if p]

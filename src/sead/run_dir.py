@@ -23,9 +23,16 @@ __all__ = ["RESUME_FREE", "config_diff", "resume_changes", "prepare_run_dir", "d
 
 # Settings that may change between a run and its resumption without changing the result: the one
 # list, for the trainer's resume check and for `sead compare` (through `resume_changes`).
-RESUME_FREE = frozenset({("train", "resume"), ("train", "force_resume"), ("logging", "progress"),
-                         ("train", "torch_threads"), ("train", "max_bad_steps"),
-                         ("train", "output_dir")})  # output_dir: a run folder may be moved
+RESUME_FREE = frozenset(
+    {
+        ("train", "resume"),
+        ("train", "force_resume"),
+        ("logging", "progress"),
+        ("train", "torch_threads"),
+        ("train", "max_bad_steps"),
+        ("train", "output_dir"),
+    }
+)  # output_dir: a run folder may be moved
 
 
 def config_diff(saved: dict, new: dict, free: Set[tuple[str, str]]) -> list[str]:

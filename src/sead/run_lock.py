@@ -65,8 +65,12 @@ class RunClaim:
 
     # ------------------------------------------------------------- acquire
     def _info(self) -> dict:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv[1:],
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "argv": sys.argv[1:],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
 
     def _try_flock(self, fd: int) -> bool | None:
         """True: locked; False: another process holds it; None: no flock here (Windows, some network mounts)."""
@@ -80,7 +84,7 @@ class RunClaim:
             return None
         return True
 
-    def acquire(self) -> "RunClaim":
+    def acquire(self) -> RunClaim:
         for _ in range(20):  # retried only when the file changes under us (another run came or went)
             try:
                 fd = os.open(self.path, os.O_RDWR)
@@ -97,15 +101,19 @@ class RunClaim:
                 os.close(fd)
                 raise ConfigError(
                     f"train.output_dir={str(self.run_dir)!r} is in use by another sead run ({_holder_text(held_by)}); "
-                    f"wait for it to finish or pick another train.output_dir (if that process is gone, delete {self.path})"
+                    "wait for it to finish or pick another train.output_dir "
+                    f"(if that process is gone, delete {self.path})"
                 )
             if not _same_file(fd, self.path):  # its holder removed it between our open and our flock
                 os.close(fd)
                 continue
             _write_info(fd, self._info())
             self.fd = fd
-            print(f"sead: warning: took over the stale lock {self.path} of {_holder_text(held_by)} "
-                  "(that run is no longer running)", file=sys.stderr)
+            print(
+                f"sead: warning: took over the stale lock {self.path} of {_holder_text(held_by)} "
+                "(that run is no longer running)",
+                file=sys.stderr,
+            )
             return self
         raise ConfigError(f"could not take the lock {self.path}: it keeps changing; is another run starting there?")
 

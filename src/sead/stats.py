@@ -149,4 +149,3 @@ def compare_scores(
                     diff[i] = Interval(float(p_M[i] - p_M[reference]), *percentile_interval(d_R, confidence))
         out[name] = {"score": score, "diff": diff}
     return out
-

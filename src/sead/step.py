@@ -71,8 +71,9 @@ def _zones(cfg: RunConfig, accelerator, states: list[_MicroState]) -> None:
     s_global, _ = gather_flat(accelerator, s_flat)
     everywhere = torch.ones_like(t_global, dtype=torch.bool)
     if uses_zone_loss(obj) and obj.zone_mode == "threshold":
-        zones_global = assign_zones_threshold(t_global, s_global, everywhere, obj.teacher_threshold,
-                                              obj.student_threshold)
+        zones_global = assign_zones_threshold(
+            t_global, s_global, everywhere, obj.teacher_threshold, obj.student_threshold
+        )
     else:  # percentile zones: the loss's for zoned SEAD, an analysis label for every other method
         zones_global = assign_zones(t_global, s_global, everywhere, obj.fractions)
     for st, z in zip(states, _scatter_zones(zones_global[offset : offset + t_flat.numel()], masks)):
@@ -113,8 +114,10 @@ def distill_step(
 
     backend = backend or LogitsBackend(obj, vocab)
     t0 = time.perf_counter()
-    states = [_MicroState(mb, backend.teacher(teacher, *_teacher_inputs(tokenizer, cfg, mb, rollout, teacher_prompts)))
-              for mb in split_micro_batches(rollout, cfg.train.micro_batch_size)]
+    states = [
+        _MicroState(mb, backend.teacher(teacher, *_teacher_inputs(tokenizer, cfg, mb, rollout, teacher_prompts)))
+        for mb in split_micro_batches(rollout, cfg.train.micro_batch_size)
+    ]
     timings["time/teacher_s"] = time.perf_counter() - t0
 
     # Zoned SEAD needs every process's entropies before any loss: with one micro-batch keep its
@@ -146,8 +149,9 @@ def distill_step(
             view = st.graph if st.graph is not None else backend.student(student, st.mb)
             # DDP averages gradients over processes; divide by global count / world so the
             # update is (sum over the global batch) / (global count).
-            loss, st.token_losses = backend.losses(view, st.teacher_view, st.mb, st.zones, alpha,
-                                                   max(normalizer, 1.0) / world, st.stats)
+            loss, st.token_losses = backend.losses(
+                view, st.teacher_view, st.mb, st.zones, alpha, max(normalizer, 1.0) / world, st.stats
+            )
             timings["time/student_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             accelerator.backward(loss)
@@ -161,8 +165,9 @@ def distill_step(
     update = apply_update(accelerator, student, optimizer, scheduler, cfg.optim.max_grad_norm, total_loss)
     timings["time/optim_s"] = time.perf_counter() - t0
 
-    metrics = _step_metrics(cfg, accelerator, states, normalizer, total_loss, update, alpha, rollout,
-                            topk_logits=backend.name == "logits")
+    metrics = _step_metrics(
+        cfg, accelerator, states, normalizer, total_loss, update, alpha, rollout, topk_logits=backend.name == "logits"
+    )
     metrics.update(timings)
     rewards = prompt_rewards = None
     if rewards_fn is not None:
@@ -178,8 +183,17 @@ def distill_step(
     return StepResult(metrics=metrics, samples=samples, finite=update.applied, prompt_rewards=prompt_rewards)
 
 
-def _step_metrics(cfg, accelerator, states: list[_MicroState], normalizer: float, total_loss: float, update,
-                  alpha: float, rollout: Rollout, topk_logits: bool) -> dict:
+def _step_metrics(
+    cfg,
+    accelerator,
+    states: list[_MicroState],
+    normalizer: float,
+    total_loss: float,
+    update,
+    alpha: float,
+    rollout: Rollout,
+    topk_logits: bool,
+) -> dict:
     def flat(values):  # (b, R) per micro-batch -> every process's valid tokens, float32
         mine = torch.cat([v[st.mb.mask] for v, st in zip(values, states)]).float()
         return gather_flat(accelerator, mine)[0]
@@ -218,17 +232,19 @@ def _sample_records(cfg, tokenizer, rollout: Rollout, states: list[_MicroState],
             row = st.mb.rows.start + r
             m = st.mb.mask[r]
             ids = st.mb.targets[r][m].tolist()
-            records.append({
-                "step": step + 1,
-                "method": cfg.objective.method,
-                "prompt": rollout.prompts[row],
-                "response": rollout.response_texts[row],
-                "tokens": [tokenizer.decode([t]) for t in ids],
-                "zone": st.zones[r][m].tolist(),
-                "teacher_entropy": [round(x, 5) for x in st.stats.teacher_entropy[r][m].tolist()],
-                "student_entropy": [round(x, 5) for x in st.stats.student_entropy[r][m].tolist()],
-                "loss": [round(x, 6) for x in st.token_losses[r][m].tolist()],
-                "fkl": [round(x, 6) for x in st.stats.fkl[r][m].tolist()],
-                "reward": None if rewards is None else rewards[row],
-            })
+            records.append(
+                {
+                    "step": step + 1,
+                    "method": cfg.objective.method,
+                    "prompt": rollout.prompts[row],
+                    "response": rollout.response_texts[row],
+                    "tokens": [tokenizer.decode([t]) for t in ids],
+                    "zone": st.zones[r][m].tolist(),
+                    "teacher_entropy": [round(x, 5) for x in st.stats.teacher_entropy[r][m].tolist()],
+                    "student_entropy": [round(x, 5) for x in st.stats.student_entropy[r][m].tolist()],
+                    "loss": [round(x, 6) for x in st.token_losses[r][m].tolist()],
+                    "fkl": [round(x, 6) for x in st.stats.fkl[r][m].tolist()],
+                    "reward": None if rewards is None else rewards[row],
+                }
+            )
     return records

@@ -15,8 +15,7 @@ from accelerate.utils import gather, pad_across_processes, reduce
 
 from sead.rollout import Rollout
 
-__all__ = ["MicroBatch", "split_micro_batches", "gather_flat", "sum_processes", "Update", "apply_update",
-           "StepResult"]
+__all__ = ["MicroBatch", "split_micro_batches", "gather_flat", "sum_processes", "Update", "apply_update", "StepResult"]
 
 
 @dataclass

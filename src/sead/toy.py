@@ -18,8 +18,9 @@ import math
 import os
 import random
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sead.errors import DataError
 
@@ -36,10 +37,18 @@ PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 
 # Model shapes (LlamaForCausalLM, tied embeddings). The student is 4x smaller and briefly trained; it
 # keeps 4 layers because a 2-layer student learns multi-digit carries too slowly to improve in a demo.
-TEACHER_SHAPE: dict[str, int] = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-                                 "intermediate_size": 512}
-STUDENT_SHAPE: dict[str, int] = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2,
-                                 "intermediate_size": 256}
+TEACHER_SHAPE: dict[str, int] = {
+    "hidden_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 512,
+}
+STUDENT_SHAPE: dict[str, int] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 2,
+    "intermediate_size": 256,
+}
 MAX_POSITIONS = 128  # the longest item (question, worked solution, eos) is 64 tokens
 MAX_NEW_TOKENS = 56  # the longest worked solution plus eos is 52 tokens
 
@@ -122,16 +131,24 @@ def _level_items(level: int, seed: int) -> Iterable[tuple[str, str]]:
     base = seed * 1_000_000_000 + level * 10_000_000
     chunk, start = 4096, 0
     while True:
-        ds = reasoning_gym.create_dataset("chain_sum", size=chunk, seed=base + start, min_terms=terms,
-                                          max_terms=terms, min_digits=digits, max_digits=digits)
+        ds = reasoning_gym.create_dataset(
+            "chain_sum",
+            size=chunk,
+            seed=base + start,
+            min_terms=terms,
+            max_terms=terms,
+            min_digits=digits,
+            max_digits=digits,
+        )
         for i in range(chunk):
             item = ds[i]
             yield item["metadata"]["expression"].replace(" ", ""), str(item["answer"])
         start += chunk
 
 
-def make_task(n: int, seed: int, levels: Sequence[int] = DEFAULT_LEVELS, *, unique: bool = True,
-              exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
+def make_task(
+    n: int, seed: int, levels: Sequence[int] = DEFAULT_LEVELS, *, unique: bool = True, exclude: Iterable[str] = ()
+) -> list[dict[str, Any]]:
     """``n`` seeded task items, the levels taking turns (item i has level ``levels[i % len(levels)]``).
 
     Each item is ``{"id", "question", "answer", "solution", "level"}``, e.g. ``question="98+93-77="``,
@@ -156,13 +173,17 @@ def make_task(n: int, seed: int, levels: Sequence[int] = DEFAULT_LEVELS, *, uniq
         solution, value = solve(expr)
         if str(value) != answer:  # the generator and our solver must agree
             raise DataError(f"answer mismatch for {question}: reasoning-gym says {answer}, solver says {value}")
-        items.append({"id": f"s{seed}-{i}", "question": question, "answer": answer, "solution": solution,
-                      "level": level})
+        items.append(
+            {"id": f"s{seed}-{i}", "question": question, "answer": answer, "solution": solution, "level": level}
+        )
     return items
 
 
-def write_jsonl(path: str | Path, items: Iterable[dict[str, Any]],
-                fields: Sequence[str] = ("id", "question", "answer", "level", "solution")) -> Path:
+def write_jsonl(
+    path: str | Path,
+    items: Iterable[dict[str, Any]],
+    fields: Sequence[str] = ("id", "question", "answer", "level", "solution"),
+) -> Path:
     """Write ``items`` (only ``fields``) to a JSONL file, one object per line; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,9 +201,14 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_task_files(out_dir: str | Path, n_train: int = DEMO_TRAIN_SIZE, n_heldout: int = DEMO_HELDOUT_SIZE,
-                     train_seed: int = DEMO_TRAIN_SEED, heldout_seed: int = DEMO_HELDOUT_SEED,
-                     levels: Sequence[int] = DEFAULT_LEVELS) -> tuple[Path, Path]:
+def write_task_files(
+    out_dir: str | Path,
+    n_train: int = DEMO_TRAIN_SIZE,
+    n_heldout: int = DEMO_HELDOUT_SIZE,
+    train_seed: int = DEMO_TRAIN_SEED,
+    heldout_seed: int = DEMO_HELDOUT_SEED,
+    levels: Sequence[int] = DEFAULT_LEVELS,
+) -> tuple[Path, Path]:
     """Write ``train.jsonl`` and ``heldout.jsonl`` under ``out_dir`` (no heldout question in train).
 
     Fields: ``id``, ``question``, ``answer``, ``level``, ``solution``. Returns (train path, heldout path).
@@ -198,7 +224,7 @@ def extract_answer(response: str) -> str | None:
     pos = response.rfind("A:")
     if pos < 0:
         return None
-    answer = response[pos + 2:].strip()
+    answer = response[pos + 2 :].strip()
     return answer or None
 
 
@@ -264,8 +290,9 @@ def response_token_categories(tokens: Sequence[str]) -> list[str] | None:
     return token_categories("".join(t if len(t) == 1 else "." for t in tokens))
 
 
-def zones_by_category(categories: Sequence[str], zones: Sequence[int], teacher_entropy: Sequence[float],
-                      zone_names: dict[int, str]) -> dict[str, dict[str, Any]]:
+def zones_by_category(
+    categories: Sequence[str], zones: Sequence[int], teacher_entropy: Sequence[float], zone_names: dict[int, str]
+) -> dict[str, dict[str, Any]]:
     """P(zone | token category), the paper's Table 3 on this task, from per-token lists of equal length.
 
     Per category that occurs (in ``TOKEN_CATEGORIES`` order): ``tokens``, ``share`` (of all counted
@@ -279,9 +306,12 @@ def zones_by_category(categories: Sequence[str], zones: Sequence[int], teacher_e
         rows = [(z, h) for c, z, h in kept if c == cat]
         if rows:
             zs = [z for z, _ in rows]
-            out[cat] = {"tokens": len(rows), "share": len(rows) / len(kept),
-                        "teacher_entropy": math.fsum(h for _, h in rows) / len(rows),
-                        "p_zone": {name: zs.count(z) / len(zs) for z, name in zone_names.items()}}
+            out[cat] = {
+                "tokens": len(rows),
+                "share": len(rows) / len(kept),
+                "teacher_entropy": math.fsum(h for _, h in rows) / len(rows),
+                "p_zone": {name: zs.count(z) / len(zs) for z, name in zone_names.items()},
+            }
     return out
 
 
@@ -300,8 +330,14 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")  # one piece per character
     tok.decoder = decoders.Fuse()  # join pieces with no separator
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK,
-                                   clean_up_tokenization_spaces=False, model_max_length=MAX_POSITIONS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=UNK,
+        clean_up_tokenization_spaces=False,
+        model_max_length=MAX_POSITIONS,
+    )
 
 
 # --------------------------------------------------------------------------------------- models
@@ -311,13 +347,20 @@ def build_model(tokenizer: PreTrainedTokenizerFast, shape: dict[str, int], seed:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITIONS,
-                      num_key_value_heads=shape["num_attention_heads"], tie_word_embeddings=True,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                      bos_token_id=None, **shape)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=MAX_POSITIONS,
+        num_key_value_heads=shape["num_attention_heads"],
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        **shape,
+    )
     model = LlamaForCausalLM(cfg)
-    model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id,
-                                               eos_token_id=tokenizer.eos_token_id, max_new_tokens=MAX_NEW_TOKENS)
+    model.generation_config = GenerationConfig(
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, max_new_tokens=MAX_NEW_TOKENS
+    )
     return model
 
 
@@ -350,8 +393,9 @@ def load_demo_models(device: str = "cpu", dtype: Any = None):
 
 
 # ------------------------------------------------------------------------------------- evaluate
-def greedy_responses(model, tokenizer, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS,
-                     batch_size: int = 256) -> list[str]:
+def greedy_responses(
+    model, tokenizer, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 256
+) -> list[str]:
     """Greedy completions of ``questions`` (batched, left-padded), decoded without special tokens."""
     import torch
 
@@ -362,19 +406,30 @@ def greedy_responses(model, tokenizer, questions: Sequence[str], max_new_tokens:
     try:
         device = next(model.parameters()).device
         for i in range(0, len(questions), batch_size):
-            enc = tokenizer(list(questions[i:i + batch_size]), return_tensors="pt", padding=True).to(device)
+            enc = tokenizer(list(questions[i : i + batch_size]), return_tensors="pt", padding=True).to(device)
             with torch.no_grad():
-                gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                gen = model.generate(
+                    **enc,
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
     return out
 
 
-def greedy_accuracy(model, tokenizer, items: Sequence[dict[str, Any]], max_new_tokens: int = MAX_NEW_TOKENS,
-                    by_level: bool = False, batch_size: int = 256):
+def greedy_accuracy(
+    model,
+    tokenizer,
+    items: Sequence[dict[str, Any]],
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    by_level: bool = False,
+    batch_size: int = 256,
+):
     """Share of ``items`` whose greedy response ``verify``-matches the answer.
 
     With ``by_level`` returns ``(overall, {level: accuracy})``.

@@ -47,7 +47,7 @@ class Trainer:
         self.notes: list[str] = []  # start-up warnings (sead.run_notes), printed once setup succeeded
 
     # ----------------------------------------------------------------- setup
-    def setup(self) -> "Trainer":
+    def setup(self) -> Trainer:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -88,7 +88,9 @@ class Trainer:
         if cfg.train.resume:
             self._resume()
         else:
-            drop_records_after(acc, self.metrics, self.run_dir, 0)  # a fresh run rewrites any step lines left in the folder
+            drop_records_after(
+                acc, self.metrics, self.run_dir, 0
+            )  # a fresh run rewrites any step lines left in the folder
         if acc.is_main_process:  # written once setup succeeded: a failed start or resume changes nothing
             save_run_config(self.run_dir, cfg, self.step)
             publish_notes(self.run_dir, self.step, self.notes)
@@ -118,17 +120,21 @@ class Trainer:
 
     def _load_models(self) -> None:
         m = self.cfg.model
-        self.tokenizer = load_tokenizer(m.tokenizer or m.student, m.gguf_file if not m.tokenizer else None,
-                                        key="model.tokenizer" if m.tokenizer else "model.student",
-                                        trust_remote_code=m.trust_remote_code)
+        self.tokenizer = load_tokenizer(
+            m.tokenizer or m.student,
+            m.gguf_file if not m.tokenizer else None,
+            key="model.tokenizer" if m.tokenizer else "model.student",
+            trust_remote_code=m.trust_remote_code,
+        )
         self.student = load_model(m.student, m.dtype, m.gguf_file, "model.student", m.trust_remote_code)
         self.reference = None
         if self.method.teacher != "model":
             # No separate teacher: GRPO has none, OPSD's is the student itself (a frozen initial copy or live).
             self._load_self_teacher()
             return
-        self.teacher = load_model(m.teacher, m.teacher_dtype or m.dtype, m.teacher_gguf_file, "model.teacher",
-                                  m.trust_remote_code)
+        self.teacher = load_model(
+            m.teacher, m.teacher_dtype or m.dtype, m.teacher_gguf_file, "model.teacher", m.trust_remote_code
+        )
         teacher_tok = None
         if m.teacher != (m.tokenizer or m.student):
             try:
@@ -161,7 +167,9 @@ class Trainer:
 
         cfg = self.cfg
         if not cfg.data.path:
-            raise ConfigError("data.path is empty; set data.path to a JSONL/JSON/parquet/CSV file, a dataset folder or a hub name")
+            raise ConfigError(
+                "data.path is empty; set data.path to a JSONL/JSON/parquet/CSV file, a dataset folder or a hub name"
+            )
         self.items = load_prompts(cfg.data)
         if not self.items:
             raise ConfigError(f"data.path={cfg.data.path!r} holds no prompts; check the file and data.split")
@@ -172,7 +180,9 @@ class Trainer:
         difficulties = None
         if use_curriculum:
             if not cfg.curriculum.difficulty_path:
-                raise ConfigError("objective.curriculum=true needs curriculum.difficulty_path (run `sead difficulty` first)")
+                raise ConfigError(
+                    "objective.curriculum=true needs curriculum.difficulty_path (run `sead difficulty` first)"
+                )
             if not Path(cfg.curriculum.difficulty_path).exists() and cfg.curriculum.auto_estimate:
                 self._estimate_difficulty()
             difficulties = load_difficulties(cfg.curriculum.difficulty_path, self.items)
@@ -187,8 +197,18 @@ class Trainer:
             )
         self.verifier = build_verifier(cfg.verifier) if has_answers or cfg.eval.every else None
         if has_answers:  # rows_to_items gives every item an answer or none
-            self.notes += filter(None, [unmatchable_note(self.verifier, self.items, f"in data.path={cfg.data.path!r}",
-                                                         "data", "their verifier reward is always 0")])
+            self.notes += filter(
+                None,
+                [
+                    unmatchable_note(
+                        self.verifier,
+                        self.items,
+                        f"in data.path={cfg.data.path!r}",
+                        "data",
+                        "their verifier reward is always 0",
+                    )
+                ],
+            )
         self.eval_benchmarks = None
         if cfg.eval.every and cfg.eval.data:
             from sead.evaluate import load_benchmarks
@@ -202,12 +222,22 @@ class Trainer:
 
         cfg, acc = self.cfg, self.accelerator
         if acc.is_main_process:
-            acc.print(f"estimating prompt difficulty ({cfg.curriculum.estimate_k} rollouts per prompt) "
-                      f"into {cfg.curriculum.difficulty_path}")
+            acc.print(
+                f"estimating prompt difficulty ({cfg.curriculum.estimate_k} rollouts per prompt) "
+                f"into {cfg.curriculum.difficulty_path}"
+            )
             self.student.to(acc.device)
-            estimate_difficulty(self.student, self.tokenizer, self.items, build_verifier(cfg.verifier), cfg.rollout,
-                                k=cfg.curriculum.estimate_k, out_path=cfg.curriculum.difficulty_path,
-                                progress=cfg.logging.progress, seed=cfg.train.seed)
+            estimate_difficulty(
+                self.student,
+                self.tokenizer,
+                self.items,
+                build_verifier(cfg.verifier),
+                cfg.rollout,
+                k=cfg.curriculum.estimate_k,
+                out_path=cfg.curriculum.difficulty_path,
+                progress=cfg.logging.progress,
+                seed=cfg.train.seed,
+            )
         acc.wait_for_everyone()
 
     def _check_prompt_lengths(self) -> None:
@@ -218,8 +248,15 @@ class Trainer:
         cfg = self.cfg
         template = cfg.objective.opsd_template if self.method.teacher == "self" else None
         contexts = {"student": context_length(self.student), "teacher": context_length(self.teacher)}
-        self.items, notes = fit_prompts(self.items, self.tokenizer, cfg.rollout, cfg.data.long_prompts,
-                                        f"data.path={cfg.data.path!r}", contexts, template)
+        self.items, notes = fit_prompts(
+            self.items,
+            self.tokenizer,
+            cfg.rollout,
+            cfg.data.long_prompts,
+            f"data.path={cfg.data.path!r}",
+            contexts,
+            template,
+        )
         self.notes += notes
 
     def _resume(self) -> None:
@@ -227,7 +264,9 @@ class Trainer:
         path = latest_checkpoint(self.run_dir)
         if path is None:
             acc.print(f"no complete checkpoint in {self.run_dir}; starting from step 0")
-            drop_records_after(acc, self.metrics, self.run_dir, 0)  # lines of a run killed before its first checkpoint are redone
+            drop_records_after(
+                acc, self.metrics, self.run_dir, 0
+            )  # lines of a run killed before its first checkpoint are redone
             return
         state = load_checkpoint(acc, path)
         self.step = int(state["step"])
@@ -272,8 +311,10 @@ class Trainer:
                         )
                     if stop["signal"] is not None:
                         path = self.save()
-                        raise KeyboardInterrupt(f"stopped by signal {stop['signal']} after step {self.step}; "
-                                                f"checkpoint {path} saved, resume with train.resume=true")
+                        raise KeyboardInterrupt(
+                            f"stopped by signal {stop['signal']} after step {self.step}; "
+                            f"checkpoint {path} saved, resume with train.resume=true"
+                        )
                     if self.step % cfg.train.save_every == 0 and self.step < cfg.train.steps:
                         self.save()
         finally:
@@ -303,8 +344,16 @@ class Trainer:
 
             if should_evaluate(cfg.eval, self.step):
                 t0 = time.perf_counter()
-                record.update(evaluate_during_training(acc.unwrap_model(self.student), self.tokenizer, cfg.eval,
-                                                       self.verifier, self.step, benchmarks=self.eval_benchmarks))
+                record.update(
+                    evaluate_during_training(
+                        acc.unwrap_model(self.student),
+                        self.tokenizer,
+                        cfg.eval,
+                        self.verifier,
+                        self.step,
+                        benchmarks=self.eval_benchmarks,
+                    )
+                )
                 record["time/eval_s"] = time.perf_counter() - t0
         if acc.is_main_process:
             self.metrics.write(record)
@@ -317,19 +366,36 @@ class Trainer:
     def _run_step(self, mine: list[int], want_samples: bool):
         """The method's step algorithm on this process's prompts ``mine``."""
         cfg = self.cfg
-        common = dict(cfg=cfg, accelerator=self.accelerator, student=self.student, tokenizer=self.tokenizer,
-                      optimizer=self.optimizer, scheduler=self.scheduler, prompts=[self.items[i].prompt for i in mine],
-                      step=self.step, vocab=self.vocab, want_samples=want_samples)
+        common = dict(
+            cfg=cfg,
+            accelerator=self.accelerator,
+            student=self.student,
+            tokenizer=self.tokenizer,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            prompts=[self.items[i].prompt for i in mine],
+            step=self.step,
+            vocab=self.vocab,
+            want_samples=want_samples,
+        )
         # Looked up on the module at call time, so a test or benchmark can wrap the step function.
         if self.method.step == "grpo":
-            return grpo.grpo_step(**common, reference=self.reference, answers=[self.items[i].answer for i in mine],
-                                  verifier=self.verifier)
+            return grpo.grpo_step(
+                **common, reference=self.reference, answers=[self.items[i].answer for i in mine], verifier=self.verifier
+            )
         teacher_prompts = None
         if self.method.teacher == "self":  # OPSD: the teacher reads the reference answer too
-            teacher_prompts = [cfg.objective.opsd_template.format(prompt=self.items[i].prompt,
-                                                                  answer=self.items[i].answer) for i in mine]
-        return distillation.distill_step(**common, teacher=self.teacher, rewards_fn=self._rewards(mine),
-                                         teacher_prompts=teacher_prompts, backend=self.backend)
+            teacher_prompts = [
+                cfg.objective.opsd_template.format(prompt=self.items[i].prompt, answer=self.items[i].answer)
+                for i in mine
+            ]
+        return distillation.distill_step(
+            **common,
+            teacher=self.teacher,
+            rewards_fn=self._rewards(mine),
+            teacher_prompts=teacher_prompts,
+            backend=self.backend,
+        )
 
     def _update_sampler(self, indices, prompt_rewards_local: list[float]) -> None:
         from accelerate.utils import gather_object
@@ -389,5 +455,7 @@ def train_main(config_path: str | None, overrides: list[str]) -> Path:
         trainer = Trainer(cfg).setup()
         claim.started()
         final = trainer.train()
-    trainer.accelerator.print(f"done: {trainer.step} steps; metrics in {trainer.run_dir / 'metrics.jsonl'}; model in {final}")
+    trainer.accelerator.print(
+        f"done: {trainer.step} steps; metrics in {trainer.run_dir / 'metrics.jsonl'}; model in {final}"
+    )
     return final

@@ -33,8 +33,16 @@ from dataclasses import dataclass
 from sead.errors import ConfigError
 from sead.settings import setting
 
-__all__ = ["VerifierConfig", "Verifier", "build_verifier", "extract_final_answer", "normalize_answer", "math_equal",
-           "unmatchable_answers", "unmatchable_note"]
+__all__ = [
+    "VerifierConfig",
+    "Verifier",
+    "build_verifier",
+    "extract_final_answer",
+    "normalize_answer",
+    "math_equal",
+    "unmatchable_answers",
+    "unmatchable_note",
+]
 
 Verifier = Callable[[str, "str | None"], bool]
 
@@ -62,7 +70,9 @@ class VerifierConfig:
             except re.error as err:
                 raise ConfigError(f"verifier.pattern is not a valid regex ({err}); fix the pattern") from None
             if groups != 1:
-                raise ConfigError(f"verifier.pattern must have exactly one (...) group, got {groups}; use (?:...) for the others")
+                raise ConfigError(
+                    f"verifier.pattern must have exactly one (...) group, got {groups}; use (?:...) for the others"
+                )
         if not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0:
             raise ConfigError(f"verifier.timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
 
@@ -191,7 +201,9 @@ def _user_verifier(spec: str) -> Verifier:
     try:
         func = getattr(importlib.import_module(module_name), func_name)
     except (ImportError, AttributeError) as err:
-        raise ConfigError(f"verifier.kind={spec!r} cannot be imported ({err}); give an importable module:function") from None
+        raise ConfigError(
+            f"verifier.kind={spec!r} cannot be imported ({err}); give an importable module:function"
+        ) from None
     if not callable(func):
         raise ConfigError(f"verifier.kind={spec!r} is not callable; give a function f(response, answer)")
 
@@ -267,6 +279,8 @@ def unmatchable_note(verifier: Verifier, items: list, where: str, key: str, effe
         return None
     first = items[bad[0]]
     example = str(first.answer) if len(str(first.answer)) <= 60 else str(first.answer)[:57] + "..."
-    return (f"the verifier cannot match {len(bad)} of {len(items)} reference answers {where} (e.g. {example!r} of "
-            f"prompt {first.id!r}): {effect}; point {key}.answer_field at the final answers or choose a "
-            "verifier.kind that reads them")
+    return (
+        f"the verifier cannot match {len(bad)} of {len(items)} reference answers {where} (e.g. {example!r} of "
+        f"prompt {first.id!r}): {effect}; point {key}.answer_field at the final answers or choose a "
+        "verifier.kind that reads them"
+    )

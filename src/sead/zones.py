@@ -55,7 +55,8 @@ def assign_zones(
     _, rho_b, rho_c = check_fractions(fractions)
     if teacher_entropy.shape != mask.shape or student_entropy.shape != mask.shape:
         raise ValueError(
-            f"entropies {tuple(teacher_entropy.shape)}, {tuple(student_entropy.shape)} must match mask {tuple(mask.shape)}"
+            f"entropies {tuple(teacher_entropy.shape)}, {tuple(student_entropy.shape)} "
+            f"must match mask {tuple(mask.shape)}"
         )
     mask_N = mask.reshape(-1).bool()
     valid_N = mask_N.nonzero().squeeze(-1)
