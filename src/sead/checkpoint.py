@@ -17,7 +17,10 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
+
+from accelerate.utils import load
 
 from sead.errors import CheckpointError
 
@@ -64,8 +67,6 @@ def _fsync_dir(path: Path) -> None:
 def _test_pause(tmp: Path, step: int) -> None:
     """The ``SEAD_TEST_PAUSE_IN_CHECKPOINT`` hook (module doc): pause a chosen write half-way."""
     if os.environ.get("SEAD_TEST_PAUSE_IN_CHECKPOINT") == str(step):
-        import time
-
         (tmp / "PAUSED").write_text(str(os.getpid()), encoding="utf-8")
         time.sleep(600)
 
@@ -113,8 +114,6 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
 
 def _check_rng_state(path: Path, process_index: int) -> None:
     """accelerate skips an unreadable RNG state file silently; an exact resume needs it, so fail instead."""
-    from accelerate.utils import load
-
     states = load(path / f"random_states_{process_index}.pkl")
     if not isinstance(states, dict) or "torch_manual_seed" not in states or "random_state" not in states:
         raise ValueError(f"random_states_{process_index}.pkl holds no RNG states")

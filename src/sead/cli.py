@@ -1,4 +1,8 @@
-"""The ``sead`` command line: one subcommand per job, each a thin layer over the library."""
+"""The ``sead`` command line: one subcommand per job, each a thin layer over the library.
+
+Each job's module is imported only when that job runs (or its ``--help`` is asked for), so
+``sead --help`` and a mistyped command answer at once instead of loading torch first.
+"""
 
 from __future__ import annotations
 
@@ -108,7 +112,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. objective.method=eopd optim.lr=1e-6")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command`` gets its arguments (importing its module), the rest their help line."""
     parser = argparse.ArgumentParser(
         prog="sead",
         description="On-policy distillation of language models with SEAD and its baselines.",
@@ -117,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if name != command:
+            continue
         if name == "train":
             _add_config_args(p)
             p.set_defaults(func=_train)
@@ -168,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if args.version:
         from sead import __version__

@@ -15,8 +15,18 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
+from sead.compare_tables import problem_scores
+from sead.config import config_from_dict
 from sead.config_files import find_config, merge_configs, read_config_file
+from sead.demo_summary import print_table, summarise
+from sead.difficulty import difficulty_from_config
 from sead.errors import SeadError
+from sead.evaluate import eval_main
+from sead.report import build_report
+from sead.smollm2 import prepare_smollm2, smollm2_data, smollm2_prompt
+from sead.trainer import Trainer
 
 __all__ = ["add_demo_arguments", "demo_main", "demo_config", "run_demo", "PRESETS"]
 
@@ -32,8 +42,6 @@ def _preset_overlay(preset: str, recipe: dict) -> dict:
     (the recipes' own models and task); models, data, decoding and the optimiser's scale for ``smollm2``."""
     if preset != "smollm2":
         return {"eval": {"k": 4, "every": 0}}  # the demo evaluates before and after itself, with avg@4 too
-    from sead.smollm2 import prepare_smollm2, smollm2_data, smollm2_prompt
-
     teacher, student = prepare_smollm2()
     train, heldout = smollm2_data()
     template, decoding = smollm2_prompt(), {"max_new_tokens": 32, "chat_template": "auto"}
@@ -93,9 +101,6 @@ def demo_config(
 
 def _evaluate(model_path: str, cfg, out_dir: Path, tag: str) -> dict:
     """Held-out greedy accuracy, sampled avg@k (None without samples), problem count, per-problem scores."""
-    from sead.compare_tables import problem_scores
-    from sead.evaluate import eval_main
-
     result = eval_main(
         model_path,
         out_dir=str(out_dir),
@@ -138,14 +143,6 @@ def run_demo(
     lr: float | None = None,
 ) -> dict:
     """Run the whole demo into ``out``: every method once per seed, same budget; returns ``results.json``."""
-    import torch
-
-    from sead.config import config_from_dict
-    from sead.demo_summary import summarise
-    from sead.difficulty import difficulty_from_config
-    from sead.report import build_report
-    from sead.trainer import Trainer
-
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     if preset == "tiny":
@@ -252,8 +249,6 @@ def _seeds(args: argparse.Namespace, default: int) -> list[int]:
 
 
 def demo_main(args: argparse.Namespace) -> int:
-    from sead.demo_summary import print_table
-
     steps, prompts, k, n_seeds = PRESETS[args.preset]
     steps, prompts, k = args.steps or steps, args.prompts or prompts, args.k or k
     seeds = _seeds(args, n_seeds)

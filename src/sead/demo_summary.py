@@ -11,6 +11,13 @@ from __future__ import annotations
 import itertools
 import statistics
 
+import numpy as np
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from sead.stats import compare_scores, paired_difference
+
 __all__ = ["summarise", "summary_rows", "caption", "print_table", "verdict_lines"]
 
 
@@ -22,10 +29,6 @@ def summarise(problems: dict, methods: list[str], n_resamples: int = 2000, seed:
     interval}, "pairs": {"b - a": interval}, "gap_closed": {method: fraction or None}}`` where an
     interval is ``{"mean", "low", "high"}`` (95%, accuracy as 0-1).
     """
-    import numpy as np
-
-    from sead.stats import compare_scores, paired_difference
-
     ids = list(problems["before"])
 
     def row(name: str) -> list[float]:
@@ -164,10 +167,6 @@ def caption(results: dict) -> str:
 
 
 def print_table(results: dict, methods: list[str]) -> None:
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(
         title=f"held-out accuracy %, {results['n_eval']} problems, mean of {len(results['seeds'])} seeds",
         box=box.SIMPLE_HEAD,

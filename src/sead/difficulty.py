@@ -2,8 +2,9 @@
 
 Output: a JSONL file, one line per prompt, ``{"id", "pass_rate", "difficulty", "k", "correct"}``,
 appended and flushed as prompts finish, so an interrupted run resumes: ids already in the file are
-skipped (a half-written last line is dropped). A resumed run draws fresh samples for the remaining
-prompts (same distribution, not the same draws). `sead.curriculum.load_difficulties` reads it.
+skipped (a half-written last line is dropped). Each fixed chunk of prompts samples from its own
+seeded stream, so a resumed run draws what an uninterrupted one would for every chunk it redoes
+whole. `sead.curriculum.load_difficulties` reads it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,14 @@ import json
 import os
 from pathlib import Path
 
-from sead.data import PromptItem
-from sead.errors import DataError
+import torch
+
+from sead.data import PromptItem, load_prompts
+from sead.errors import ConfigError, DataError
+from sead.evaluate import sample_texts
+from sead.models import load_model, load_tokenizer
+from sead.progress import progress_bar
+from sead.verifier import build_verifier
 
 __all__ = ["estimate_difficulty", "read_done", "difficulty_main", "difficulty_from_config"]
 
@@ -61,10 +68,6 @@ def estimate_difficulty(
     seed: int = 0,
 ) -> list[float]:
     """K sampled rollouts per prompt; returns difficulties aligned with ``items`` (see module doc)."""
-    import torch
-
-    from sead.evaluate import _texts, progress_bar
-
     if k < 1:
         raise DataError(f"difficulty needs k >= 1 rollouts per prompt, got k={k}")
     missing = [it.id for it in items if it.answer is None]
@@ -89,7 +92,7 @@ def estimate_difficulty(
                     continue
                 # Each chunk its own seeded stream: a resumed run samples exactly what an uninterrupted one would.
                 torch.manual_seed((seed << 32) + start)
-                texts = _texts(model, tokenizer, chunk, rollout_cfg, k, False, lambda n=1: None)
+                texts = sample_texts(model, tokenizer, chunk, rollout_cfg, k, False, lambda n=1: None)
                 for it, responses in zip(chunk, texts):
                     correct = sum(bool(verifier(r, it.answer)) for r in responses)
                     row = {
@@ -113,10 +116,6 @@ def estimate_difficulty(
 
 
 def _load(model_path: str, tokenizer_path: str | None, dtype: str, gguf_file: str | None):
-    import torch
-
-    from sead.models import load_model, load_tokenizer
-
     tokenizer = load_tokenizer(tokenizer_path or model_path, gguf_file=gguf_file)
     model = load_model(model_path, dtype=dtype, gguf_file=gguf_file)
     if torch.cuda.is_available():
@@ -138,9 +137,6 @@ def difficulty_main(
     gguf_file: str | None = None,
 ) -> list[float]:
     """``sead difficulty``: load the student and the prompts, estimate, write ``out_path``, summarise."""
-    from sead.data import load_prompts
-    from sead.verifier import build_verifier
-
     items = load_prompts(data_cfg)
     verifier = build_verifier(verifier_cfg)
     model, tokenizer = _load(model_path, tokenizer_path, dtype, gguf_file)
@@ -156,8 +152,6 @@ def difficulty_main(
 def difficulty_from_config(cfg, k: int = 8, out_path: str | None = None, progress: bool = True) -> list[float]:
     """``difficulty_main`` on a `sead.config.RunConfig`: the student, data, verifier and rollout
     sections; the output goes to ``out_path`` or ``curriculum.difficulty_path``."""
-    from sead.errors import ConfigError
-
     out_path = out_path or cfg.curriculum.difficulty_path
     if not out_path:
         raise ConfigError("no output file for difficulties; set curriculum.difficulty_path=PATH.jsonl")

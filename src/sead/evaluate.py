@@ -16,7 +16,6 @@ on the main process, with the unwrapped model.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -24,11 +23,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from rich.console import Console
+from rich.table import Table
+
 from sead.data import PromptItem, PromptRows, check_template, load_rows, rows_to_items, subsample
 from sead.errors import ConfigError
-from sead.rollout import RolloutConfig
+from sead.models import load_model, load_tokenizer
+from sead.progress import progress_bar
+from sead.rollout import RolloutConfig, generate_rollouts
 from sead.settings import setting
-from sead.verifier import unmatchable_note
+from sead.verifier import VerifierConfig, build_verifier, unmatchable_note
 
 __all__ = [
     "EvalConfig",
@@ -40,7 +45,7 @@ __all__ = [
     "should_evaluate",
     "evaluate_during_training",
     "eval_main",
-    "progress_bar",
+    "sample_texts",
 ]
 
 
@@ -125,43 +130,14 @@ def load_benchmarks(cfg: EvalConfig) -> dict[str, list[PromptItem]]:
     return benchmarks
 
 
-@contextlib.contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True):
-    """A rich progress bar; yields ``advance(n)``. Disabled: a no-op."""
-    if not enabled:
-        yield lambda n=1: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
-
-
 def _generate(model, tokenizer, prompts: list[str], rollout_cfg, num_samples: int, greedy: bool) -> list[str]:
-    from sead.rollout import generate_rollouts
-
     return generate_rollouts(
         model, tokenizer, prompts, rollout_cfg, num_samples=num_samples, greedy=greedy
     ).response_texts
 
 
-def _texts(model, tokenizer, items, rollout_cfg, num_samples, greedy, advance) -> list[list[str]]:
-    """``num_samples`` responses per item, in chunks of about one generation batch."""
+def sample_texts(model, tokenizer, items, rollout_cfg, num_samples, greedy, advance) -> list[list[str]]:
+    """``num_samples`` responses per item, in chunks of about one generation batch; ``advance(n)`` per chunk."""
     per_call = max(1, rollout_cfg.batch_size // num_samples)
     out: list[list[str]] = []
     for start in range(0, len(items), per_call):
@@ -191,8 +167,6 @@ def evaluate_model(
     Sampling uses ``rollout_cfg`` (temperature, top_p, length) under a forked torch RNG seeded
     with ``seed``, so evaluation neither depends on nor disturbs the training RNG.
     """
-    import torch
-
     if k == 0 and not greedy:
         raise ConfigError("evaluation with k=0 and greedy=false does nothing; set k >= 1 or greedy=true")
     result = {"model": model_name, "benchmarks": {}, "average": {}}
@@ -206,7 +180,7 @@ def evaluate_model(
             scores: dict = {"n": len(items), "k": k}
             modes = ([("greedy", 1, True)] if greedy else []) + ([("sample", k, False)] if k > 0 else [])
             for mode, num, is_greedy in modes:
-                texts = _texts(model, tokenizer, items, rollout_cfg, num, is_greedy, advance)
+                texts = sample_texts(model, tokenizer, items, rollout_cfg, num, is_greedy, advance)
                 correct = [[bool(verifier(t, it.answer)) for t in row] for it, row in zip(items, texts)]
                 for it, row, oks in zip(items, texts, correct):
                     records += [
@@ -296,9 +270,6 @@ def evaluate_during_training(
 
 
 def print_table(result: dict, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     rows = {**{n: _flat(s) for n, s in result["benchmarks"].items()}, "average": result["average"]}
     metrics = list(result["average"])
     table = Table(title=f"eval: {result['model']}")
@@ -326,10 +297,6 @@ def eval_main(
     """``sead eval``: load a checkpoint, evaluate on ``data`` (overrides ``cfg.data``), write
     ``OUT/eval/<tag>.json`` and ``OUT/eval/<tag>.samples.jsonl``, print a table; returns the JSON.
     ``tag`` defaults to the model folder's name (``final``, ``step-100``)."""
-    import torch
-
-    from sead.models import load_model, load_tokenizer
-    from sead.verifier import VerifierConfig, build_verifier
 
     cfg = cfg or EvalConfig()
     if data:

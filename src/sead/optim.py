@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 __all__ = ["lr_lambda", "build_optimizer"]
 
 
@@ -25,8 +27,6 @@ def lr_lambda(optim_cfg, total_steps: int):
 
 def build_optimizer(model, optim_cfg, total_steps: int):
     """AdamW over ``model``'s trainable parameters and its LambdaLR schedule (before accelerate.prepare)."""
-    import torch
-
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=optim_cfg.lr,

@@ -1,10 +1,15 @@
-"""Console progress for training: a rich progress bar with ETA and the step's key figures."""
+"""Console progress: the one rich progress-bar builder, the training bar over optimiser steps, quiet libraries."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
 
-__all__ = ["StepProgress", "summary_line", "quiet_libraries"]
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+__all__ = ["new_progress", "progress_bar", "StepProgress", "summary_line", "quiet_libraries"]
 
 _KEYS = (
     ("loss/total", "loss", "{:.4f}"),
@@ -18,11 +23,8 @@ _KEYS = (
 
 def quiet_libraries() -> None:
     """Keep the console to our own progress bar: no per-file load bars or hub chatter."""
-    import logging
-    import os
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
+    try:  # imported here: quieting transformers should not be what loads it
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
@@ -31,6 +33,31 @@ def quiet_libraries() -> None:
         pass
     # accelerate warns on every checkpoint that tied embeddings are saved once; that is expected.
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+
+
+def new_progress(label: str, *extra: TextColumn, transient: bool = False) -> Progress:
+    """A rich bar: label, bar, done/total, elapsed, ETA, then ``extra`` columns."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        *extra,
+        transient=transient,
+    )
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str, enabled: bool = True):
+    """A progress bar over ``total`` items; yields ``advance(n)``. Disabled: a no-op."""
+    if not enabled:
+        yield lambda n=1: None
+        return
+    with new_progress(description) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
 
 
 def summary_line(record: dict) -> str:
@@ -52,24 +79,7 @@ class StepProgress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
+            self._progress = new_progress("[bold]train", TextColumn("{task.fields[info]}"))
             self._progress.__enter__()
             self._task = self._progress.add_task("train", total=self.total, completed=self.start, info="")
         return self

@@ -12,7 +12,11 @@ import importlib.util
 import os
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from sead.errors import SeadError
+from sead.toy import write_task_files
 
 __all__ = ["GGUF_NAME", "cache_dir", "prepare_smollm2", "smollm2_data", "smollm2_prompt"]
 
@@ -40,8 +44,6 @@ def _gguf_folder() -> Path:
 
 def _drop_layers(model, keep: list[int]):
     """Keep only decoder layers ``keep`` (in order), renumbering their cache indices."""
-    import torch
-
     layers = model.model.layers
     model.model.layers = torch.nn.ModuleList([layers[i] for i in keep])
     for new_idx, layer in enumerate(model.model.layers):
@@ -55,8 +57,6 @@ def _drop_layers(model, keep: list[int]):
 
 def prepare_smollm2(root: Path | None = None) -> tuple[Path, Path]:
     """(teacher_dir, student_dir): plain float32 checkpoints, built once under ``root``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     root = root or cache_dir()
     teacher_dir, student_dir = root / "teacher", root / "student"
     if (teacher_dir / "config.json").exists() and (student_dir / "config.json").exists():
@@ -79,8 +79,6 @@ def prepare_smollm2(root: Path | None = None) -> tuple[Path, Path]:
 
 def smollm2_data(root: Path | None = None) -> tuple[Path, Path]:
     """(train.jsonl, heldout.jsonl): the embedded arithmetic task at the levels a 135M model can do."""
-    from sead.toy import write_task_files
-
     data = (root or cache_dir()) / "data"
     train, heldout = data / "train.jsonl", data / "heldout.jsonl"
     if not (train.exists() and heldout.exists()):

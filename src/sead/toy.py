@@ -8,7 +8,9 @@ The models (a teacher and a weaker student, both ``LlamaForCausalLM`` over the s
 vocabulary) are pre-built by ``recipes/build_demo_models.py`` and shipped under ``sead/assets/demo``
 so that ``sead demo`` runs a real on-policy distillation on a laptop CPU in minutes.
 
-Nothing here runs at import time; ``torch``, ``transformers`` and ``reasoning_gym`` are imported on use.
+Nothing here runs at import time. ``transformers``, ``tokenizers`` and ``reasoning_gym`` are imported
+by the functions that build or load models and data: ``sead report`` reads the task's text functions
+(token categories) without loading them.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ import os
 import random
 import re
 from collections.abc import Iterable, Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from sead.errors import DataError
 
@@ -321,7 +326,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
     No bos token and no chat template: a prompt is the question's characters, as is.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # see the module doc
     from transformers import PreTrainedTokenizerFast
 
     vocab = {PAD: 0, EOS: 1, UNK: 2}
@@ -343,8 +348,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 # --------------------------------------------------------------------------------------- models
 def build_model(tokenizer: PreTrainedTokenizerFast, shape: dict[str, int], seed: int) -> LlamaForCausalLM:
     """A freshly initialised ``LlamaForCausalLM`` (tied embeddings) of ``shape`` over ``tokenizer``'s vocabulary."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # see the module doc
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
@@ -366,8 +370,6 @@ def build_model(tokenizer: PreTrainedTokenizerFast, shape: dict[str, int], seed:
 
 def demo_asset_dir() -> Path:
     """The folder of the shipped demo assets (``teacher/``, ``student/``, ``data/``, ``README.md``)."""
-    from importlib.resources import files
-
     return Path(str(files("sead") / "assets" / "demo"))
 
 
@@ -379,8 +381,7 @@ def demo_data_paths() -> tuple[Path, Path]:
 
 def load_demo_models(device: str = "cpu", dtype: Any = None):
     """Load the shipped (teacher, student, tokenizer) in eval mode; ``dtype`` defaults to float32."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # see the module doc
 
     root = demo_asset_dir()
     if not (root / "teacher" / "config.json").exists():
@@ -397,8 +398,6 @@ def greedy_responses(
     model, tokenizer, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 256
 ) -> list[str]:
     """Greedy completions of ``questions`` (batched, left-padded), decoded without special tokens."""
-    import torch
-
     side, out = tokenizer.padding_side, []
     tokenizer.padding_side = "left"
     was_training = model.training

@@ -9,27 +9,38 @@ optimiser, scheduler, RNG states, sampler) and continues as if the run had never
 
 from __future__ import annotations
 
+import copy
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
 
 from sead import grpo
 from sead import step as distillation
 from sead.checkpoint import _SafetensorError, latest_checkpoint, load_checkpoint, save_checkpoint
-from sead.config import RunConfig, config_to_dict
+from sead.config import RunConfig, config_to_dict, load_config
 from sead.config_history import save_run_config
+from sead.curriculum import build_sampler, load_difficulties, sampler_notes
+from sead.data import load_prompts
+from sead.difficulty import estimate_difficulty
 from sead.errors import CheckpointError, ConfigError, SeadError
+from sead.evaluate import evaluate_during_training, load_benchmarks, should_evaluate
 from sead.methods import get_method
 from sead.metrics import MetricsWriter
-from sead.models import check_shared_vocab, head_rows, load_model, load_tokenizer
+from sead.models import check_shared_vocab, context_length, head_rows, load_model, load_tokenizer
 from sead.optim import build_optimizer, lr_lambda
+from sead.progress import StepProgress
+from sead.prompt_length import fit_prompts
 from sead.run_dir import append_samples, drop_records_after, prepare_run_dir
 from sead.run_lock import claim_run_dir, is_main_launch
 from sead.run_notes import publish_notes
 from sead.scoring import FusedBackend, LogitsBackend, fused_kind_ok, fused_support
+from sead.verifier import build_verifier, unmatchable_note
 
 __all__ = ["Trainer", "lr_lambda", "train_main"]  # lr_lambda lives in sead.optim; kept importable from here
 
@@ -48,9 +59,6 @@ class Trainer:
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> Trainer:
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-
         cfg = self.cfg
         if cfg.train.torch_threads:
             torch.set_num_threads(cfg.train.torch_threads)
@@ -148,8 +156,6 @@ class Trainer:
             self.student.config.use_cache = False
 
     def _load_self_teacher(self) -> None:
-        import copy
-
         obj = self.cfg.objective
         self.vocab = check_shared_vocab(self.tokenizer, None, head_rows(self.student), head_rows(self.student))
         frozen = self.method.initial_copy(obj)
@@ -161,10 +167,6 @@ class Trainer:
         self.student.train()
 
     def _load_data(self) -> None:
-        from sead.curriculum import build_sampler, load_difficulties, sampler_notes
-        from sead.data import load_prompts
-        from sead.verifier import build_verifier, unmatchable_note
-
         cfg = self.cfg
         if not cfg.data.path:
             raise ConfigError(
@@ -211,15 +213,10 @@ class Trainer:
             )
         self.eval_benchmarks = None
         if cfg.eval.every and cfg.eval.data:
-            from sead.evaluate import load_benchmarks
-
             self.eval_benchmarks = load_benchmarks(cfg.eval)
 
     def _estimate_difficulty(self) -> None:
         """Write the difficulty file the curriculum needs (main process; the others wait)."""
-        from sead.difficulty import estimate_difficulty
-        from sead.verifier import build_verifier
-
         cfg, acc = self.cfg, self.accelerator
         if acc.is_main_process:
             acc.print(
@@ -242,9 +239,6 @@ class Trainer:
 
     def _check_prompt_lengths(self) -> None:
         """Prompts that do not fit the models' context or rollout.max_prompt_tokens: refused, cut or dropped."""
-        from sead.models import context_length
-        from sead.prompt_length import fit_prompts
-
         cfg = self.cfg
         template = cfg.objective.opsd_template if self.method.teacher == "self" else None
         contexts = {"student": context_length(self.student), "teacher": context_length(self.teacher)}
@@ -287,8 +281,6 @@ class Trainer:
         return score
 
     def train(self) -> Path:
-        from sead.progress import StepProgress
-
         cfg, acc = self.cfg, self.accelerator
         progress = StepProgress(cfg.train.steps, start=self.step, enabled=cfg.logging.progress and acc.is_main_process)
         stop = {"signal": None}
@@ -340,8 +332,6 @@ class Trainer:
         self.step += 1
         record = self._record(result, t_step, self.bad_streak)
         if self.eval_benchmarks is not None and acc.is_main_process:
-            from sead.evaluate import evaluate_during_training, should_evaluate
-
             if should_evaluate(cfg.eval, self.step):
                 t0 = time.perf_counter()
                 record.update(
@@ -398,8 +388,6 @@ class Trainer:
         )
 
     def _update_sampler(self, indices, prompt_rewards_local: list[float]) -> None:
-        from accelerate.utils import gather_object
-
         per_prompt = prompt_rewards_local
         if self.accelerator.num_processes > 1:
             per_prompt = gather_object(per_prompt)
@@ -427,8 +415,6 @@ class Trainer:
         final = self.run_dir / "final"
         acc.wait_for_everyone()
         if acc.is_main_process:
-            import shutil
-
             tmp = self.run_dir / ".final-tmp"
             try:
                 acc.unwrap_model(self.student).save_pretrained(tmp, safe_serialization=True)
@@ -448,8 +434,6 @@ class Trainer:
 
 def train_main(config_path: str | None, overrides: list[str]) -> Path:
     """Entry point of ``sead train``: returns the final model directory."""
-    from sead.config import load_config
-
     cfg = load_config(config_path, overrides)
     with claim_run_dir(cfg.train.output_dir, enabled=is_main_launch()) as claim:  # one run per folder
         trainer = Trainer(cfg).setup()
