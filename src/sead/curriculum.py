@@ -26,7 +26,6 @@ Samplers (``CurriculumConfig.sampler``):
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from sead.data import PromptItem
 from sead.errors import CheckpointError, ConfigError, DataError
+from sead.jsonio import read_jsonl_lines
 from sead.schedule import competence
 from sead.settings import setting
 
@@ -337,23 +337,21 @@ def load_difficulties(path: str, items: list[PromptItem]) -> list[float]:
         raise DataError(
             f"difficulty file {path} does not exist; run `sead difficulty` or fix curriculum.difficulty_path"
         )
+    bad = '{where} is not {{"id", "pass_rate", "difficulty"}} JSON; fix the line or re-run `sead difficulty`'
+
+    def bad_line(where: str, problem: str) -> None:
+        raise DataError(bad.format(where=where))
+
     by_id: dict[str, float] = {}
-    with p.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path} line {lineno}"
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-                value = row["difficulty"] if row.get("difficulty") is not None else 1.0 - float(row["pass_rate"])
-                key, value = str(row["id"]), float(value)
-            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-                raise DataError(
-                    f'{where} is not {{"id", "pass_rate", "difficulty"}} JSON; fix the line or re-run `sead difficulty`'
-                ) from None
-            if not 0.0 <= value <= 1.0:
-                raise DataError(f"{where}: difficulty {value} is outside [0, 1]; re-run `sead difficulty`")
-            by_id[key] = value
+    for where, row in read_jsonl_lines(p, bad_line):
+        try:
+            value = row["difficulty"] if row.get("difficulty") is not None else 1.0 - float(row["pass_rate"])
+            key, value = str(row["id"]), float(value)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise DataError(bad.format(where=where)) from None
+        if not 0.0 <= value <= 1.0:
+            raise DataError(f"{where}: difficulty {value} is outside [0, 1]; re-run `sead difficulty`")
+        by_id[key] = value
     missing = [it.id for it in items if it.id not in by_id]
     if missing:
         raise DataError(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sead.errors import ConfigError, DataError
+from sead.jsonio import read_jsonl_lines
 from sead.settings import setting
 
 __all__ = [
@@ -118,25 +119,20 @@ class PromptItem:
 # ---------------------------------------------------------------- raw rows
 
 
+_JSONL_FIXES = {
+    "is not UTF-8": "re-encode the file as UTF-8",
+    "is not valid JSON": "fix or delete that line",
+    "is a JSON": "write one {...} per line",
+}
+
+
+def _bad_prompt_line(where: str, problem: str) -> None:
+    fix = next(fix for start, fix in _JSONL_FIXES.items() if problem.startswith(start))
+    raise DataError(f"{where} {problem}; {fix}")
+
+
 def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    rows = []
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path} line {lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise DataError(f"{where} is not UTF-8; re-encode the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where} is not valid JSON ({err.msg}); fix or delete that line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where} is a JSON {type(row).__name__}, not an object; write one {{...}} per line")
-            rows.append((where, row))
-    return rows
+    return read_jsonl_lines(path, _bad_prompt_line)
 
 
 def _read_json(path: Path) -> list[tuple[str, dict]]:

@@ -17,7 +17,6 @@ on the main process, with the unwrapped model.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from rich.table import Table
 
 from sead.data import PromptItem, PromptRows, check_template, load_rows, rows_to_items, subsample
 from sead.errors import ConfigError
+from sead.jsonio import atomic_write_json, write_jsonl
 from sead.models import load_model, load_tokenizer
 from sead.progress import progress_bar
 from sead.rollout import RolloutConfig, generate_rollouts
@@ -240,10 +240,7 @@ def should_evaluate(cfg: EvalConfig, step: int) -> bool:
 
 
 def write_samples(records: list[dict], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    write_jsonl(path, records, ensure_ascii=False)
 
 
 def evaluate_during_training(
@@ -315,7 +312,7 @@ def eval_main(
         print(f"sead eval: warning: {warning}", file=sys.stderr)
     out = Path(out_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{tag}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out / f"{tag}.json", result)
     write_samples(records, out / f"{tag}.samples.jsonl")
     if show_table:
         print_table(result)

@@ -15,18 +15,22 @@ from typing import Any
 
 from sead.errors import DataError
 
-__all__ = ["read_jsonl", "write_jsonl", "atomic_write_text", "atomic_write_json"]
+__all__ = ["read_jsonl", "read_jsonl_lines", "write_jsonl", "atomic_write_text", "atomic_write_json"]
+
+
+BadLine = Callable[[str, str], None]  # (where, problem) -> None, or raises
 
 
 def _raise(where: str, problem: str) -> None:
     raise DataError(f"{where} {problem}; fix or delete that line")
 
 
-def read_jsonl(path: str | Path, on_bad_line: Callable[[str, str], None] | None = _raise) -> list[dict]:
-    """The JSON objects of a JSONL file, in order; blank lines are ignored.
+def read_jsonl_lines(path: str | Path, on_bad_line: BadLine | None = _raise) -> list[tuple[str, dict]]:
+    """``(where, object)`` for each JSON object of a JSONL file, in order; blank lines are ignored.
 
-    A line that is not UTF-8, not JSON, or not an object goes to ``on_bad_line(where, problem)``
-    (``where`` = "PATH line N"); the default raises ``DataError``, ``None`` skips the line silently.
+    ``where`` is "PATH line N", for the caller's own messages about a row. A line that is not UTF-8,
+    not JSON, or not an object goes to ``on_bad_line(where, problem)``; the default raises
+    ``DataError``, ``None`` skips the line silently.
     """
     path = Path(path)
     rows = []
@@ -51,8 +55,13 @@ def read_jsonl(path: str | Path, on_bad_line: Callable[[str, str], None] | None 
                 if on_bad_line:
                     on_bad_line(where, f"is a JSON {type(row).__name__}, not an object")
                 continue
-            rows.append(row)
+            rows.append((where, row))
     return rows
+
+
+def read_jsonl(path: str | Path, on_bad_line: BadLine | None = _raise) -> list[dict]:
+    """The JSON objects of a JSONL file, in order (bad lines as in `read_jsonl_lines`)."""
+    return [row for _, row in read_jsonl_lines(path, on_bad_line)]
 
 
 def atomic_write_text(path: str | Path, text: str, *, durable: bool = False) -> Path:
@@ -74,6 +83,7 @@ def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2, du
     return atomic_write_text(path, json.dumps(data, indent=indent) + "\n", durable=durable)
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict], *, durable: bool = False) -> Path:
+def write_jsonl(path: str | Path, rows: Iterable[dict], *, durable: bool = False, ensure_ascii: bool = True) -> Path:
     """One JSON object per line, written atomically (see ``atomic_write_text``)."""
-    return atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows), durable=durable)
+    text = "".join(json.dumps(row, ensure_ascii=ensure_ascii) + "\n" for row in rows)
+    return atomic_write_text(path, text, durable=durable)

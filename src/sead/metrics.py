@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sead.errors import SeadError
+from sead.jsonio import read_jsonl, write_jsonl
 from sead.zones import Zone
 
 __all__ = ["MetricsWriter", "zone_statistics", "read_metrics"]
@@ -66,10 +67,7 @@ class MetricsWriter:
         """Drop lines past ``step`` (a resumed run rewrites them), keeping a torn last line out."""
         if not self.path.exists():
             return
-        kept = [rec for rec in read_metrics(self.path) if rec.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_jsonl(self.path, [rec for rec in read_metrics(self.path) if rec.get("step", 0) <= step])
 
     def write(self, record: dict) -> None:
         line = json.dumps({k: _clean(v) for k, v in record.items()})
@@ -87,14 +85,4 @@ class MetricsWriter:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """All complete JSON lines of a metrics file (a torn final line from a crash is skipped)."""
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+    return read_jsonl(path, on_bad_line=None)

@@ -15,9 +15,7 @@ by the functions that build or load models and data: ``sead report`` reads the t
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import re
 from collections.abc import Iterable, Sequence
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sead import jsonio
 from sead.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -189,21 +188,13 @@ def write_jsonl(
     items: Iterable[dict[str, Any]],
     fields: Sequence[str] = ("id", "question", "answer", "level", "solution"),
 ) -> Path:
-    """Write ``items`` (only ``fields``) to a JSONL file, one object per line; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # write then rename: readers never see half a file
-    with tmp.open("w") as f:
-        for item in items:
-            f.write(json.dumps({k: item[k] for k in fields}) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write ``items`` (only ``fields``) to a JSONL file atomically, one object per line; returns the path."""
+    return jsonio.write_jsonl(path, ({k: item[k] for k in fields} for item in items))
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL file into a list of dicts."""
-    with Path(path).open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return jsonio.read_jsonl(path)
 
 
 def write_task_files(
