@@ -1,6 +1,7 @@
 """The fused training path: distillation losses from hidden states, never the full logits.
 
-Shapes: B batch, T response tokens, N flat positions (masked too), S selected rows, V vocab, H hidden, C chunk rows.
+Shapes (legend in docs/DESIGN.md): B rows, R response positions, N flat positions (masked too),
+S selected rows, V vocabulary, H hidden, C chunk rows.
 
 The materialised path builds ``logits = hidden @ head.T`` for both models, ``(N, V)`` each, and
 autograd keeps several ``(N, V)`` float32 intermediates alive until backward. Here no full logits

@@ -39,6 +39,7 @@ __all__ = [
     "alpha_at",
     "uses_zone_loss",
     "normalizer_mask",
+    "reads_alpha",
     "sampled_logprobs",
     "token_losses",
     "fused_weights",
@@ -320,6 +321,16 @@ def loss_method(cfg: ObjectiveConfig) -> Method:
     """The record whose per-token loss ``cfg.method`` trains with (OPSD's is its ``opsd_divergence``)."""
     method = get_method(cfg.method)
     return get_method(getattr(cfg, method.loss_from)) if method.loss_from else method
+
+
+def reads_alpha(name: str, objective: dict) -> bool:
+    """Whether a run of method ``name`` with the saved ``objective`` section (a plain dict, e.g. from
+    a run's config.yaml; missing keys take their defaults) trains with the annealed weight alpha."""
+    method = METHODS.get(name)
+    if method is not None and method.loss_from:
+        default = ObjectiveConfig.__dataclass_fields__[method.loss_from].default
+        method = METHODS.get(objective.get(method.loss_from, default))
+    return bool(method and method.uses_alpha)
 
 
 def alpha_at(cfg: ObjectiveConfig, step: int, total_steps: int) -> float:

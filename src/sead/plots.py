@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sead.methods import reads_alpha
 from sead.run_data import PAPER_FAIR_SHARE, ZONE_COLORS, ZONE_LETTERS, ZONE_NAMES, RunData, Sample
 
 __all__ = [
@@ -151,9 +152,8 @@ def _empty(ax, text="not logged"):
 
 
 def uses_alpha(run: RunData) -> bool:
-    """Whether the run's loss depends on the annealed forward-KL weight (SEAD, or OPSD with SEAD zones)."""
-    objective = (run.config or {}).get("objective") or {}
-    return run.method == "sead" or run.method == "opsd" and objective.get("opsd_divergence") == "sead"
+    """Whether the run's loss depends on the annealed forward-KL weight (the method registry says)."""
+    return reads_alpha(run.method, (run.config or {}).get("objective") or {})
 
 
 def training_curves(run: RunData):

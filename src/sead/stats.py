@@ -10,6 +10,7 @@ bootstrap (problem difficulty cancels out). Several benchmarks are resampled ind
 
 Intervals describe only the sampling of evaluation problems; the randomness of training (one run
 per model) is not in them. All functions are pure and seeded: same inputs, same numbers.
+Shapes: M models, N problems, K bootstrap resamples.
 """
 
 from __future__ import annotations
@@ -66,15 +67,15 @@ def bootstrap_weights(n: int, n_resamples: int, rng: np.random.Generator):
         done += r
 
 
-def percentile_interval(values_R: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+def percentile_interval(values_K: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
     """The central ``confidence`` percentile interval of bootstrap replicates."""
     tail = (1.0 - confidence) / 2
-    low, high = np.quantile(np.asarray(values_R, dtype=np.float64), [tail, 1.0 - tail])
+    low, high = np.quantile(np.asarray(values_K, dtype=np.float64), [tail, 1.0 - tail])
     return float(low), float(high)
 
 
 def resampled_means(scores_M_N: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of each row of ``scores_M_N`` on ``n_resamples`` joint resamples of its columns: (M, R)."""
+    """Means of each row of ``scores_M_N`` on ``n_resamples`` joint resamples of its columns: (M, K)."""
     scores_M_N = np.atleast_2d(np.asarray(scores_M_N, dtype=np.float64))
     n = scores_M_N.shape[1]
     blocks = [scores_M_N @ w_R_N.T / n for w_R_N in bootstrap_weights(n, n_resamples, rng)]
@@ -85,8 +86,8 @@ def bootstrap_mean(scores, n_resamples: int = 2000, confidence: float = 0.95, se
     """Mean of per-problem ``scores`` with its percentile-bootstrap interval."""
     _check(n_resamples, confidence)
     x_N = np.asarray(scores, dtype=np.float64).reshape(-1)
-    reps_R = resampled_means(x_N[None], n_resamples, np.random.default_rng(seed))[0]
-    return Interval(float(x_N.mean()), *percentile_interval(reps_R, confidence))
+    reps_K = resampled_means(x_N[None], n_resamples, np.random.default_rng(seed))[0]
+    return Interval(float(x_N.mean()), *percentile_interval(reps_K, confidence))
 
 
 def paired_difference(a, b, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> Interval:
@@ -95,8 +96,8 @@ def paired_difference(a, b, n_resamples: int = 2000, confidence: float = 0.95, s
     a_N, b_N = np.asarray(a, dtype=np.float64).reshape(-1), np.asarray(b, dtype=np.float64).reshape(-1)
     if a_N.shape != b_N.shape:
         raise ValueError(f"paired scores need the same problems, got {a_N.size} and {b_N.size}")
-    reps_R = resampled_means((a_N - b_N)[None], n_resamples, np.random.default_rng(seed))[0]
-    return Interval(float(a_N.mean() - b_N.mean()), *percentile_interval(reps_R, confidence))
+    reps_K = resampled_means((a_N - b_N)[None], n_resamples, np.random.default_rng(seed))[0]
+    return Interval(float(a_N.mean() - b_N.mean()), *percentile_interval(reps_K, confidence))
 
 
 def compare_scores(
@@ -139,13 +140,13 @@ def compare_scores(
 
     out: dict[str, dict[str, list[Interval | None]]] = {}
     for name in list(arrays) + ["average"]:
-        p_M, r_M_R = points[name], reps[name]
-        score = [Interval(float(p_M[i]), *percentile_interval(r_M_R[i], confidence)) for i in range(m)]
+        p_M, r_M_K = points[name], reps[name]
+        score = [Interval(float(p_M[i]), *percentile_interval(r_M_K[i], confidence)) for i in range(m)]
         diff: list[Interval | None] = [None] * m
         if reference is not None:
             for i in range(m):
                 if i != reference:
-                    d_R = r_M_R[i] - r_M_R[reference]
-                    diff[i] = Interval(float(p_M[i] - p_M[reference]), *percentile_interval(d_R, confidence))
+                    d_K = r_M_K[i] - r_M_K[reference]
+                    diff[i] = Interval(float(p_M[i] - p_M[reference]), *percentile_interval(d_K, confidence))
         out[name] = {"score": score, "diff": diff}
     return out

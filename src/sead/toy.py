@@ -5,7 +5,7 @@ worked solution reads ``98+93=191,191-77=114.A:114``: one step per operator, the
 answer. Difficulty levels differ in the number of terms and digits (see ``LEVELS``).
 
 The models (a teacher and a weaker student, both ``LlamaForCausalLM`` over the same character
-vocabulary) are pre-built by ``recipes/build_demo_models.py`` and shipped under ``sead/assets/demo``
+vocabulary) are pre-built by ``tools/build_demo_models.py`` and shipped under ``sead/assets/demo``
 so that ``sead demo`` runs a real on-policy distillation on a laptop CPU in minutes.
 
 Nothing here runs at import time. ``transformers``, ``tokenizers`` and ``reasoning_gym`` are imported
@@ -376,7 +376,7 @@ def load_demo_models(device: str = "cpu", dtype: Any = None):
 
     root = demo_asset_dir()
     if not (root / "teacher" / "config.json").exists():
-        raise DataError(f"demo models not found under {root}; build them: python recipes/build_demo_models.py")
+        raise DataError(f"demo models not found under {root}; build them: python tools/build_demo_models.py")
     dtype = dtype or torch.float32
     teacher = AutoModelForCausalLM.from_pretrained(root / "teacher", dtype=dtype).to(device).eval()
     student = AutoModelForCausalLM.from_pretrained(root / "student", dtype=dtype).to(device).eval()

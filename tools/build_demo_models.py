@@ -1,7 +1,7 @@
 """Build the shipped demo assets: task data, character tokenizer, SFT teacher and SFT student.
 
-    python recipes/build_demo_models.py                       # writes src/sead/assets/demo
-    python recipes/build_demo_models.py --out /tmp/demo --teacher-steps 200 --student-steps 50   # smoke
+    python tools/build_demo_models.py                       # writes src/sead/assets/demo
+    python tools/build_demo_models.py --out /tmp/demo --teacher-steps 200 --student-steps 50   # smoke
 
 Deterministic: fixed seeds, one data order, ``torch.set_num_threads(--threads)`` (default 1, which
 also keeps it efficient on a shared machine; CPU float results can differ with another thread count
@@ -146,9 +146,9 @@ def sft(
 
 
 def _analysis_section(a):
-    """The measured entropy structure (``recipes/analyse_demo.py``), as README text."""
+    """The measured entropy structure (``tools/analyse_demo.py``), as README text."""
     if not a:
-        return "Not measured yet: run `python recipes/analyse_demo.py`.\n"
+        return "Not measured yet: run `python tools/analyse_demo.py`.\n"
     cats = a["by_category"]
     rows = "\n".join(
         f"| {c} | {v['share']:.1%} | {v['teacher_entropy']:.3f} | {v['p_zone']['A']:.1%} | "
@@ -185,11 +185,9 @@ paper, forward KL: A 0.19x, B 1.46x, C 3.19x). SEAD loss = RKL on B + {a["alpha"
 
 
 def _demo_section(d):
-    """The measured lift of ``sead demo`` (``recipes/analyse_demo.py --demo RESULTS``)."""
+    """The measured lift of ``sead demo`` (``tools/analyse_demo.py --demo RESULTS``)."""
     if not d:
-        return (
-            "Not recorded yet: run `sead demo`, then `python recipes/analyse_demo.py --demo runs/demo/results.json`.\n"
-        )
+        return "Not recorded yet: run `sead demo`, then `python tools/analyse_demo.py --demo runs/demo/results.json`.\n"
     rows = "\n".join(
         f"| {m} | {d['after'][m]:.1%} | {' / '.join(f'{v:.1%}' for v in d['per_seed'][m])} | "
         f"{100 * d['vs_before'][m]['mean']:+.1f} [{100 * d['vs_before'][m]['low']:.1f}, "
@@ -227,8 +225,8 @@ def render_readme(m):
     hashes = ", ".join(f"{name} `{m[name]['sha256'][:16]}`" for name in ("teacher", "student") if "sha256" in m[name])
     return f"""# Demo assets (`sead.toy`)
 
-The embedded default task and models of `sead demo`. Written by `recipes/build_demo_models.py` from
-`manifest.json` (measurements: `recipes/analyse_demo.py`); rebuild rather than edit. Command(s) used
+The embedded default task and models of `sead demo`. Written by `tools/build_demo_models.py` from
+`manifest.json` (measurements: `tools/analyse_demo.py`); rebuild rather than edit. Command(s) used
 (teacher and student are independent):
 
 {commands}
@@ -381,7 +379,7 @@ def main(argv=None):
     sft_items = toy.make_task(args.sft_pool, SFT_SEED, unique=False, exclude=exclude)
     print(f"data: {len(sft_items)} SFT items, {len(heldout)} heldout, {time.time() - t_start:.0f}s", flush=True)
 
-    command = " ".join(["python recipes/build_demo_models.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python tools/build_demo_models.py", *(sys.argv[1:] if argv is None else argv)])
     manifest_path = args.out / "manifest.json"
     # Teacher and student are independent: a run that skips one keeps its earlier manifest entry.
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}

@@ -1,6 +1,6 @@
 """Measure the entropy structure of the shipped demo models on the student's own samples.
 
-    python recipes/analyse_demo.py            # adds "analysis" to assets/demo/manifest.json, re-renders README
+    python tools/analyse_demo.py            # adds "analysis" to assets/demo/manifest.json, re-renders README
 
 What on-policy distillation sees at its first step: the student samples answers to training
 prompts (temperature 0.7), both models score every response token, and we report the teacher's
