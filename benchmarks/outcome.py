@@ -1,7 +1,7 @@
 """Outcome benchmark: held-out accuracy against training steps and wall time, on the demo task.
 
     python benchmarks/outcome.py                          # opd, eopd, sead; 80 steps, eval every 10, seeds 0,1
-    python benchmarks/outcome.py --steps 40 --seeds 0 --methods opd,sead --json benchmarks/results/outcome.json
+    python benchmarks/outcome.py --steps 40 --seeds 0 --methods opd,rkl,sead,trl --json benchmarks/results/outcome.json
 
 Every method trains the shipped student with the demo's settings (`sead.demo.demo_config`: same lr,
 batch, steps and seeds for all) and is evaluated greedily on the 200 held-out problems every
@@ -9,8 +9,13 @@ batch, steps and seeds for all) and is evaluated greedily on the 200 held-out pr
 - accuracy at each evaluated step (mean over seeds);
 - steps and training seconds (the sum of ``time/step_s``, evaluation excluded) until the mean
   accuracy first closes half of the teacher-student gap, and their ratio to the first method's.
-Wall seconds on a shared CPU are noisy; the ratios are measured in the same run. TRL's
-``DistillationTrainer`` is not part of this script (see benchmarks/README.md).
+Wall seconds on a shared CPU are noisy; the ratios are measured in the same run.
+
+``trl`` (when TRL is installed) is TRL's own ``DistillationTrainer`` with the same budget: the same
+student, teacher, prompts, batch, steps, learning rate and schedule (cosine after the same warmup),
+sampling temperature and response length, ``beta=1`` (full-vocabulary reverse KL, TRL's on-policy
+distillation; its nearest sead method is ``rkl``), evaluated by the same code every ``--eval-every``
+steps. Its training seconds are timed from TRL's step callbacks, evaluation excluded.
 """
 
 from __future__ import annotations
@@ -34,6 +39,78 @@ def _curve(run_dir: Path) -> tuple[dict[int, float], dict[int, float]]:
         if row.get("eval/heldout/pass@1") is not None:
             acc[row["step"]] = row["eval/heldout/pass@1"]
     return acc, elapsed
+
+
+def train_trl(cfg, run_dir: Path, eval_every: int) -> None:
+    """TRL's DistillationTrainer on ``cfg``'s models, data and budget; writes a sead-style metrics.jsonl."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DistillationConfig, DistillationTrainer
+
+    from sead.data import load_prompts
+    from sead.evaluate import evaluate_during_training, load_benchmarks
+    from sead.verifier import build_verifier
+
+    tok = AutoTokenizer.from_pretrained(cfg.model.student, padding_side="left")
+    student = AutoModelForCausalLM.from_pretrained(cfg.model.student, dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(cfg.model.teacher, dtype=torch.float32)
+    dataset = Dataset.from_dict({"prompt": [item.prompt for item in load_prompts(cfg.data)]})
+    o, r = cfg.optim, cfg.rollout
+    args = DistillationConfig(
+        output_dir=str(run_dir / "trl"),
+        max_steps=cfg.train.steps,
+        per_device_train_batch_size=cfg.train.batch_size * cfg.train.samples_per_prompt,
+        gradient_accumulation_steps=1,
+        learning_rate=o.lr,
+        lr_scheduler_type=o.schedule,
+        warmup_steps=o.warmup_steps,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.betas[0],
+        adam_beta2=o.betas[1],
+        adam_epsilon=o.eps,
+        max_grad_norm=o.max_grad_norm,
+        optim="adamw_torch",
+        beta=1.0,  # reverse KL
+        max_completion_length=r.max_new_tokens,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=0,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=cfg.train.seed,
+    )
+    benchmarks, verifier = load_benchmarks(cfg.eval), build_verifier(cfg.verifier)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines, clock = [], {}
+
+    class Timed(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            clock["t0"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            row = {"step": state.global_step, "time/step_s": time.perf_counter() - clock["t0"]}
+            if state.global_step % eval_every == 0 or state.global_step == cfg.train.steps:
+                model = trainer.accelerator.unwrap_model(trainer.model)
+                row.update(evaluate_during_training(model, tok, cfg.eval, verifier, state.global_step, benchmarks))
+            lines.append(json.dumps(row))
+
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
+        callbacks=[Timed()],
+    )
+    trainer.train()
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run_dir / "final").mkdir(exist_ok=True)
 
 
 def main(argv=None) -> int:
@@ -60,7 +137,10 @@ def main(argv=None) -> int:
     difficulty = args.out / "difficulty.jsonl"
 
     def config(method: str, seed: int):
-        d = demo_config(args.out, method, args.steps, seed, prompts, difficulty)
+        # TRL runs on the same settings as sead's rkl (its objective); only the folder is its own.
+        d = demo_config(args.out, "rkl" if method == "trl" else method, args.steps, seed, prompts, difficulty)
+        if method == "trl":
+            d["train"]["output_dir"] = str(args.out / "runs" / f"trl-s{seed}")
         d["eval"].update({"k": 0, "every": args.eval_every})
         d["logging"]["progress"] = False
         d["train"]["save_every"] = args.steps
@@ -81,7 +161,10 @@ def main(argv=None) -> int:
             run_dir = Path(cfg.train.output_dir)
             if not (run_dir / "final").exists():
                 shutil.rmtree(run_dir, ignore_errors=True)
-                Trainer(cfg).setup().train()
+                if method == "trl":
+                    train_trl(cfg, run_dir, args.eval_every)
+                else:
+                    Trainer(cfg).setup().train()
             acc, elapsed = _curve(run_dir)
             accs.append(acc)
             times.append(elapsed)
