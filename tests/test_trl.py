@@ -28,7 +28,7 @@ from sead.errors import ConfigError  # noqa: E402
 from sead.integrations.trl import SEADConfig, SEADTrainer  # noqa: E402
 from sead.methods import ObjectiveConfig, alpha_at, normalizer_mask, token_losses  # noqa: E402
 from sead.scoring import response_logits, token_stats  # noqa: E402
-from sead.zones import assign_zones, assign_zones_threshold  # noqa: E402
+from sead.zones import Zone, assign_zones, assign_zones_threshold  # noqa: E402
 
 PROMPTS = ["1+2=", "34-5=", "6*7=", "8+9-1=", "2*3+4=", "55-6=", "7+7=", "9-8+1=", "12+1=", "3*3=", "40-2=", "5+5+5="]
 TOK = char_tokenizer()
@@ -175,6 +175,8 @@ def test_loss_and_gradients_equal_seads_objective_on_the_same_tokens(tmp_path, c
     valid = batch["completion_mask"].bool()
     if case == "eopd":  # the gate really splits the tokens
         assert 0 < (stats.teacher_entropy[valid] > obj.tau).float().mean() < 1
+    if obj.method == "sead" and obj.zones:  # both trained zones are there
+        assert (zones == Zone.B).any() and (zones == Zone.C).any()
     torch.testing.assert_close(total, want, rtol=1e-5, atol=1e-6)
     for (name, p), (_, q) in zip(student.named_parameters(), reference_student.named_parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")

@@ -28,9 +28,9 @@ distributions at temperature 1 (TRL's ``temperature`` sets sampling only).
 from __future__ import annotations
 
 import torch
+from datasets import IterableDataset
 
 try:
-    from datasets import IterableDataset
     from trl import DistillationTrainer
 except ImportError as err:  # the extra is optional; say how to get it
     raise ImportError("sead.integrations.trl needs TRL: pip install 'sead[trl]' (trl>=1.16,<2)") from err
@@ -140,10 +140,7 @@ class SEADTrainer(DistillationTrainer):
         self._steps[mode] = _StepState(step.normalizer, alpha, micro_batches, mask.device)
         metrics = {**step.metrics, "sched/alpha": alpha, "entropy": step.metrics["entropy/student_mean"]}
         if mode == "train" and self.curriculum_batches is not None:
-            drawn = self.curriculum_batches.metrics_by_step
-            metrics.update(drawn.pop(self.state.global_step, {}))
-            for old in [s for s in drawn if s < self.state.global_step]:
-                del drawn[old]
+            metrics.update(self.curriculum_batches.metrics_at(self.state.global_step))
         for key, value in metrics.items():
             self._metrics[mode][key].append(float(value))
         return output

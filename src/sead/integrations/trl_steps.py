@@ -101,8 +101,8 @@ class CurriculumBatches(Sampler[int]):
     ``repeats`` times (the accumulation steps), as TRL's ``RepeatSampler`` lays them out: each
     process's dataloader shard then holds its contiguous slice of the step's prompts. Every
     iteration replays the seeded draws from step 0, so every process, and a resumed run skipping
-    its first batches, sees the same order. ``metrics_by_step[step]`` holds the sampler's metrics
-    after drawing ``step``.
+    its first batches, sees the same order. ``metrics_at(step)`` gives the sampler's metrics after
+    drawing ``step``.
     """
 
     def __init__(
@@ -128,6 +128,12 @@ class CurriculumBatches(Sampler[int]):
             self.metrics_by_step[step] = sampler.metrics()
             for _ in range(self.repeats):
                 yield from indices
+
+    def metrics_at(self, step: int) -> dict[str, float]:
+        """The sampler's metrics for ``step`` (the dataloader may have drawn ahead); older steps are dropped."""
+        for old in [s for s in self.metrics_by_step if s < step]:
+            del self.metrics_by_step[old]
+        return self.metrics_by_step.pop(step, {})
 
     def __len__(self) -> int:
         return self.total_steps * self.batch_size * self.repeats
