@@ -1,4 +1,4 @@
-"""Benchmark one training step of opd / eopd / sead (fused and logits) and TRL's DistillationTrainer.
+"""Benchmark one training step of opd / eopd / sead (fused and logits), TRL's DistillationTrainer and SEAD inside TRL.
 
 Every variant trains the same student against the same teacher on the same prompts, batch and
 ``--max-new-tokens``, and lives in its own worker process (its own models, optimiser, allocator and
@@ -16,6 +16,9 @@ Variants:
   hidden states, chunked generalised JSD) with ``beta=1`` (reverse KL). TRL 1.16's trainer has no
   ``lmbda``: every step generates from the student, i.e. it is always fully on-policy. Driven step
   by step from a callback; gradient checkpointing off and no autocast, as in sead.
+* ``trl-sead``: ``sead.integrations.trl.SEADTrainer`` (sead's objective on TRL's trainer: the
+  ``sead`` variant's zones + annealing, fused loss where the models allow it), set up and driven
+  exactly as ``trl``: ``trl-sead / trl`` is the cost SEAD adds inside TRL.
 
 Columns: ``step s`` = wall time of one optimiser step (rollout generation included), ``rollout s``
 = generation, ``train s`` = step - rollout (teacher + student forward + loss + zones + backward +
@@ -49,7 +52,7 @@ import time
 import traceback
 from pathlib import Path
 
-ALL_VARIANTS = ("opd", "eopd", "sead", "sead-logits", "trl")
+ALL_VARIANTS = ("opd", "eopd", "sead", "sead-logits", "trl", "trl-sead")
 METHOD_OVERRIDES = {
     "opd": ["objective.method=opd"],
     "eopd": ["objective.method=eopd"],
@@ -233,12 +236,21 @@ class _Stop(Exception):
 
 
 def run_trl(spec: dict, send, recv) -> None:
-    """TRL's DistillationTrainer, one optimiser step per ``step`` command (blocking in a callback)."""
+    """TRL's DistillationTrainer (``trl``) or SEADTrainer (``trl-sead``), one optimiser step per ``step`` command."""
     import torch
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DistillationConfig, DistillationTrainer
+
+    with_sead = spec["variant"] == "trl-sead"
+    if with_sead:
+        from sead.integrations.trl import SEADConfig, SEADTrainer
+
+        config_class, trainer_class = SEADConfig, SEADTrainer
+        objective = {"method": "sead", "zones": True, "anneal": True}  # the sead variant's objective
+    else:
+        config_class, trainer_class, objective = DistillationConfig, DistillationTrainer, {}
 
     from sead.config import load_config
     from sead.data import load_prompts
@@ -255,8 +267,8 @@ def run_trl(spec: dict, send, recv) -> None:
     else:
         dataset = Dataset.from_dict({"prompt": prompts})
     mnt = spec["max_new_tokens"]
-    args = DistillationConfig(
-        output_dir=f"{spec['workdir']}/runs/trl",
+    args = config_class(
+        output_dir=f"{spec['workdir']}/runs/{spec['variant']}",
         max_steps=spec["total_steps"],
         per_device_train_batch_size=spec["batch"],
         gradient_accumulation_steps=1,
@@ -285,6 +297,7 @@ def run_trl(spec: dict, send, recv) -> None:
         disable_tqdm=True,
         dataloader_num_workers=0,
         seed=0,
+        **objective,
     )
     timing: dict = {}
 
@@ -311,7 +324,7 @@ def run_trl(spec: dict, send, recv) -> None:
                 }
             )
 
-    trainer = DistillationTrainer(
+    trainer = trainer_class(
         model=student,
         teacher_model=teacher,
         args=args,
@@ -342,7 +355,21 @@ def run_trl(spec: dict, send, recv) -> None:
         return out
 
     trainer._generate, trainer._get_last_hidden_state = timed_generate, timed_hidden
-    send({"ready": True, "info": {"backend": "trl-chunked-jsd", "trl": trl.__version__}})
+    backend = "trl-chunked-jsd"
+    if with_sead:  # SEADTrainer scores the teacher through sead's backend, not _get_last_hidden_state
+        score_teacher = trainer.backend.teacher
+
+        def timed_teacher(*a, **k):
+            _sync(trainer.accelerator.device)
+            t0 = time.perf_counter()
+            out = score_teacher(*a, **k)
+            _sync(trainer.accelerator.device)
+            timing["teacher_s"] += time.perf_counter() - t0
+            return out
+
+        trainer.backend.teacher = timed_teacher
+        backend = f"trl+sead-{trainer.backend.name}"
+    send({"ready": True, "info": {"backend": backend, "trl": trl.__version__}})
     try:
         trainer.train()
     except _Stop:
@@ -365,7 +392,7 @@ def worker_main(spec: dict) -> None:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     try:
-        if spec["variant"] == "trl":
+        if spec["variant"] in ("trl", "trl-sead"):
             run_trl(spec, send, recv)
         else:
             runner = SeadRunner(spec)
@@ -501,7 +528,7 @@ def run_benchmark(args) -> dict:
         "load_avg_start": load_start,
         "load_avg": os.getloadavg(),
         "source": source,
-        "trl": info.get("trl", {}).get("trl"),
+        "trl": (info.get("trl") or info.get("trl-sead") or {}).get("trl"),
     }
     clocks = ["wall", "cpu"] if args.device == "cpu" else ["wall"]
     return {"meta": meta, "info": info, "clocks": clocks, "rounds": rounds, **summarise(rounds, variants, clocks)}
@@ -587,6 +614,8 @@ def summarise(rounds: dict, variants: list[str], clocks=("wall", "cpu")) -> dict
         for v in ("sead", "opd"):
             ratios[f"{c}/{v}_over_trl_tokens_per_s"] = paired(v, "trl", tps)
             ratios[f"{c}/{v}_over_trl_train_tokens_per_s"] = paired(v, "trl", train_tps)
+        ratios[f"{c}/trl-sead_over_trl_step"] = paired("trl-sead", "trl", step)
+        ratios[f"{c}/trl-sead_over_trl_train"] = paired("trl-sead", "trl", train)
     return {"summary": summary, "ratios": {k: v for k, v in ratios.items() if v is not None}}
 
 
@@ -650,6 +679,10 @@ def render(result: dict) -> str:
         out.append(
             f"  sead / trl  tokens/s: step {_ratio(ratios.get(f'{c}/sead_over_trl_tokens_per_s'))}, "
             f"train {_ratio(ratios.get(f'{c}/sead_over_trl_train_tokens_per_s'))}   (target >= 1.5)"
+        )
+        out.append(
+            f"  sead inside trl / trl  time: step {_ratio(ratios.get(f'{c}/trl-sead_over_trl_step'))}, "
+            f"train {_ratio(ratios.get(f'{c}/trl-sead_over_trl_train'))}   (the cost SEAD adds inside TRL)"
         )
         out.append("")
     for v, i in result["info"].items():
