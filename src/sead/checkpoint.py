@@ -9,6 +9,10 @@ Test hook: with ``SEAD_TEST_PAUSE_IN_CHECKPOINT=N`` in the environment, the writ
 ``step-N`` stops after accelerate's state is in ``.tmp-step-N`` and before it is marked complete,
 drops a ``PAUSED`` file there and sleeps (up to 10 minutes), so a test can kill the process in
 the middle of a checkpoint write (``tests/kill_resume.py``). Unset, it costs nothing.
+
+``RUN/final`` (:func:`save_final_model`) is written the same way: into a temporary folder, then
+renamed; it holds the model's ``save_pretrained`` (the full model, or a PEFT adapter) and the
+tokenizer, and on request the merged full model in ``final/merged``.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from accelerate.utils import load
 
 from sead.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "list_checkpoints"]
+__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "list_checkpoints", "save_final_model"]
 
 try:
     from safetensors import SafetensorError as _SafetensorError
@@ -132,3 +137,32 @@ def load_checkpoint(accelerator, path: str | Path) -> dict:
             "delete it to resume from the previous one"
         ) from None
     return state
+
+
+def save_final_model(accelerator, run_dir: str | Path, model, tokenizer, merge: Callable | None = None) -> Path:
+    """Write ``RUN/final`` atomically from the main process: ``model.save_pretrained`` and the tokenizer.
+
+    ``merge(folder) -> model`` (LoRA's ``merge_final``) builds the merged full model from the adapter
+    just written to ``folder``; it goes to ``final/merged`` with the tokenizer.
+    """
+    final = Path(run_dir) / "final"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp = Path(run_dir) / ".final-tmp"
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if merge is not None:
+                merge(tmp).save_pretrained(tmp / "merged", safe_serialization=True)
+                tokenizer.save_pretrained(tmp / "merged")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except (OSError, RuntimeError, _SafetensorError) as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(
+                f"could not write the final model to {final} ({getattr(err, 'strerror', None) or err}); the "
+                f"last checkpoint is saved: free disk space, then rerun with train.resume=true to write it"
+            ) from None
+    accelerator.wait_for_everyone()
+    return final

@@ -26,6 +26,7 @@ from sead.curriculum import CurriculumConfig
 from sead.data import DataConfig
 from sead.errors import ConfigError
 from sead.evaluate import EvalConfig
+from sead.lora import LoraConfig
 from sead.methods import METHOD_NAMES, ObjectiveConfig
 from sead.rollout import RolloutConfig
 from sead.settings import setting
@@ -38,6 +39,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "LoggingConfig",
+    "LoraConfig",
     "RunConfig",
     "METHODS",
     "section_types",
@@ -64,12 +66,18 @@ class ModelConfig:
     dtype: str = setting("float32", "weights dtype: float32 | bfloat16 | float16 | auto")
     teacher_dtype: str | None = setting(None, "teacher weights dtype; null: the same as dtype")
     trust_remote_code: bool = setting(False, "let transformers run model code that ships with a checkpoint")
+    attn_implementation: str | None = setting(
+        None, "attention kernel of both models: null (transformers' default) | sdpa | eager | flash_attention_2"
+    )
+    gradient_checkpointing: bool = setting(False, "recompute the student's layer activations in backward")
 
     def __post_init__(self):
         for key in ("dtype", "teacher_dtype"):
             value = getattr(self, key)
             if value is not None and value not in DTYPES:
                 raise ConfigError(f"model.{key}={value!r} is not one of {DTYPES}")
+        if self.attn_implementation is not None and not self.attn_implementation.strip():
+            raise ConfigError("model.attn_implementation is empty; set sdpa, eager, flash_attention_2 or null")
 
 
 @dataclass
@@ -118,7 +126,9 @@ class TrainConfig:
     keep_checkpoints: int = setting(2, "newest checkpoints kept; 0 keeps all")
     resume: bool = setting(False, "continue from the latest complete checkpoint in output_dir")
     force_resume: bool = setting(False, "resume even though the training config changed")
-    mixed_precision: str = setting("no", "accelerate mixed precision: no | bf16 | fp16")
+    mixed_precision: str = setting(
+        "no", "accelerate mixed precision (autocast of the student; weights keep model.dtype): no | bf16 | fp16"
+    )
     max_bad_steps: int = setting(5, "stop after this many non-finite steps in a row")
     torch_threads: int | None = setting(None, "CPU threads for torch; null: torch's default")
 
@@ -161,6 +171,7 @@ class RunConfig:
 
     name: str = setting("sead", "run name, shown in reports")
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

@@ -1,14 +1,33 @@
-"""Loading student/teacher models and tokenizers, and checking that they share a vocabulary."""
+"""Loading student/teacher models and tokenizers, and checking that they share a vocabulary.
+
+`load_run_models` loads everything one training run needs: the tokenizer, the student (with
+gradient checkpointing and LoRA adapters when asked), the teacher, or for methods without one the
+frozen initial student (a copy, or under LoRA the base model with adapters off, `sead.lora`).
+"""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from sead.errors import ConfigError, SeadError
+from sead.lora import AdaptersOff, is_lora, wrap_with_lora
 
-__all__ = ["load_model", "load_tokenizer", "check_shared_vocab", "head_rows", "torch_dtype", "context_length"]
+__all__ = [
+    "load_model",
+    "load_tokenizer",
+    "check_shared_vocab",
+    "head_rows",
+    "torch_dtype",
+    "context_length",
+    "enable_gradient_checkpointing",
+    "RunModels",
+    "load_run_models",
+]
 
 
 def torch_dtype(name: str | None):
@@ -95,17 +114,27 @@ def load_model(
     gguf_file: str | None = None,
     key: str = "model.student",
     trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
 ):
-    """Load a causal LM (local dir, hub name, or GGUF file inside a dir)."""
+    """Load a causal LM (local dir, hub name, or GGUF file inside a dir); no ``attn_implementation``: transformers'."""
     from transformers import AutoModelForCausalLM
 
     _check_source(path, key, "model", gguf_file)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ImportError) as err:
+        if attn_implementation and (isinstance(err, ImportError) or "attn_implementation" in str(err)):
+            raise ConfigError(
+                f"model.attn_implementation={attn_implementation!r} cannot be used for {key}={path!r} "
+                f"({str(err).splitlines()[0][:160]}); set sdpa, eager or null, or install its package"
+            ) from None
+        if isinstance(err, ImportError):
+            raise
         raise SeadError(
             f"cannot load the model from {key}={path!r} ({str(err).splitlines()[0]}); check the path"
         ) from None
@@ -150,3 +179,87 @@ def check_shared_vocab(student_tok, teacher_tok, student_rows: int, teacher_rows
             "the checkpoint and tokenizer do not belong together: fix model.tokenizer"
         )
     return vocab
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer's activations in backward, non-reentrant (what TRL and transformers recommend).
+
+    transformers checkpoints a layer only when it runs in training mode with grad enabled, so rollouts
+    (``generate`` in eval mode under no_grad, with the KV cache) and no-grad scoring passes run as
+    before; the student's training forward is the one that saves memory.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"model.gradient_checkpointing=true, but {type(model).__name__} does not support it; set it to false"
+        )
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+@dataclass
+class RunModels:
+    """The models of one training run. ``teacher`` None for a self-teaching method: the live student."""
+
+    tokenizer: Any
+    student: Any
+    teacher: Any
+    reference: Any  # GRPO's frozen KL reference, else None
+    vocab: int
+
+
+def _frozen_initial(student):
+    """The initial student, frozen: under LoRA the base model with adapters off (no copy), else a deep copy."""
+    if is_lora(student):
+        return AdaptersOff(student)
+    return copy.deepcopy(student).eval().requires_grad_(False)
+
+
+def load_run_models(model_cfg, lora_cfg, teacher_kind: str, initial_copy: bool) -> RunModels:
+    """Tokenizer, student, teacher and reference for a method whose teacher is ``teacher_kind``.
+
+    ``teacher_kind`` is the method record's ``teacher`` (``model``, ``self`` or ``none``);
+    ``initial_copy`` whether it keeps the frozen initial student (as its teacher or KL reference).
+    """
+    m = model_cfg
+    tokenizer = load_tokenizer(
+        m.tokenizer or m.student,
+        m.gguf_file if not m.tokenizer else None,
+        key="model.tokenizer" if m.tokenizer else "model.student",
+        trust_remote_code=m.trust_remote_code,
+    )
+    student = load_model(m.student, m.dtype, m.gguf_file, "model.student", m.trust_remote_code, m.attn_implementation)
+    if m.gradient_checkpointing:
+        enable_gradient_checkpointing(student)
+    if lora_cfg.enabled:
+        student = wrap_with_lora(student, lora_cfg, m.student)
+    if teacher_kind != "model":
+        # No separate teacher: GRPO has none, OPSD's is the student itself (the frozen initial one or live).
+        vocab = check_shared_vocab(tokenizer, None, head_rows(student), head_rows(student))
+        frozen = _frozen_initial(student) if initial_copy else None
+        teacher, reference = (None, frozen) if teacher_kind == "none" else (frozen, None)
+        student.train()
+        return RunModels(tokenizer, student, teacher, reference, vocab)
+    teacher = load_model(
+        m.teacher,
+        m.teacher_dtype or m.dtype,
+        m.teacher_gguf_file,
+        "model.teacher",
+        m.trust_remote_code,
+        m.attn_implementation,
+    )
+    teacher_tok = None
+    if m.teacher != (m.tokenizer or m.student):
+        try:
+            teacher_tok = load_tokenizer(m.teacher, m.teacher_gguf_file, "model.teacher", m.trust_remote_code)
+        except SeadError:
+            teacher_tok = None  # a teacher folder without a tokenizer uses the student's
+    vocab = check_shared_vocab(tokenizer, teacher_tok, head_rows(student), head_rows(teacher))
+    teacher.eval().requires_grad_(False)
+    student.train()
+    if getattr(student.config, "use_cache", None) is not None:
+        student.config.use_cache = False
+    return RunModels(tokenizer, student, teacher, None, vocab)

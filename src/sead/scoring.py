@@ -125,6 +125,15 @@ def _probe(model, vocab: int, backbone=None):
     return out, last
 
 
+def _rebuild_tolerance(model, head_weight: torch.Tensor, logits: torch.Tensor) -> float:
+    """Relative error allowed between rebuilt and real logits: 1e-3, or the rounding of the lowest precision
+    the model's logits went through (bf16 weights, or bf16 autocast from ``train.mixed_precision``)."""
+    dtypes = {head_weight.dtype, logits.dtype}
+    if "_original_forward" in vars(model):  # accelerate wrapped the forward in autocast (its marker)
+        dtypes.add(torch.bfloat16)
+    return max(1e-3, *(torch.finfo(d).eps for d in dtypes if d.is_floating_point))
+
+
 def fused_support(model, vocab: int) -> tuple[bool, str]:
     """Whether ``hidden @ head.T`` (with the config's scale/soft-cap) reproduces the model's logits."""
     head = model.get_output_embeddings()
@@ -138,7 +147,7 @@ def fused_support(model, vocab: int) -> tuple[bool, str]:
     scale, softcap = _logit_transform(model)
     rebuilt = transform_logits(out.hidden_states[-1].float() @ head.weight[:vocab].float().T, scale, softcap)
     err = (rebuilt - out.logits[..., :vocab].float()).abs().max().item()
-    tol = 1e-3 * max(1.0, out.logits.float().abs().max().item())
+    tol = _rebuild_tolerance(model, head.weight, out.logits) * max(1.0, out.logits.float().abs().max().item())
     if err > tol:
         return False, f"the last hidden state times the output embedding differs from the logits by {err:.3g}"
     return True, ""
@@ -148,7 +157,8 @@ def matching_backbone(model, vocab: int):
     """``model.get_decoder()`` when its ``last_hidden_state`` is the model's final hidden state, else None."""
     get = getattr(model, "get_decoder", None)
     backbone = get() if callable(get) else None
-    if not isinstance(backbone, torch.nn.Module) or backbone is model:
+    # A module, or a callable stand-in for one (`sead.lora.AdaptersOff`: the decoder with adapters off).
+    if backbone is None or backbone is model or not callable(backbone):
         return None
     try:
         out, last = _probe(model, vocab, backbone)

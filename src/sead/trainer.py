@@ -9,9 +9,6 @@ optimiser, scheduler, RNG states, sampler) and continues as if the run had never
 
 from __future__ import annotations
 
-import copy
-import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -22,17 +19,18 @@ from accelerate.utils import gather_object, set_seed
 
 from sead import grpo
 from sead import step as distillation
-from sead.checkpoint import _SafetensorError, latest_checkpoint, load_checkpoint, save_checkpoint
+from sead.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_final_model
 from sead.config import RunConfig, config_to_dict, load_config
 from sead.config_history import save_run_config
 from sead.curriculum import build_sampler, load_difficulties, sampler_notes
 from sead.data import load_prompts
 from sead.difficulty import estimate_difficulty
-from sead.errors import CheckpointError, ConfigError, SeadError
+from sead.errors import ConfigError, SeadError
 from sead.evaluate import evaluate_during_training, load_benchmarks, should_evaluate
+from sead.lora import merge_adapter, register_adapter_checkpoints, trainable_line
 from sead.methods import get_method
 from sead.metrics import MetricsWriter
-from sead.models import check_shared_vocab, context_length, head_rows, load_model, load_tokenizer
+from sead.models import context_length, load_model, load_run_models
 from sead.optim import build_optimizer, lr_lambda
 from sead.progress import StepProgress
 from sead.prompt_length import fit_prompts
@@ -84,6 +82,9 @@ class Trainer:
         set_seed(cfg.train.seed)  # the same stream whether or not difficulty estimation just ran
         self.optimizer, self.scheduler = build_optimizer(self.student, cfg.optim, cfg.train.steps)
         self.student, self.optimizer, self.scheduler = acc.prepare(self.student, self.optimizer, self.scheduler)
+        if cfg.lora.enabled:  # checkpoints hold the adapters; the base weights come from model.student
+            register_adapter_checkpoints(acc)
+            acc.print(trainable_line(acc.unwrap_model(self.student)))
         if self.method.teacher == "self" and self.teacher is None:
             self.teacher = acc.unwrap_model(self.student)  # OPSD with the live weights as its teacher
         for frozen in (self.teacher, self.reference):
@@ -95,10 +96,8 @@ class Trainer:
             acc.init_trackers(cfg.logging.project, config=config_to_dict(cfg))
         if cfg.train.resume:
             self._resume()
-        else:
-            drop_records_after(
-                acc, self.metrics, self.run_dir, 0
-            )  # a fresh run rewrites any step lines left in the folder
+        else:  # a fresh run rewrites any step lines left in the folder
+            drop_records_after(acc, self.metrics, self.run_dir, 0)
         if acc.is_main_process:  # written once setup succeeded: a failed start or resume changes nothing
             save_run_config(self.run_dir, cfg, self.step)
             publish_notes(self.run_dir, self.step, self.notes)
@@ -127,44 +126,10 @@ class Trainer:
         return FusedBackend(obj, self.vocab, student, self.teacher, obj.chunk_size)
 
     def _load_models(self) -> None:
-        m = self.cfg.model
-        self.tokenizer = load_tokenizer(
-            m.tokenizer or m.student,
-            m.gguf_file if not m.tokenizer else None,
-            key="model.tokenizer" if m.tokenizer else "model.student",
-            trust_remote_code=m.trust_remote_code,
-        )
-        self.student = load_model(m.student, m.dtype, m.gguf_file, "model.student", m.trust_remote_code)
-        self.reference = None
-        if self.method.teacher != "model":
-            # No separate teacher: GRPO has none, OPSD's is the student itself (a frozen initial copy or live).
-            self._load_self_teacher()
-            return
-        self.teacher = load_model(
-            m.teacher, m.teacher_dtype or m.dtype, m.teacher_gguf_file, "model.teacher", m.trust_remote_code
-        )
-        teacher_tok = None
-        if m.teacher != (m.tokenizer or m.student):
-            try:
-                teacher_tok = load_tokenizer(m.teacher, m.teacher_gguf_file, "model.teacher", m.trust_remote_code)
-            except SeadError:
-                teacher_tok = None  # a teacher folder without a tokenizer uses the student's
-        self.vocab = check_shared_vocab(self.tokenizer, teacher_tok, head_rows(self.student), head_rows(self.teacher))
-        self.teacher.eval().requires_grad_(False)
-        self.student.train()
-        if getattr(self.student.config, "use_cache", None) is not None:
-            self.student.config.use_cache = False
-
-    def _load_self_teacher(self) -> None:
-        obj = self.cfg.objective
-        self.vocab = check_shared_vocab(self.tokenizer, None, head_rows(self.student), head_rows(self.student))
-        frozen = self.method.initial_copy(obj)
-        copy_of_initial = copy.deepcopy(self.student).eval().requires_grad_(False) if frozen else None
-        if self.method.teacher == "none":  # the copy is a KL reference, not a teacher
-            self.teacher, self.reference = None, copy_of_initial
-        else:
-            self.teacher = copy_of_initial  # None means "the live student", bound after accelerate.prepare
-        self.student.train()
+        frozen = self.method.initial_copy(self.cfg.objective)
+        run = load_run_models(self.cfg.model, self.cfg.lora, self.method.teacher, frozen)
+        self.tokenizer, self.student, self.vocab = run.tokenizer, run.student, run.vocab
+        self.teacher, self.reference = run.teacher, run.reference  # teacher None + "self": the live student
 
     def _load_data(self) -> None:
         cfg = self.cfg
@@ -258,9 +223,8 @@ class Trainer:
         path = latest_checkpoint(self.run_dir)
         if path is None:
             acc.print(f"no complete checkpoint in {self.run_dir}; starting from step 0")
-            drop_records_after(
-                acc, self.metrics, self.run_dir, 0
-            )  # lines of a run killed before its first checkpoint are redone
+            # lines of a run killed before its first checkpoint are redone
+            drop_records_after(acc, self.metrics, self.run_dir, 0)
             return
         state = load_checkpoint(acc, path)
         self.step = int(state["step"])
@@ -411,25 +375,13 @@ class Trainer:
         return save_checkpoint(self.accelerator, self.run_dir, self.step, state, self.cfg.train.keep_checkpoints)
 
     def save_final(self) -> Path:
-        acc = self.accelerator
-        final = self.run_dir / "final"
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            tmp = self.run_dir / ".final-tmp"
-            try:
-                acc.unwrap_model(self.student).save_pretrained(tmp, safe_serialization=True)
-                self.tokenizer.save_pretrained(tmp)
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
-            except (OSError, RuntimeError, _SafetensorError) as err:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise CheckpointError(
-                    f"could not write the final model to {final} ({getattr(err, 'strerror', None) or err}); the "
-                    f"last checkpoint is saved: free disk space, then rerun with train.resume=true to write it"
-                ) from None
-        acc.wait_for_everyone()
-        return final
+        """``final/``: the model (under LoRA its adapter) and tokenizer; ``lora.merge_final`` adds ``final/merged``."""
+        m = self.cfg.model
+        # The merged model: the base loaded again from model.student, plus the adapter just written.
+        base = lambda: load_model(m.student, m.dtype, m.gguf_file, "model.student", m.trust_remote_code)
+        merge = (lambda adapter_dir: merge_adapter(base(), adapter_dir)) if self.cfg.lora.merge_final else None
+        student = self.accelerator.unwrap_model(self.student)
+        return save_final_model(self.accelerator, self.run_dir, student, self.tokenizer, merge)
 
 
 def train_main(config_path: str | None, overrides: list[str]) -> Path:
