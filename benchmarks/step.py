@@ -86,11 +86,11 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def prepare_models(kind: str, workdir: Path) -> dict:
     """Teacher/student folders, a prompt file and how to format prompts, for ``--models kind``."""
     if kind == "tiny":
-        from sead import toy
+        from sead import toy_models
 
-        root = toy.demo_asset_dir()
+        root = toy_models.demo_asset_dir()
         if (root / "teacher" / "config.json").exists() and (root / "student" / "config.json").exists():
-            train, _ = toy.demo_data_paths()
+            train, _ = toy_models.demo_data_paths()
             data = train if train.exists() else _write_jsonl(workdir / "prompts.jsonl", _questions(1024))
             return {
                 "teacher": str(root / "teacher"),
@@ -100,10 +100,10 @@ def prepare_models(kind: str, workdir: Path) -> dict:
                 "chat_template": "off",
                 "note": "shipped demo models (src/sead/assets/demo)",
             }
-        tok = toy.build_tokenizer()
+        tok = toy_models.build_tokenizer()
         paths = {}
-        for name, shape, seed in (("teacher", toy.TEACHER_SHAPE, 1), ("student", toy.STUDENT_SHAPE, 2)):
-            model = toy.build_model(tok, shape, seed)
+        for name, shape, seed in (("teacher", toy_models.TEACHER_SHAPE, 1), ("student", toy_models.STUDENT_SHAPE, 2)):
+            model = toy_models.build_model(tok, shape, seed)
             model.save_pretrained(workdir / name)
             tok.save_pretrained(workdir / name)
             paths[name] = str(workdir / name)

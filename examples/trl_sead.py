@@ -36,7 +36,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 from sead.config import RolloutConfig
 from sead.integrations.trl import SEADConfig, SEADTrainer
 from sead.rollout import generate_rollouts
-from sead.toy import demo_asset_dir, demo_data_paths, verify
+from sead.toy import verify
+from sead.toy_models import demo_asset_dir, demo_data_paths
 
 DEMO = demo_asset_dir()
 TRAIN, HELDOUT = demo_data_paths()

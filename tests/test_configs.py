@@ -19,7 +19,7 @@ from sead.errors import ConfigError
 from sead.evaluate import EvalConfig
 from sead.rollout import RolloutConfig
 from sead.settings import help_texts
-from sead.toy import demo_asset_dir
+from sead.toy_models import demo_asset_dir
 
 CONFIGS = [recipe_dir() / f"{name}.yaml" for name in recipe_names()]
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from sead.errors import DataError
-from sead.plots import fair_share_from_metrics, pooled_tokens, top_fraction_jaccard, zone_fair_share, zone_figure
+from sead.plots import zone_figure
 from sead.report import SECTIONS, build_report, report_main
 from sead.run_data import ZONE_LETTERS, RunData, load_run
+from sead.run_numbers import fair_share_from_metrics, pooled_tokens, top_fraction_jaccard, zone_fair_share
 from sead.toy import is_question, response_token_categories, zones_by_category
 
 pytest.importorskip("matplotlib")

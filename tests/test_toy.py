@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from sead import toy
+from sead import toy, toy_models
 
 
 def _value(expression: str) -> int:
@@ -102,8 +102,8 @@ def test_extract_answer_and_verify():
 
 
 def test_tokenizer_round_trip_and_specials():
-    tok = toy.build_tokenizer()
-    assert tok.get_vocab() == toy.build_tokenizer().get_vocab()
+    tok = toy_models.build_tokenizer()
+    assert tok.get_vocab() == toy_models.build_tokenizer().get_vocab()
     assert (tok.pad_token_id, tok.eos_token_id) == (0, 1) and tok.bos_token_id is None
     assert tok.chat_template is None
     for it in toy.make_task(50, seed=2):
@@ -116,7 +116,7 @@ def test_tokenizer_round_trip_and_specials():
 
 
 def test_shipped_data_files():
-    train_path, heldout_path = toy.demo_data_paths()
+    train_path, heldout_path = toy_models.demo_data_paths()
     train, heldout = toy.read_jsonl(train_path), toy.read_jsonl(heldout_path)
     assert len(train) == toy.DEMO_TRAIN_SIZE and len(heldout) == toy.DEMO_HELDOUT_SIZE
     assert {"id", "question", "answer", "level"} <= set(train[0])
@@ -130,7 +130,7 @@ def test_shipped_data_files():
 def shipped():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root = toy.demo_asset_dir()
+    root = toy_models.demo_asset_dir()
     out = {}
     for name in ("teacher", "student"):
         out[name] = AutoModelForCausalLM.from_pretrained(root / name).eval()
@@ -140,7 +140,7 @@ def shipped():
 
 def test_shipped_models_load_and_share_the_vocabulary(shipped):
     tok = shipped["student_tok"]
-    assert shipped["teacher_tok"].get_vocab() == tok.get_vocab() == toy.build_tokenizer().get_vocab()
+    assert shipped["teacher_tok"].get_vocab() == tok.get_vocab() == toy_models.build_tokenizer().get_vocab()
     for name in ("teacher", "student"):
         model = shipped[name]
         assert type(model).__name__ == "LlamaForCausalLM"
@@ -149,19 +149,19 @@ def test_shipped_models_load_and_share_the_vocabulary(shipped):
     n_teacher = sum(p.numel() for p in shipped["teacher"].parameters())
     n_student = sum(p.numel() for p in shipped["student"].parameters())
     assert n_student < n_teacher
-    teacher, student, tokenizer = toy.load_demo_models()
+    teacher, student, tokenizer = toy_models.load_demo_models()
     assert tokenizer.get_vocab() == tok.get_vocab() and not teacher.training
 
 
 def test_shipped_teacher_beats_student(shipped):
-    heldout = toy.read_jsonl(toy.demo_data_paths()[1])[:50]
+    heldout = toy.read_jsonl(toy_models.demo_data_paths()[1])[:50]
     tok = shipped["student_tok"]
     side = tok.padding_side
-    teacher = toy.greedy_accuracy(shipped["teacher"], tok, heldout)
-    student = toy.greedy_accuracy(shipped["student"], tok, heldout)
+    teacher = toy_models.greedy_accuracy(shipped["teacher"], tok, heldout)
+    student = toy_models.greedy_accuracy(shipped["student"], tok, heldout)
     assert tok.padding_side == side  # restored
     assert teacher >= 0.9 and teacher > student + 0.3, (teacher, student)
-    responses = toy.greedy_responses(shipped["teacher"], tok, [it["question"] for it in heldout[:5]])
+    responses = toy_models.greedy_responses(shipped["teacher"], tok, [it["question"] for it in heldout[:5]])
     assert all("A:" in r for r in responses)
 
 
@@ -185,7 +185,9 @@ def test_shipped_teacher_is_uncertain_at_forks_and_sure_elsewhere(shipped):
 
 def test_shipped_student_mostly_works_right_to_left(shipped):
     """The student's designed weakness: its greedy solutions often start from the right end of the chain."""
-    heldout = toy.read_jsonl(toy.demo_data_paths()[1])[:60]
-    responses = toy.greedy_responses(shipped["student"], shipped["student_tok"], [it["question"] for it in heldout])
+    heldout = toy.read_jsonl(toy_models.demo_data_paths()[1])[:60]
+    responses = toy_models.greedy_responses(
+        shipped["student"], shipped["student_tok"], [it["question"] for it in heldout]
+    )
     rtl = sum(r == toy.right_to_left_solution(it["question"][:-1]) for r, it in zip(responses, heldout))
     assert rtl >= len(heldout) // 3, rtl

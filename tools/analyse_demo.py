@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from sead import toy
+from sead import toy, toy_models
 from sead.divergence import entropy, forward_kl, reverse_kl
 from sead.zones import Zone, assign_zones
 
@@ -34,7 +34,7 @@ def _score(model, ids_B_T, mask_B_T):
 
 
 def analyse(asset_dir: Path, n_prompts: int = 512, seed: int = 0, temperature: float = 0.7, alpha: float = 0.8) -> dict:
-    tok = toy.build_tokenizer()
+    tok = toy_models.build_tokenizer()
     from transformers import AutoModelForCausalLM
 
     teacher = AutoModelForCausalLM.from_pretrained(asset_dir / "teacher").eval()
@@ -90,7 +90,7 @@ def analyse(asset_dir: Path, n_prompts: int = 512, seed: int = 0, temperature: f
                 for key, v in (("fkl", fkl_N), ("rkl", rkl_N), ("sead_loss", sead_loss))
             },
         }
-    greedy = toy.greedy_responses(student, tok, [it["question"] for it in heldout])
+    greedy = toy_models.greedy_responses(student, tok, [it["question"] for it in heldout])
     rtl = sum(
         r == toy.right_to_left_solution(it["question"][:-1]) and r != it["solution"] for r, it in zip(greedy, heldout)
     )

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from sead import toy
+from sead import toy, toy_models
 from sead.toy import CHARS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def sft(
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            acc = toy.greedy_accuracy(model, tokenizer, dev) if dev else float("nan")
+            acc = toy_models.greedy_accuracy(model, tokenizer, dev) if dev else float("nan")
             entry = {
                 "step": step + 1,
                 "loss": round(ema, 4),
@@ -234,8 +234,8 @@ The embedded default task and models of `sead demo`. Written by `tools/build_dem
 A rebuild with the same torch build and thread count reproduces the weights bit for bit
 (`model.safetensors` sha256 prefixes: {hashes}).
 
-Load them with `sead.toy.load_demo_models()` -> `(teacher, student, tokenizer)`, or with plain
-`AutoModelForCausalLM` / `AutoTokenizer.from_pretrained(sead.toy.demo_asset_dir() / "teacher")`.
+Load them with `sead.toy_models.load_demo_models()` -> `(teacher, student, tokenizer)`, or with plain
+`AutoModelForCausalLM` / `AutoTokenizer.from_pretrained(sead.toy_models.demo_asset_dir() / "teacher")`.
 
 ## Design: reasoning forks, and a student that takes a wrong path
 Chained sums of one-digit terms from reasoning-gym's `chain_sum`, solved step by step:
@@ -340,8 +340,8 @@ def main(argv=None):
         default="1,1,1,2",
         help="relative share of SFT batches per level (the hardest level gets more)",
     )
-    ap.add_argument("--teacher-shape", type=_shape, default=toy.TEACHER_SHAPE, help="hidden,layers,heads,ffn")
-    ap.add_argument("--student-shape", type=_shape, default=toy.STUDENT_SHAPE, help="hidden,layers,heads,ffn")
+    ap.add_argument("--teacher-shape", type=_shape, default=toy_models.TEACHER_SHAPE, help="hidden,layers,heads,ffn")
+    ap.add_argument("--student-shape", type=_shape, default=toy_models.STUDENT_SHAPE, help="hidden,layers,heads,ffn")
     ap.add_argument(
         "--teacher-direct",
         default="0",
@@ -375,7 +375,7 @@ def main(argv=None):
     heldout = toy.read_jsonl(heldout_path)
     exclude = {it["question"] for it in heldout}
     dev = toy.make_task(200, seed=SFT_SEED + 100, exclude=exclude)
-    tokenizer = toy.build_tokenizer()
+    tokenizer = toy_models.build_tokenizer()
     sft_items = toy.make_task(args.sft_pool, SFT_SEED, unique=False, exclude=exclude)
     print(f"data: {len(sft_items)} SFT items, {len(heldout)} heldout, {time.time() - t_start:.0f}s", flush=True)
 
@@ -415,7 +415,7 @@ def main(argv=None):
         pairs = encode(tokenizer, sft_items, direct_share=direct, seed=seed, rtl_share=getattr(args, f"{name}_rtl"))
         for item, pair in zip(sft_items, pairs):
             groups.setdefault(item["level"], []).append(pair)
-        model = toy.build_model(tokenizer, shape, seed)
+        model = toy_models.build_model(tokenizer, shape, seed)
         t0, c0 = time.time(), time.process_time()
         log = sft(
             name,
@@ -434,7 +434,7 @@ def main(argv=None):
             schedule=args.schedule,
         )
         train_s, train_cpu_s = time.time() - t0, time.process_time() - c0
-        acc, by_level = toy.greedy_accuracy(model, tokenizer, heldout, by_level=True)
+        acc, by_level = toy_models.greedy_accuracy(model, tokenizer, heldout, by_level=True)
         print(f"[{name}] heldout accuracy {acc:.3f} {by_level}", flush=True)
         folder = args.out / name
         model.save_pretrained(folder)

@@ -28,6 +28,7 @@ from pathlib import Path
 from accelerate.utils import load
 
 from sead.errors import CheckpointError
+from sead.jsonio import atomic_write_text
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "list_checkpoints", "save_final_model"]
 
@@ -72,7 +73,7 @@ def _fsync_dir(path: Path) -> None:
 def _test_pause(tmp: Path, step: int) -> None:
     """The ``SEAD_TEST_PAUSE_IN_CHECKPOINT`` hook (module doc): pause a chosen write half-way."""
     if os.environ.get("SEAD_TEST_PAUSE_IN_CHECKPOINT") == str(step):
-        (tmp / "PAUSED").write_text(str(os.getpid()), encoding="utf-8")
+        atomic_write_text(tmp / "PAUSED", str(os.getpid()))  # whole or absent: a watcher may read it at once
         time.sleep(600)
 
 

@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import torch
 
-from sead.fused_kernels import KernelOptions, apply_fused_divergence, checked_inputs, run_chunks
+from sead.fused_inputs import checked_inputs
+from sead.fused_kernels import KernelOptions, apply_fused_divergence, run_chunks
 from sead.objectives import ZONE_C_MIXES
 from sead.zones import Zone
 

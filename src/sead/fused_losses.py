@@ -14,16 +14,8 @@ from collections.abc import Sequence
 import torch
 
 from sead.fused import fused_divergence, sead_weights, zone_c_weights
-from sead.fused_kernels import (
-    ZoneRule,
-    apply_fused_divergence,
-    check_transform,
-    chunked_entropies,
-    flatten_hidden,
-    head_rows,
-    teacher_logit_transform,
-    two_pass_workspace,
-)
+from sead.fused_inputs import check_transform, flatten_hidden, head_rows, teacher_logit_transform
+from sead.fused_kernels import ZoneRule, apply_fused_divergence, chunked_entropies, two_pass_workspace
 from sead.zones import MASKED, Zone, assign_zones, check_fractions
 
 __all__ = [

@@ -13,7 +13,8 @@ import math
 import torch
 
 from sead.fused import zone_c_weights
-from sead.fused_kernels import ZoneRule, apply_fused_divergence, teacher_logit_transform
+from sead.fused_inputs import teacher_logit_transform
+from sead.fused_kernels import ZoneRule, apply_fused_divergence
 from sead.fused_losses import sead_loss_from_hidden, token_entropies_from_hidden
 from sead.zones import Zone, assign_zones, assign_zones_threshold, check_fractions
 

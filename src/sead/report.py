@@ -2,7 +2,7 @@
 
 Layers, bottom up: the run data model (:mod:`sead.run_data`, from the files of docs/FORMATS.md
 alone, so any old run can be re-reported), figures and their numbers (:mod:`sead.plots`,
-:mod:`sead.comparison_plots`), and this module: the HTML page, rollouts as coloured HTML text and the
+:mod:`sead.comparison_plots`), HTML pieces (:mod:`sead.report_html`), and this module: the page and the
 ``sead report`` command. A missing or unreadable piece never stops the report: its section says what
 is missing. Paper reference numbers are shown only beside the same quantity measured the same way.
 
@@ -14,33 +14,29 @@ or an ``.html`` file. Every figure is also written as a PNG next to the HTML.
 from __future__ import annotations
 
 import argparse
-import base64
-import html
 import importlib.util
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from sead import demo_summary, plots, toy
+from sead import demo_summary, plots, run_numbers, toy
 from sead.comparison_plots import method_overlay, overlay_caption
 from sead.errors import SeadError
+from sead.report_html import CSS, Figures, esc, html_table, make_slug, missing_note, pct, render_rollout, rollout_legend
 from sead.run_data import (
     PAPER_FAIR_SHARE,
     PAPER_FRACTIONS,
     PAPER_JACCARD,
-    ZONE_COLORS,
     ZONE_LETTERS,
     ZONE_NAMES,
     RunData,
     Sample,
     load_run,
 )
-from sead.zones import MASKED
 
-__all__ = ["SECTIONS", "build_report", "render_rollout", "rollout_legend", "add_report_arguments", "report_main"]
+__all__ = ["SECTIONS", "build_report", "add_report_arguments", "report_main"]
 
 SECTIONS = [
     ("result", "Result"),
@@ -53,106 +49,6 @@ SECTIONS = [
     ("eval", "Evaluation"),
 ]
 _PAPER_ZONES = "/".join(f"{100 * f:g}" for f in PAPER_FRACTIONS)  # "50/40/10"
-
-
-# ---------------------------------------------------------------- HTML
-def _e(text) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}"
-
-
-def _slug(text: str, taken: set[str]) -> str:
-    base = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-").lower() or "run"
-    slug, i = base, 2
-    while slug in taken:
-        slug, i = f"{base}-{i}", i + 1
-    taken.add(slug)
-    return slug
-
-
-def _missing(text: str) -> str:
-    return f'<p class="missing">Not available: {_e(text)}</p>'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def render_rollout(sample: Sample, max_tokens: int = 1500, scale: float | None = None) -> str:
-    """A rollout as HTML: each token's background coloured by zone, opacity by |per-token loss|."""
-    losses = [abs(x) for x in sample.loss if math.isfinite(x)]
-    scale = scale or (max(losses) if losses and max(losses) > 0 else 1.0)
-    spans = []
-    for i, tok in enumerate(sample.tokens[:max_tokens]):
-        z, loss = sample.zone[i], sample.loss[i]
-        alpha = 0.12 + 0.78 * min(1.0, abs(loss) / scale) if math.isfinite(loss) else 0.12
-        c = ZONE_COLORS.get(z, ZONE_COLORS[MASKED])
-        rgba = f"rgba({int(c[1:3], 16)},{int(c[3:5], 16)},{int(c[5:7], 16)},{alpha:.2f})"
-        tip = (
-            f"zone {ZONE_NAMES.get(z, z)} | loss {loss:.4g} | fkl {sample.fkl[i]:.4g} | "
-            f"H_teacher {sample.teacher_entropy[i]:.3g} | H_student {sample.student_entropy[i]:.3g}"
-        )
-        spans.append(f'<span class="tok" style="background:{rgba}" title="{_e(tip)}">{_e(tok)}</span>')
-    more = len(sample.tokens) - max_tokens
-    tail = f'<span class="more"> … {more} more tokens not shown</span>' if more > 0 else ""
-    reward = "–" if sample.reward is None else f"{sample.reward:g}"
-    return (
-        f'<div class="rollout"><div class="meta">step {sample.step} · method {_e(sample.method or "?")} · '
-        f"{len(sample.tokens)} tokens · reward {reward}</div>"
-        f"<details><summary>prompt</summary><pre>{_e(sample.prompt)}</pre></details>"
-        f'<div class="text">{"".join(spans)}{tail}</div></div>'
-    )
-
-
-def rollout_legend() -> str:
-    """The colour key shown above the rollouts."""
-    sw = "".join(
-        f'<span class="tok" style="background:{ZONE_COLORS[z]}">&nbsp;{n}&nbsp;</span> '
-        for z, n in (
-            (0, "Zone A (skipped)"),
-            (1, "Zone B (reverse KL)"),
-            (2, "Zone C (forward KL)"),
-            (MASKED, "no zone"),
-        )
-    )
-    return (
-        f'<p class="legend">{sw} — opacity grows with the token\'s |loss| (faint = small, solid = the '
-        f"largest loss in the rollout). Hover a token for its numbers.</p>"
-    )
-
-
-_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:auto;
-padding:1em 2em;color:#222;line-height:1.45}h1{border-bottom:2px solid #ddd}h2{margin-top:2em;
-border-bottom:1px solid #eee}table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
-td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}th{background:#f5f5f5}
-td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;height:auto}
-figure{margin:1em 0}figcaption{color:#555;font-size:.9em}.missing{color:#a33;font-style:italic}
-.note{color:#666;font-size:.9em}.tok{border-radius:2px}.rollout{border:1px solid #ddd;border-radius:6px;
-padding:.6em;margin:1em 0}.rollout .text{white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;
-font-size:.88em;line-height:1.6}.meta{color:#555;font-size:.9em}.more{color:#888}nav a{margin-right:1em}
-pre{white-space:pre-wrap}.small{color:#666;font-size:.85em}"""
-
-
-class _Figures:
-    """Saves each figure as PNG under ``out_dir`` and returns the <figure> tag that inlines it."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir, self.written = out_dir, []
-
-    def add(self, fig, name: str, caption: str) -> str:
-        data = plots.to_png(fig)
-        path = self.out_dir / f"{name}.png"
-        path.write_bytes(data)
-        self.written.append(path)
-        return (
-            f'<figure id="fig-{_e(name)}"><img alt="{_e(caption)}" src="data:image/png;base64,'
-            f'{base64.b64encode(data).decode()}"><figcaption>{_e(caption)}</figcaption></figure>'
-        )
 
 
 def _resolve_out(runs: list[Path], out: str | Path | None) -> Path:
@@ -187,36 +83,36 @@ def build_report(
             r.name = f"{r.name} [{r.path.resolve().name}]"
     html_path = _resolve_out([Path(p) for p in run_dirs], out)
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    figs, taken = _Figures(html_path.parent), set()
+    figs, taken = Figures(html_path.parent), set()
     parts = {sid: [] for sid, _ in SECTIONS}
     parts["result"].append(_result_section(demo))
     parts["overview"].append(_overview(runs))
     parts["rollouts"].append(rollout_legend())
     parts["training"].append(_overlay(runs, figs))
     for r in runs:
-        slug, head = _slug(r.name, taken), f"<h3>{_e(r.name)} <span class=small>({_e(r.method)})</span></h3>"
+        slug, head = make_slug(r.name, taken), f"<h3>{esc(r.name)} <span class=small>({esc(r.method)})</span></h3>"
         fig = plots.training_curves(r)
         parts["training"].append(
             head
             + (
                 figs.add(fig, f"training_{slug}", f"{r.name}: training curves")
                 if fig
-                else _missing(f"{r.name} has no metrics.jsonl rows")
+                else missing_note(f"{r.name} has no metrics.jsonl rows")
             )
         )
-        tok = plots.pooled_tokens(r.samples)
+        tok = run_numbers.pooled_tokens(r.samples)
         parts["zones"].append(head + _zone_section(r, slug, tok, figs))
         if not tok["fkl"]:
-            parts["tokens"].append(head + _missing(f"{r.name} has no samples.jsonl (per-token values)"))
+            parts["tokens"].append(head + missing_note(f"{r.name} has no samples.jsonl (per-token values)"))
         else:
-            jac = plots.top_fraction_jaccard(tok["teacher_entropy"], tok["student_entropy"], 0.2)
+            jac = run_numbers.top_fraction_jaccard(tok["teacher_entropy"], tok["student_entropy"], 0.2)
             fig = plots.token_figure(r, tok, jac)
             parts["tokens"].append(
                 head
                 + figs.add(fig, f"tokens_{slug}", f"{r.name}: sorted per-token forward KL and entropy scatter")
                 + f'<p id="jaccard-{slug}"><b>Jaccard overlap of the top-20% teacher-entropy and top-20% '
-                f"student-entropy tokens: {_pct(jac)}%</b> over {len(tok['fkl'])} logged tokens "
-                f"(paper: {_pct(PAPER_JACCARD)}%).</p>"
+                f"student-entropy tokens: {pct(jac)}%</b> over {len(tok['fkl'])} logged tokens "
+                f"(paper: {pct(PAPER_JACCARD)}%).</p>"
             )
         latest = r.latest_samples()[:max_rollouts]
         parts["rollouts"].append(
@@ -225,7 +121,7 @@ def build_report(
                 f'<p class="note">Latest logged step ({latest[0].step}).</p>'
                 + "".join(render_rollout(s, max_tokens) for s in latest)
                 if latest
-                else _missing(f"{r.name} has no samples.jsonl")
+                else missing_note(f"{r.name} has no samples.jsonl")
             )
         )
     parts["entropy"].append(_entropy_section(runs, figs))
@@ -238,8 +134,8 @@ def build_report(
         else f"{len(runs)} runs of {', '.join(dict.fromkeys(r.method for r in runs))}"
     )
     html_path.write_text(
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-        f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1><nav>{toc}</nav>{body}"
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1><nav>{toc}</nav>{body}"
         f"</body></html>\n",
         encoding="utf-8",
     )
@@ -253,13 +149,13 @@ def _result_section(demo: dict | None) -> str:
     methods = list(demo["after"])
     header, rows = demo_summary.summary_rows(demo, methods)
     return (
-        _table(header, [[_e(c) for c in row] for row in rows], "eval")
-        + f'<p class="note">{_e(demo_summary.caption(demo))}</p>'
-        + "".join(f"<p>{_e(line)}</p>" for line in demo_summary.verdict_lines(demo, methods))
+        html_table(header, [[esc(c) for c in row] for row in rows], "eval")
+        + f'<p class="note">{esc(demo_summary.caption(demo))}</p>'
+        + "".join(f"<p>{esc(line)}</p>" for line in demo_summary.verdict_lines(demo, methods))
     )
 
 
-def _overlay(runs: list[RunData], figs: _Figures) -> str:
+def _overlay(runs: list[RunData], figs: Figures) -> str:
     fig = method_overlay(runs)
     return "" if fig is None else figs.add(fig, "methods_overlay", overlay_caption(runs)) + "<h3>Each run</h3>"
 
@@ -267,37 +163,37 @@ def _overlay(runs: list[RunData], figs: _Figures) -> str:
 def _overview(runs: list[RunData]) -> str:
     rows = [
         [
-            _e(r.name),
-            _e(r.method),
-            f'<span class="small">{_e(r.path)}</span>',
+            esc(r.name),
+            esc(r.method),
+            f'<span class="small">{esc(r.path)}</span>',
             str(r.metrics[-1]["step"]) if r.metrics else "–",
             str(len(r.samples)),
-            ", ".join(_e(k) for k in r.evals) or "–",
-            _e("; ".join([f"missing {m}" for m in r.missing] + r.notes)),
+            ", ".join(esc(k) for k in r.evals) or "–",
+            esc("; ".join([f"missing {m}" for m in r.missing] + r.notes)),
         ]
         for r in runs
     ]
-    out = _table(["run", "method", "path", "last step", "samples", "eval files", "notes"], rows)
+    out = html_table(["run", "method", "path", "last step", "samples", "eval files", "notes"], rows)
     for r in runs:
         if r.config:
             out += (
-                f"<details><summary>config.yaml of {_e(r.name)}</summary>"
-                f"<pre>{_e(yaml.safe_dump(r.config, sort_keys=False))}</pre></details>"
+                f"<details><summary>config.yaml of {esc(r.name)}</summary>"
+                f"<pre>{esc(yaml.safe_dump(r.config, sort_keys=False))}</pre></details>"
             )
     return out
 
 
-def _zone_section(r: RunData, slug: str, tok: dict[str, list], figs: _Figures) -> str:
+def _zone_section(r: RunData, slug: str, tok: dict[str, list], figs: Figures) -> str:
     if not r.has_zones:
-        return _missing(f"{r.name} ({r.method}) has no token zones (no zones/frac_* metrics, samples log zone -1)")
-    shares = plots.zone_fair_share(tok["fkl"], tok["zone"])
+        return missing_note(f"{r.name} ({r.method}) has no token zones (no zones/frac_* metrics, samples log zone -1)")
+    shares = run_numbers.zone_fair_share(tok["fkl"], tok["zone"])
     paper = r.zones_as_paper  # the paper's numbers hold for its zone rule only
     if paper:
         markers = f"black ticks: the SEAD paper's ratios (OLMo-3-7B), with the same {_PAPER_ZONES} percentile zones"
     else:
         why = "its zones are not" if r.config else "no config.yaml says whether its zones are"
         markers = f"no paper markers: {why} the paper's {_PAPER_ZONES} percentile zones"
-    fig = plots.zone_figure(r, shares, plots.fair_share_from_metrics(r))
+    fig = plots.zone_figure(r, shares, run_numbers.fair_share_from_metrics(r))
     body = figs.add(
         fig,
         f"zones_{slug}",
@@ -305,14 +201,14 @@ def _zone_section(r: RunData, slug: str, tok: dict[str, list], figs: _Figures) -
         f"divided by token share; 1 = fair share); {markers}",
     )
     if not shares:
-        return body + _missing(f"{r.name} has no samples with zones for the per-zone share table")
+        return body + missing_note(f"{r.name} has no samples with zones for the per-zone share table")
     steps = sorted({s.step for s in r.samples})
     rows = [
         [
             ZONE_NAMES[z],
             str(s.tokens),
-            _pct(s.token_share),
-            _pct(s.loss_share),
+            pct(s.token_share),
+            pct(s.loss_share),
             f"{s.ratio:.2f}×" if math.isfinite(s.ratio) else "–",
         ]
         + ([f"{PAPER_FAIR_SHARE[z]}×"] if paper else [])
@@ -321,10 +217,10 @@ def _zone_section(r: RunData, slug: str, tok: dict[str, list], figs: _Figures) -
     header = ["zone", "tokens", "token share %", "forward-KL share %", "× fair share"] + (["paper"] if paper else [])
     return (
         body
-        + _table(header, rows)
+        + html_table(header, rows)
         + f'<p class="note">From {len(r.samples)} logged rollouts (steps {steps[0]}–{steps[-1]}), per-token '
         f"<code>fkl</code> and <code>zone</code> of samples.jsonl. B+C carry "
-        f"{_pct(shares[1].loss_share + shares[2].loss_share)}% of the forward KL"
+        f"{pct(shares[1].loss_share + shares[2].loss_share)}% of the forward KL"
         + (" (paper: about 90%)." if paper else ".")
         + "</p>"
         + _category_section(r, slug)
@@ -356,18 +252,18 @@ def _category_section(r: RunData, slug: str) -> str:
         return ""
     rows = [
         [
-            _e(cat),
+            esc(cat),
             str(v["tokens"]),
-            _pct(v["share"]),
+            pct(v["share"]),
             f"{v['teacher_entropy']:.3f}" if math.isfinite(v["teacher_entropy"]) else "–",
         ]
-        + [_pct(v["p_zone"][name]) for name in ZONE_LETTERS.values()]
+        + [pct(v["p_zone"][name]) for name in ZONE_LETTERS.values()]
         for cat, v in table.items()
     ]
     header = ["category", "tokens", "token share %", "teacher entropy"] + [f"zone {n} %" for n in ZONE_LETTERS.values()]
     return (
         f'<h4 id="categories-{slug}">P(zone | token category)</h4>'
-        + _table(header, rows)
+        + html_table(header, rows)
         + "<p class=\"note\">The paper's Table 3 on the demo task: the share of each token category's tokens "
         "in each zone, over the same logged rollouts and zones (<code>sead.toy.token_categories</code>: step "
         "start = the first character of a step, where the path is chosen). The shipped models' table, at the "
@@ -375,20 +271,20 @@ def _category_section(r: RunData, slug: str) -> str:
     )
 
 
-def _entropy_section(runs: list[RunData], figs: _Figures) -> str:
+def _entropy_section(runs: list[RunData], figs: Figures) -> str:
     fig = plots.entropy_collapse(runs)
     if fig is None:
-        return _missing("no run logged entropy/student_mean")
+        return missing_note("no run logged entropy/student_mean")
     rows = []
     for r in runs:
         _, v = r.series("entropy/student_mean")
         if v:
             w = max(1, len(v) // 10)
             a, b = sum(v[:w]) / w, sum(v[-w:]) / w
-            rows.append([_e(r.name), _e(r.method), f"{a:.3f}", f"{b:.3f}", f"{b - a:+.3f}"])
+            rows.append([esc(r.name), esc(r.method), f"{a:.3f}", f"{b:.3f}", f"{b - a:+.3f}"])
     return (
         figs.add(fig, "entropy_student", "Mean student entropy over training, all runs")
-        + _table(["run", "method", "start", "end", "change"], rows)
+        + html_table(["run", "method", "start", "end", "change"], rows)
         + '<p class="note">Start/end: mean over the first/last 10% of logged steps. '
         "Paper (OLMo-3-7B): OPD collapses 0.39 → 0.31, SEAD holds.</p>"
     )
@@ -397,11 +293,11 @@ def _entropy_section(runs: list[RunData], figs: _Figures) -> str:
 def _eval_table(runs: list[RunData]) -> str:
     rows_in = [(r, label, data) for r in runs for label, data in r.evals.items()]
     if not rows_in:
-        return _missing("no run has eval/*.json")
+        return missing_note("no run has eval/*.json")
     benches = sorted({b for _, _, d in rows_in for b in d["benchmarks"]})
     rows = []
     for r, label, data in rows_in:
-        cells = [_e(r.name), _e(label), _e(data.get("model", ""))]
+        cells = [esc(r.name), esc(label), esc(data.get("model", ""))]
         p1 = []
         for b in benches:
             m = data["benchmarks"].get(b)
@@ -413,18 +309,18 @@ def _eval_table(runs: list[RunData]) -> str:
                 p1.append(v)
             pk = m.get("pass@k") if isinstance(m.get("pass@k"), dict) else {}
             kmax = max(pk, key=lambda k: int(k) if str(k).isdigit() else 0) if pk else None
-            extra = (f"avg@k {_pct(m.get('avg@k'))}" if isinstance(m.get("avg@k"), (int, float)) else "") + (
-                f" · pass@{kmax} {_pct(pk[kmax])}" if kmax and isinstance(pk[kmax], (int, float)) else ""
+            extra = (f"avg@k {pct(m.get('avg@k'))}" if isinstance(m.get("avg@k"), (int, float)) else "") + (
+                f" · pass@{kmax} {pct(pk[kmax])}" if kmax and isinstance(pk[kmax], (int, float)) else ""
             )
             cells.append(
-                f"{_pct(v) if isinstance(v, (int, float)) else '–'}"
-                f'<br><span class="small">{_e(extra)} (n={_e(m.get("n", "?"))}, k={_e(m.get("k", "?"))})</span>'
+                f"{pct(v) if isinstance(v, (int, float)) else '–'}"
+                f'<br><span class="small">{esc(extra)} (n={esc(m.get("n", "?"))}, k={esc(m.get("k", "?"))})</span>'
             )
         avg = (data.get("average") or {}).get("pass@1")
         avg = avg if isinstance(avg, (int, float)) else (sum(p1) / len(p1) if p1 else None)
-        rows.append(cells + [f"<b>{_pct(avg)}</b>"])
+        rows.append(cells + [f"<b>{pct(avg)}</b>"])
     return (
-        _table(["run", "file", "model"] + [_e(b) for b in benches] + ["average"], rows, "eval")
+        html_table(["run", "file", "model"] + [esc(b) for b in benches] + ["average"], rows, "eval")
         + '<p class="note">pass@1 in %; small print: avg@k and the largest pass@k logged, with n problems and '
         "k samples. One row per eval/*.json file of each run.</p>"
     )

@@ -1,16 +1,11 @@
-"""The embedded demo task: chained integer sums with worked solutions, a character tokenizer and tiny Llamas.
+"""The embedded demo task: chained integer sums with worked solutions, their files, verifier and token categories.
 
 The task (``chain_sum`` from ``reasoning-gym``, rewritten compactly) asks for ``98+93-77=`` and the
 worked solution reads ``98+93=191,191-77=114.A:114``: one step per operator, then ``A:`` and the
 answer. Difficulty levels differ in the number of terms and digits (see ``LEVELS``).
 
-The models (a teacher and a weaker student, both ``LlamaForCausalLM`` over the same character
-vocabulary) are pre-built by ``tools/build_demo_models.py`` and shipped under ``sead/assets/demo``
-so that ``sead demo`` runs a real on-policy distillation on a laptop CPU in minutes.
-
-Nothing here runs at import time. ``transformers``, ``tokenizers`` and ``reasoning_gym`` are imported
-by the functions that build or load models and data: ``sead report`` reads the task's text functions
-(token categories) without loading them.
+The character tokenizer and the tiny Llamas that learn it are in `sead.toy_models`. Nothing here
+runs at import time; ``reasoning_gym`` is imported when training data is generated.
 """
 
 from __future__ import annotations
@@ -19,17 +14,11 @@ import math
 import random
 import re
 from collections.abc import Iterable, Sequence
-from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import torch
+from typing import Any
 
 from sead import jsonio
 from sead.errors import DataError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 # level -> (number of terms, digits per term); ordered from easy to hard for a small model.
 LEVELS: dict[int, tuple[int, int]] = {1: (3, 1), 2: (4, 1), 3: (5, 1), 4: (6, 1)}
@@ -39,21 +28,6 @@ DEFAULT_LEVELS: tuple[int, ...] = tuple(LEVELS)
 CHARS = "0123456789+-=,.A:"
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 
-# Model shapes (LlamaForCausalLM, tied embeddings). The student is 4x smaller and briefly trained; it
-# keeps 4 layers because a 2-layer student learns multi-digit carries too slowly to improve in a demo.
-TEACHER_SHAPE: dict[str, int] = {
-    "hidden_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "intermediate_size": 512,
-}
-STUDENT_SHAPE: dict[str, int] = {
-    "hidden_size": 64,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 2,
-    "intermediate_size": 256,
-}
-MAX_POSITIONS = 128  # the longest item (question, worked solution, eos) is 64 tokens
 MAX_NEW_TOKENS = 56  # the longest worked solution plus eos is 52 tokens
 
 # Seeds of the shipped data files (assets/demo/data); the train file excludes every heldout question.
@@ -309,127 +283,3 @@ def zones_by_category(
                 "p_zone": {name: zs.count(z) / len(zs) for z, name in zone_names.items()},
             }
     return out
-
-
-# ------------------------------------------------------------------------------------ tokenizer
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The character tokenizer: ``<pad>``=0, ``<eos>``=1, ``<unk>``=2, then one token per task character.
-
-    No bos token and no chat template: a prompt is the question's characters, as is.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # see the module doc
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {PAD: 0, EOS: 1, UNK: 2}
-    for ch in CHARS:
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")  # one piece per character
-    tok.decoder = decoders.Fuse()  # join pieces with no separator
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=PAD,
-        eos_token=EOS,
-        unk_token=UNK,
-        clean_up_tokenization_spaces=False,
-        model_max_length=MAX_POSITIONS,
-    )
-
-
-# --------------------------------------------------------------------------------------- models
-def build_model(tokenizer: PreTrainedTokenizerFast, shape: dict[str, int], seed: int) -> LlamaForCausalLM:
-    """A freshly initialised ``LlamaForCausalLM`` (tied embeddings) of ``shape`` over ``tokenizer``'s vocabulary."""
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # see the module doc
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=MAX_POSITIONS,
-        num_key_value_heads=shape["num_attention_heads"],
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        **shape,
-    )
-    model = LlamaForCausalLM(cfg)
-    model.generation_config = GenerationConfig(
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, max_new_tokens=MAX_NEW_TOKENS
-    )
-    return model
-
-
-def demo_asset_dir() -> Path:
-    """The folder of the shipped demo assets (``teacher/``, ``student/``, ``data/``, ``README.md``)."""
-    return Path(str(files("sead") / "assets" / "demo"))
-
-
-def demo_data_paths() -> tuple[Path, Path]:
-    """(train.jsonl, heldout.jsonl) of the shipped demo data."""
-    data = demo_asset_dir() / "data"
-    return data / "train.jsonl", data / "heldout.jsonl"
-
-
-def load_demo_models(device: str = "cpu", dtype: Any = None):
-    """Load the shipped (teacher, student, tokenizer) in eval mode; ``dtype`` defaults to float32."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # see the module doc
-
-    root = demo_asset_dir()
-    if not (root / "teacher" / "config.json").exists():
-        raise DataError(f"demo models not found under {root}; build them: python tools/build_demo_models.py")
-    dtype = dtype or torch.float32
-    teacher = AutoModelForCausalLM.from_pretrained(root / "teacher", dtype=dtype).to(device).eval()
-    student = AutoModelForCausalLM.from_pretrained(root / "student", dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(root / "student")
-    return teacher, student, tokenizer
-
-
-# ------------------------------------------------------------------------------------- evaluate
-def greedy_responses(
-    model, tokenizer, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 256
-) -> list[str]:
-    """Greedy completions of ``questions`` (batched, left-padded), decoded without special tokens."""
-    side, out = tokenizer.padding_side, []
-    tokenizer.padding_side = "left"
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        for i in range(0, len(questions), batch_size):
-            enc = tokenizer(list(questions[i : i + batch_size]), return_tensors="pt", padding=True).to(device)
-            with torch.no_grad():
-                gen = model.generate(
-                    **enc,
-                    do_sample=False,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
-            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return out
-
-
-def greedy_accuracy(
-    model,
-    tokenizer,
-    items: Sequence[dict[str, Any]],
-    max_new_tokens: int = MAX_NEW_TOKENS,
-    by_level: bool = False,
-    batch_size: int = 256,
-):
-    """Share of ``items`` whose greedy response ``verify``-matches the answer.
-
-    With ``by_level`` returns ``(overall, {level: accuracy})``.
-    """
-    responses = greedy_responses(model, tokenizer, [it["question"] for it in items], max_new_tokens, batch_size)
-    ok = [verify(r, it["answer"]) for r, it in zip(responses, items)]
-    overall = sum(ok) / max(1, len(ok))
-    if not by_level:
-        return overall
-    levels: dict[int, list[bool]] = {}
-    for it, good in zip(items, ok):
-        levels.setdefault(int(it["level"]), []).append(good)
-    return overall, {lv: sum(v) / len(v) for lv, v in sorted(levels.items())}
