@@ -23,6 +23,7 @@ from pathlib import Path
 from accelerate.utils import load
 
 from sead.errors import CheckpointError
+from sead.sharding import check_checkpoint_layout
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "list_checkpoints"]
 
@@ -83,6 +84,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()  # every process's files (RNG states, FSDP shards) are in before the rename
         _test_pause(tmp, step)
         if accelerator.is_main_process:
             (tmp / STATE).write_text(json.dumps(trainer_state), encoding="utf-8")
@@ -122,6 +124,7 @@ def _check_rng_state(path: Path, process_index: int) -> None:
 def load_checkpoint(accelerator, path: str | Path) -> dict:
     """Restore accelerate's state from ``path`` and return its trainer state."""
     path = Path(path)
+    check_checkpoint_layout(accelerator, path)
     try:
         state = json.loads((path / STATE).read_text(encoding="utf-8"))
         _check_rng_state(path, accelerator.process_index)

@@ -40,6 +40,7 @@ from sead.run_dir import append_samples, drop_records_after, prepare_run_dir
 from sead.run_lock import claim_run_dir, is_main_launch
 from sead.run_notes import publish_notes
 from sead.scoring import FusedBackend, LogitsBackend, fused_kind_ok, fused_support
+from sead.sharding import check_launch, enable_fsdp_on_cpu, full_state_dict, is_sharded, prepare_frozen
 from sead.verifier import build_verifier, unmatchable_note
 
 __all__ = ["Trainer", "lr_lambda", "train_main"]  # lr_lambda lives in sead.optim; kept importable from here
@@ -62,6 +63,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.train.torch_threads:
             torch.set_num_threads(cfg.train.torch_threads)
+        self.notes += check_launch()
         if self.accelerator is None:
             self.accelerator = Accelerator(
                 mixed_precision=cfg.train.mixed_precision,
@@ -72,6 +74,7 @@ class Trainer:
                 step_scheduler_with_optimizer=False,
             )
         acc = self.accelerator
+        enable_fsdp_on_cpu(acc)
         if cfg.train.batch_size % acc.num_processes:
             raise ConfigError(
                 f"train.batch_size={cfg.train.batch_size} does not split over {acc.num_processes} processes; "
@@ -86,9 +89,9 @@ class Trainer:
         self.student, self.optimizer, self.scheduler = acc.prepare(self.student, self.optimizer, self.scheduler)
         if self.method.teacher == "self" and self.teacher is None:
             self.teacher = acc.unwrap_model(self.student)  # OPSD with the live weights as its teacher
-        for frozen in (self.teacher, self.reference):
-            if frozen is not None:
-                frozen.to(acc.device)
+        self.teacher, self.reference = prepare_frozen(acc, self.teacher), prepare_frozen(acc, self.reference)
+        if is_sharded(acc):
+            acc.print(f"FSDP2: student and teacher sharded over {acc.num_processes} processes")
         self.backend = self._choose_backend()
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
         if cfg.logging.trackers:
@@ -331,7 +334,8 @@ class Trainer:
         self.bad_streak = 0 if result.finite else self.bad_streak + 1
         self.step += 1
         record = self._record(result, t_step, self.bad_streak)
-        if self.eval_benchmarks is not None and acc.is_main_process:
+        # Sharded, every process takes part in the evaluation's forwards; the main one records it.
+        if self.eval_benchmarks is not None and (acc.is_main_process or is_sharded(acc)):
             if should_evaluate(cfg.eval, self.step):
                 t0 = time.perf_counter()
                 record.update(
@@ -414,10 +418,11 @@ class Trainer:
         acc = self.accelerator
         final = self.run_dir / "final"
         acc.wait_for_everyone()
+        state_dict = full_state_dict(acc, self.student)  # sharded: gathered to process 0 (every process calls)
         if acc.is_main_process:
             tmp = self.run_dir / ".final-tmp"
             try:
-                acc.unwrap_model(self.student).save_pretrained(tmp, safe_serialization=True)
+                acc.unwrap_model(self.student).save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
                 self.tokenizer.save_pretrained(tmp)
                 if final.exists():
                     shutil.rmtree(final)
