@@ -2,13 +2,15 @@
 
 Checks the pieces of ``sead.sharding`` against an unsharded copy of the same tiny model: the CPU
 switch-on, the sharded frozen teacher (logits, decoder-alone hidden states, gathered head), the
-gathered head's gradient, and generation when the processes' rows end at different lengths.
+gathered head's gradient, generation when the processes' rows end at different lengths, and a
+full-state-dict checkpoint (``FSDP_STATE_DICT_TYPE=FULL_STATE_DICT``) loaded after a forward.
 Prints ``OK rank R`` and exits 0 when every check holds.
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -18,7 +20,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
 from sead.scoring import matching_backbone, response_hidden
-from sead.sharding import enable_fsdp_on_cpu, full_weight, is_sharded, prepare_frozen
+from sead.sharding import enable_fsdp_on_cpu, full_weight, is_sharded, prepare_frozen, reshard_prepared
 
 VOCAB = 40
 
@@ -70,6 +72,27 @@ def main() -> None:
     want = reference.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **kw)
     assert torch.equal(got, want), (rank, got, want)
     assert got.shape[1] == (5 if rank == 0 else 10), got.shape
+
+    # A prepared student's checkpoint loads back after a no-grad forward left its head unit gathered.
+    student = tiny_llama(VOCAB, hidden=32, layers=1, seed=2)
+    student, optimizer = acc.prepare(student, torch.optim.AdamW(student.parameters(), lr=1e-2))
+
+    def update():
+        student(input_ids=ids).logits.float().pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    update()
+    saved = {k: v.full_tensor().clone() for k, v in student.state_dict().items()}
+    acc.save_state(str(Path.cwd() / "ckpt"))
+    acc.wait_for_everyone()
+    update()
+    with torch.no_grad():
+        student(input_ids=ids)  # as setup's fused-support probe does
+    reshard_prepared(acc)
+    acc.load_state(str(Path.cwd() / "ckpt"))
+    for key, value in student.state_dict().items():
+        torch.testing.assert_close(value.full_tensor(), saved[key], rtol=0, atol=0)
     acc.wait_for_everyone()
     print(f"OK rank {rank}", flush=True)
 

@@ -161,9 +161,9 @@ def test_fsdp_checkpoint_resumed_without_fsdp_is_one_line_error(runs, tmp_path, 
     assert (run / "metrics.jsonl").read_bytes() == before
 
 
-def test_sharded_teacher_head_gradient_and_generation(tmp_path):
+def test_sharding_pieces_against_unsharded_copies(tmp_path):
     """The pieces against unsharded copies, in 2 gloo processes (``tests/sharding_worker.py``)."""
-    env = dict(_env(), ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
+    env = dict(_env(), ACCELERATE_USE_FSDP="true", FSDP_VERSION="2", FSDP_STATE_DICT_TYPE="FULL_STATE_DICT")
     cmd = [
         sys.executable,
         "-m",

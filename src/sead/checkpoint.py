@@ -23,7 +23,7 @@ from pathlib import Path
 from accelerate.utils import load
 
 from sead.errors import CheckpointError
-from sead.sharding import check_checkpoint_layout
+from sead.sharding import check_checkpoint_layout, reshard_prepared
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "list_checkpoints"]
 
@@ -125,6 +125,7 @@ def load_checkpoint(accelerator, path: str | Path) -> dict:
     """Restore accelerate's state from ``path`` and return its trainer state."""
     path = Path(path)
     check_checkpoint_layout(accelerator, path)
+    reshard_prepared(accelerator)  # sharded: setup's probe forwards leave the head unit gathered
     try:
         state = json.loads((path / STATE).read_text(encoding="utf-8"))
         _check_rng_state(path, accelerator.process_index)

@@ -44,6 +44,7 @@ __all__ = [
     "prepare_frozen",
     "full_weight",
     "unsharded",
+    "reshard_prepared",
     "check_checkpoint_layout",
     "full_state_dict",
 ]
@@ -148,6 +149,18 @@ def unsharded(model):
         yield
     finally:
         model.reshard()
+
+
+def reshard_prepared(accelerator) -> None:
+    """Every FSDP unit of the prepared models back to its shard.
+
+    The unit holding accelerate's embedding, final norm and head stays gathered after a forward
+    (``reshard_after_forward=False``) until a backward; loading a full state dict into it then fails.
+    """
+    for model in getattr(accelerator, "_models", ()):
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
 
 def check_checkpoint_layout(accelerator, path: Path) -> None:
