@@ -29,6 +29,7 @@ from accelerate.utils import load
 
 from sead.errors import CheckpointError
 from sead.jsonio import atomic_write_text
+from sead.sharding import check_checkpoint_layout, reshard_prepared
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "list_checkpoints", "save_final_model"]
 
@@ -89,6 +90,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()  # every process's files (RNG states, FSDP shards) are in before the rename
         _test_pause(tmp, step)
         if accelerator.is_main_process:
             (tmp / STATE).write_text(json.dumps(trainer_state), encoding="utf-8")
@@ -128,6 +130,8 @@ def _check_rng_state(path: Path, process_index: int) -> None:
 def load_checkpoint(accelerator, path: str | Path) -> dict:
     """Restore accelerate's state from ``path`` and return its trainer state."""
     path = Path(path)
+    check_checkpoint_layout(accelerator, path)
+    reshard_prepared(accelerator)  # sharded: setup's probe forwards leave the head unit gathered
     try:
         state = json.loads((path / STATE).read_text(encoding="utf-8"))
         _check_rng_state(path, accelerator.process_index)
@@ -140,8 +144,12 @@ def load_checkpoint(accelerator, path: str | Path) -> dict:
     return state
 
 
-def save_final_model(accelerator, run_dir: str | Path, model, tokenizer, merge: Callable | None = None) -> Path:
+def save_final_model(
+    accelerator, run_dir: str | Path, model, tokenizer, merge: Callable | None = None, state_dict: dict | None = None
+) -> Path:
     """Write ``RUN/final`` atomically from the main process: ``model.save_pretrained`` and the tokenizer.
+
+    ``state_dict`` (FSDP: the full weights gathered to the main process) replaces the model's own.
 
     ``merge(folder) -> model`` (LoRA's ``merge_final``) builds the merged full model from the adapter
     just written to ``folder``; it goes to ``final/merged`` with the tokenizer.
@@ -151,7 +159,7 @@ def save_final_model(accelerator, run_dir: str | Path, model, tokenizer, merge: 
     if accelerator.is_main_process:
         tmp = Path(run_dir) / ".final-tmp"
         try:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
             if merge is not None:
                 merge(tmp).save_pretrained(tmp / "merged", safe_serialization=True)

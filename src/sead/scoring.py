@@ -27,11 +27,13 @@ from sead.divergence import entropy, forward_kl, reverse_kl
 from sead.fused import divergence_stats_from_hidden, fused_divergence, transform_logits
 from sead.methods import fused_reason, fused_weights, token_losses
 from sead.rollout import position_ids_from_mask
+from sead.sharding import full_weight, unsharded
 
 __all__ = [
     "TokenStats",
     "LogitsBackend",
     "FusedBackend",
+    "choose_backend",
     "fused_support",
     "fused_kind_ok",
     "matching_backbone",
@@ -93,7 +95,8 @@ def response_hidden(model, input_ids, attention_mask, prompt_len: int, backbone=
         use_cache=False,
     )
     if backbone is not None:
-        return backbone(**kw).last_hidden_state[:, prompt_len - 1 : -1]
+        with unsharded(model):  # sharded, the decoder run alone needs the root's embedding and norm gathered
+            return backbone(**kw).last_hidden_state[:, prompt_len - 1 : -1]
     return model(**kw, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][:, prompt_len - 1 : -1]
 
 
@@ -117,9 +120,10 @@ def _probe(model, vocab: int, backbone=None):
     model.eval()
     try:
         out = model(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False)
-        last = (
-            None if backbone is None else backbone(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
-        )
+        last = None
+        if backbone is not None:
+            with unsharded(model):  # sharded, the decoder run alone needs the root's embedding and norm gathered
+                last = backbone(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
     finally:
         model.train(was_training)
     return out, last
@@ -145,7 +149,8 @@ def fused_support(model, vocab: int) -> tuple[bool, str]:
         return False, "the model has no plain linear output embedding"
     out, _ = _probe(model, vocab)
     scale, softcap = _logit_transform(model)
-    rebuilt = transform_logits(out.hidden_states[-1].float() @ head.weight[:vocab].float().T, scale, softcap)
+    weight = full_weight(head.weight)  # sharded: gathered (a DTensor does not multiply plain tensors)
+    rebuilt = transform_logits(out.hidden_states[-1].float() @ weight[:vocab].float().T, scale, softcap)
     err = (rebuilt - out.logits[..., :vocab].float()).abs().max().item()
     tol = _rebuild_tolerance(model, head.weight, out.logits) * max(1.0, out.logits.float().abs().max().item())
     if err > tol:
@@ -211,10 +216,10 @@ class FusedBackend:
         self.t_backbone = matching_backbone(teacher_model, vocab)  # no grad: its last hidden state only
 
     def _heads(self):
-        s_weight = self.student_model.get_output_embeddings().weight
+        s_weight = full_weight(self.student_model.get_output_embeddings().weight)  # whole rows, sharded or not
         # A slice makes autograd copy the whole (V, H) head gradient in backward; only slice padding rows.
         s_head = s_weight if s_weight.shape[0] == self.vocab else s_weight[: self.vocab]
-        t_head = self.teacher_model.get_output_embeddings().weight[: self.vocab].detach()
+        t_head = full_weight(self.teacher_model.get_output_embeddings().weight)[: self.vocab].detach()
         return s_head, t_head
 
     def teacher(self, teacher, input_ids, attention_mask, prompt_len):
@@ -258,3 +263,20 @@ def fused_kind_ok(cfg: ObjectiveConfig) -> tuple[bool, str]:
     """Whether the method can run fused; the reason when not (the method registry decides)."""
     reason = fused_reason(cfg)
     return not reason, reason
+
+
+def choose_backend(cfg: ObjectiveConfig, student, teacher, vocab: int, say=print):
+    """``FusedBackend`` where ``cfg`` and both (unwrapped) models allow it, else ``LogitsBackend``.
+
+    Off by request or for a method the kernel does not cover: logits, by design and silently. A
+    model the kernel cannot reproduce: logits, with the reason passed to ``say``.
+    """
+    fallback = LogitsBackend(cfg, vocab)
+    if not cfg.fused or not fused_kind_ok(cfg)[0]:
+        return fallback
+    for name, model in (("student", student), ("teacher", teacher)):
+        ok, why = fused_support(model, vocab)
+        if not ok:
+            say(f"fused loss off ({name}: {why}); using materialised logits")
+            return fallback
+    return FusedBackend(cfg, vocab, student, teacher, cfg.chunk_size)

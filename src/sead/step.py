@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -23,7 +24,7 @@ from sead.scoring import LogitsBackend, TokenStats
 from sead.stepping import MicroBatch, StepResult, apply_update, gather_flat, split_micro_batches, sum_processes
 from sead.zones import MASKED, assign_zones, assign_zones_threshold
 
-__all__ = ["distill_step"]
+__all__ = ["distill_step", "global_zones", "GlobalZones"]
 
 
 @dataclass
@@ -61,22 +62,36 @@ def _teacher_inputs(tokenizer, cfg, mb: MicroBatch, rollout: Rollout, teacher_pr
     return ids, att, enc["input_ids"].shape[1]
 
 
+class GlobalZones(NamedTuple):
+    """Zones of every process's valid tokens (rank order, (N,)), the entropies they came from, and
+    where this process's tokens start in them."""
+
+    zones_N: torch.Tensor
+    teacher_entropy_N: torch.Tensor
+    student_entropy_N: torch.Tensor
+    offset: int
+
+
+def global_zones(obj, accelerator, teacher_entropy_N: torch.Tensor, student_entropy_N: torch.Tensor) -> GlobalZones:
+    """Zones over the whole global batch from this process's valid-token entropies (all processes call)."""
+    t_global, offset = gather_flat(accelerator, teacher_entropy_N)
+    s_global, _ = gather_flat(accelerator, student_entropy_N)
+    everywhere = torch.ones_like(t_global, dtype=torch.bool)
+    if uses_zone_loss(obj) and obj.zone_mode == "threshold":
+        zones = assign_zones_threshold(t_global, s_global, everywhere, obj.teacher_threshold, obj.student_threshold)
+    else:  # percentile zones: the loss's for zoned SEAD, an analysis label for every other method
+        zones = assign_zones(t_global, s_global, everywhere, obj.fractions)
+    return GlobalZones(zones, t_global, s_global, offset)
+
+
 def _zones(cfg: RunConfig, accelerator, states: list[_MicroState]) -> None:
     """Zones over the whole global batch (every process's valid tokens), scattered back per micro-batch."""
-    obj = cfg.objective
     masks = [st.mb.mask for st in states]
     t_flat = torch.cat([st.stats.teacher_entropy[st.mb.mask] for st in states])
     s_flat = torch.cat([st.stats.student_entropy[st.mb.mask] for st in states])
-    t_global, offset = gather_flat(accelerator, t_flat)
-    s_global, _ = gather_flat(accelerator, s_flat)
-    everywhere = torch.ones_like(t_global, dtype=torch.bool)
-    if uses_zone_loss(obj) and obj.zone_mode == "threshold":
-        zones_global = assign_zones_threshold(
-            t_global, s_global, everywhere, obj.teacher_threshold, obj.student_threshold
-        )
-    else:  # percentile zones: the loss's for zoned SEAD, an analysis label for every other method
-        zones_global = assign_zones(t_global, s_global, everywhere, obj.fractions)
-    for st, z in zip(states, _scatter_zones(zones_global[offset : offset + t_flat.numel()], masks)):
+    found = global_zones(cfg.objective, accelerator, t_flat, s_flat)
+    mine = found.zones_N[found.offset : found.offset + t_flat.numel()]
+    for st, z in zip(states, _scatter_zones(mine, masks)):
         st.zones = z
 
 

@@ -37,7 +37,8 @@ from sead.prompt_length import fit_prompts
 from sead.run_dir import append_samples, drop_records_after, prepare_run_dir
 from sead.run_lock import claim_run_dir, is_main_launch
 from sead.run_notes import publish_notes
-from sead.scoring import FusedBackend, LogitsBackend, fused_kind_ok, fused_support
+from sead.scoring import choose_backend
+from sead.sharding import check_launch, enable_fsdp_on_cpu, full_state_dict, is_sharded, prepare_frozen
 from sead.verifier import build_verifier, unmatchable_note
 
 __all__ = ["Trainer", "lr_lambda", "train_main"]  # lr_lambda lives in sead.optim; kept importable from here
@@ -60,6 +61,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.train.torch_threads:
             torch.set_num_threads(cfg.train.torch_threads)
+        self.notes += check_launch()
         if self.accelerator is None:
             self.accelerator = Accelerator(
                 mixed_precision=cfg.train.mixed_precision,
@@ -70,6 +72,7 @@ class Trainer:
                 step_scheduler_with_optimizer=False,
             )
         acc = self.accelerator
+        enable_fsdp_on_cpu(acc)
         if cfg.train.batch_size % acc.num_processes:
             raise ConfigError(
                 f"train.batch_size={cfg.train.batch_size} does not split over {acc.num_processes} processes; "
@@ -87,10 +90,13 @@ class Trainer:
             acc.print(trainable_line(acc.unwrap_model(self.student)))
         if self.method.teacher == "self" and self.teacher is None:
             self.teacher = acc.unwrap_model(self.student)  # OPSD with the live weights as its teacher
-        for frozen in (self.teacher, self.reference):
-            if frozen is not None:
-                frozen.to(acc.device)
-        self.backend = self._choose_backend()
+        self.teacher, self.reference = prepare_frozen(acc, self.teacher), prepare_frozen(acc, self.reference)
+        if is_sharded(acc):
+            acc.print(f"FSDP2: student and teacher sharded over {acc.num_processes} processes")
+        self.backend = None  # a step without a teacher (GRPO) scores nothing
+        if self.method.step == "distill":
+            student = acc.unwrap_model(self.student)
+            self.backend = choose_backend(cfg.objective, student, self.teacher, self.vocab, say=acc.print)
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
         if cfg.logging.trackers:
             acc.init_trackers(cfg.logging.project, config=config_to_dict(cfg))
@@ -102,28 +108,6 @@ class Trainer:
             save_run_config(self.run_dir, cfg, self.step)
             publish_notes(self.run_dir, self.step, self.notes)
         return self
-
-    def _choose_backend(self):
-        """Fused hidden-state loss where the method and both models allow it, else logits."""
-        obj = self.cfg.objective
-        if self.method.step != "distill":
-            return None  # a step without a teacher scores nothing
-        fallback = LogitsBackend(obj, self.vocab)
-        if not obj.fused:
-            return fallback
-        ok, reason = fused_kind_ok(obj)
-        if not ok:
-            return fallback  # methods the kernel does not cover use logits by design
-        student = self.accelerator.unwrap_model(self.student)
-        for name, model in (("student", student), ("teacher", self.teacher)):
-            ok, why = fused_support(model, self.vocab)
-            if not ok:
-                reason = f"{name}: {why}"
-                break
-        if not ok:
-            self.accelerator.print(f"fused loss off ({reason}); using materialised logits")
-            return fallback
-        return FusedBackend(obj, self.vocab, student, self.teacher, obj.chunk_size)
 
     def _load_models(self) -> None:
         frozen = self.method.initial_copy(self.cfg.objective)
@@ -295,7 +279,8 @@ class Trainer:
         self.bad_streak = 0 if result.finite else self.bad_streak + 1
         self.step += 1
         record = self._record(result, t_step, self.bad_streak)
-        if self.eval_benchmarks is not None and acc.is_main_process:
+        # Sharded, every process takes part in the evaluation's forwards; the main one records it.
+        if self.eval_benchmarks is not None and (acc.is_main_process or is_sharded(acc)):
             if should_evaluate(cfg.eval, self.step):
                 t0 = time.perf_counter()
                 record.update(
@@ -381,7 +366,8 @@ class Trainer:
         base = lambda: load_model(m.student, m.dtype, m.gguf_file, "model.student", m.trust_remote_code)
         merge = (lambda adapter_dir: merge_adapter(base(), adapter_dir)) if self.cfg.lora.merge_final else None
         student = self.accelerator.unwrap_model(self.student)
-        return save_final_model(self.accelerator, self.run_dir, student, self.tokenizer, merge)
+        state_dict = full_state_dict(self.accelerator, self.student)  # sharded: gathered to process 0 (all call)
+        return save_final_model(self.accelerator, self.run_dir, student, self.tokenizer, merge, state_dict)
 
 
 def train_main(config_path: str | None, overrides: list[str]) -> Path:

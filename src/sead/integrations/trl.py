@@ -39,10 +39,10 @@ from sead.curriculum import load_difficulties, sampler_notes
 from sead.data import PromptItem
 from sead.errors import ConfigError
 from sead.integrations.trl_config import CURRICULUM_SAMPLERS, TRL_METHODS, SEADConfig
-from sead.integrations.trl_steps import CurriculumBatches, choose_backend, step_zones, trl_micro_batch
+from sead.integrations.trl_steps import CurriculumBatches, step_zones, trl_micro_batch
 from sead.methods import alpha_at, uses_zone_loss
 from sead.models import check_shared_vocab, head_rows
-from sead.scoring import TokenStats
+from sead.scoring import TokenStats, choose_backend
 from sead.zones import Zone
 
 __all__ = ["SEADConfig", "SEADTrainer", "TRL_METHODS", "CURRICULUM_SAMPLERS"]

@@ -2,8 +2,6 @@
 
 * :func:`trl_micro_batch`: rows of TRL's generation batch (left-padded prompts, right-padded
   completions) as a ``sead.stepping.MicroBatch``, the layout sead's scoring backends read.
-* :func:`choose_backend`: the fused hidden-state loss where the method and both models allow it,
-  else materialised logits (the rule ``sead.trainer`` applies).
 * :func:`step_zones`: zones over every process's valid tokens of one optimiser step, in row
   order, and that step's loss normaliser; the same split-invariance as ``sead.step``.
 * :class:`CurriculumBatches`: a sead prompt sampler as a torch ``Sampler`` in the order TRL's
@@ -20,13 +18,14 @@ import torch
 from torch.utils.data import Sampler
 
 from sead.curriculum import CurriculumConfig, build_sampler
-from sead.methods import ObjectiveConfig, normalizer_mask, uses_zone_loss
+from sead.methods import ObjectiveConfig, normalizer_mask
 from sead.metrics import zone_statistics
-from sead.scoring import FusedBackend, LogitsBackend, TokenStats, fused_kind_ok, fused_support
+from sead.scoring import TokenStats
+from sead.step import global_zones
 from sead.stepping import MicroBatch, gather_flat, sum_processes
-from sead.zones import MASKED, assign_zones, assign_zones_threshold
+from sead.zones import MASKED
 
-__all__ = ["trl_micro_batch", "choose_backend", "StepZones", "step_zones", "CurriculumBatches"]
+__all__ = ["trl_micro_batch", "StepZones", "step_zones", "CurriculumBatches"]
 
 
 def trl_micro_batch(inputs: dict, rows: slice = slice(None)) -> MicroBatch:
@@ -47,19 +46,6 @@ def trl_micro_batch(inputs: dict, rows: slice = slice(None)) -> MicroBatch:
     )
 
 
-def choose_backend(obj: ObjectiveConfig, student, teacher, vocab: int, say=print):
-    """``FusedBackend`` where ``obj`` and both (unwrapped) models allow it, else ``LogitsBackend``."""
-    fallback = LogitsBackend(obj, vocab)
-    if not obj.fused or not fused_kind_ok(obj)[0]:
-        return fallback  # off by request, or a method the kernel does not cover: logits by design
-    for name, model in (("student", student), ("teacher", teacher)):
-        ok, why = fused_support(model, vocab)
-        if not ok:
-            say(f"fused loss off ({name}: {why}); using materialised logits")
-            return fallback
-    return FusedBackend(obj, vocab, student, teacher, obj.chunk_size)
-
-
 @dataclass
 class StepZones:
     """One step's zones (B, R) (``MASKED`` off the mask), its global normaliser and zone statistics."""
@@ -76,20 +62,17 @@ def step_zones(obj: ObjectiveConfig, accelerator, stats: TokenStats, mask: torch
     normaliser counts the tokens the loss is divided by (B u C for zoned SEAD) over all processes.
     """
 
-    def everyone(values_BR):  # -> (N,) over all processes, and this process's offset in it
-        return gather_flat(accelerator, values_BR[mask].float())
+    def everyone(values_BR):  # -> (N,) over all processes
+        return gather_flat(accelerator, values_BR[mask].float())[0]
 
-    teacher_N, offset = everyone(stats.teacher_entropy)
-    student_N, _ = everyone(stats.student_entropy)
-    everywhere = torch.ones_like(teacher_N, dtype=torch.bool)
-    if uses_zone_loss(obj) and obj.zone_mode == "threshold":
-        zones_N = assign_zones_threshold(teacher_N, student_N, everywhere, obj.teacher_threshold, obj.student_threshold)
-    else:  # percentile zones: the loss's for zoned SEAD, an analysis label for every other method
-        zones_N = assign_zones(teacher_N, student_N, everywhere, obj.fractions)
+    found = global_zones(obj, accelerator, stats.teacher_entropy[mask].float(), stats.student_entropy[mask].float())
+    zones_N, offset = found.zones_N, found.offset
     zones = torch.full(mask.shape, MASKED, dtype=torch.long, device=mask.device)
     zones[mask] = zones_N[offset : offset + int(mask.sum())].to(mask.device)
     normalizer = sum_processes(accelerator, float(normalizer_mask(obj, mask, zones).sum()))
-    metrics = zone_statistics(zones_N, teacher_N, student_N, everyone(stats.fkl)[0], everyone(stats.rkl)[0])
+    metrics = zone_statistics(
+        zones_N, found.teacher_entropy_N, found.student_entropy_N, everyone(stats.fkl), everyone(stats.rkl)
+    )
     return StepZones(zones, normalizer, metrics)
 
 

@@ -1,0 +1,101 @@
+"""Run by ``tests/test_sharding.py`` under ``torch.distributed.run`` with 2 CPU processes (gloo), FSDP2 asked for.
+
+Checks the pieces of ``sead.sharding`` against an unsharded copy of the same tiny model: the CPU
+switch-on, the sharded frozen teacher (logits, decoder-alone hidden states, gathered head), the
+gathered head's gradient, generation when the processes' rows end at different lengths, and a
+full-state-dict checkpoint (``FSDP_STATE_DICT_TYPE=FULL_STATE_DICT``) loaded after a forward.
+Writes ``ok-R`` into the working folder and exits 0 when every check of rank R holds.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from tiny import tiny_llama  # tests/ is on PYTHONPATH (see test_sharding.py)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
+
+from sead.scoring import matching_backbone, response_hidden
+from sead.sharding import enable_fsdp_on_cpu, full_weight, is_sharded, prepare_frozen, reshard_prepared
+
+VOCAB = 40
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    acc = Accelerator()
+    assert enable_fsdp_on_cpu(acc), "FSDP was not switched on"
+    assert is_sharded(acc) and AcceleratorState().is_fsdp2  # a fresh AcceleratorState keeps it
+    rank, world = acc.process_index, acc.num_processes
+
+    teacher = tiny_llama(VOCAB, hidden=32, layers=2, seed=1)
+    reference = copy.deepcopy(teacher).eval()
+    prepare_frozen(acc, teacher)
+    layers = teacher.model.layers
+    assert isinstance(teacher, FSDPModule) and all(isinstance(layer, FSDPModule) for layer in layers)
+    head = teacher.get_output_embeddings().weight
+    assert isinstance(head, DTensor) and head.to_local().shape[0] < VOCAB  # each process holds a shard
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+    torch.manual_seed(rank)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    att = torch.ones_like(ids)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(input_ids=ids).logits, reference(input_ids=ids).logits)
+        backbone = matching_backbone(teacher, VOCAB)
+        assert backbone is not None, "the decoder alone does not reproduce the sharded model"
+        want = response_hidden(reference, ids, att, 3)
+        torch.testing.assert_close(response_hidden(teacher, ids, att, 3, backbone), want)
+        torch.testing.assert_close(full_weight(teacher.get_output_embeddings().weight), reference.lm_head.weight)
+
+    # A sharded head with grad: the gradient is the processes' average, as FSDP gives every other one.
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4, 6, bias=False)
+    plain = linear.weight.detach().clone().requires_grad_(True)
+    xs = torch.randn(world, 3, 4)
+    fully_shard(linear)
+    (xs[rank] @ full_weight(linear.weight).T).pow(2).sum().backward()
+    (sum((xs[r] @ plain.T).pow(2).sum() for r in range(world)) / world).backward()
+    torch.testing.assert_close(linear.weight.grad.full_tensor(), plain.grad)
+
+    # Rows that end at different lengths on each process: rank 0 stops at its first token, rank 1 runs on.
+    prompt = torch.randint(3, VOCAB, (1, 4), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        first = int(reference(input_ids=prompt).logits[0, -1].argmax())
+    eos = first if rank == 0 else VOCAB + 1
+    kw = dict(max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    got = teacher.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **kw)
+    want = reference.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **kw)
+    assert torch.equal(got, want), (rank, got, want)
+    assert got.shape[1] == (5 if rank == 0 else 10), got.shape
+
+    # A prepared student's checkpoint loads back after a no-grad forward left its head unit gathered.
+    student = tiny_llama(VOCAB, hidden=32, layers=1, seed=2)
+    student, optimizer = acc.prepare(student, torch.optim.AdamW(student.parameters(), lr=1e-2))
+
+    def update():
+        student(input_ids=ids).logits.float().pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    update()
+    saved = {k: v.full_tensor().clone() for k, v in student.state_dict().items()}
+    acc.save_state(str(Path.cwd() / "ckpt"))
+    acc.wait_for_everyone()
+    update()
+    with torch.no_grad():
+        student(input_ids=ids)  # as setup's fused-support probe does
+    reshard_prepared(acc)
+    acc.load_state(str(Path.cwd() / "ckpt"))
+    for key, value in student.state_dict().items():
+        torch.testing.assert_close(value.full_tensor(), saved[key], rtol=0, atol=0)
+    acc.wait_for_everyone()
+    (Path.cwd() / f"ok-{rank}").write_text("ok")  # a file, not stdout: two processes' prints interleave
+
+
+if __name__ == "__main__":
+    main()
