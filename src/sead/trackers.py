@@ -12,7 +12,7 @@ import importlib.util
 
 from sead.errors import ConfigError
 
-__all__ = ["TRACKER_PACKAGES", "check_trackers"]
+__all__ = ["TRACKER_PACKAGES", "check_trackers", "tracker_init_kwargs"]
 
 # accelerate's LoggerType names -> the importable packages that provide each ("all": whatever is installed).
 TRACKER_PACKAGES = {
@@ -50,3 +50,15 @@ def check_trackers(names: list[str]) -> None:
                 f"logging.trackers: {name!r} needs the {packages[0]!r} package, which is not installed; "
                 f"pip install {packages[0]}, or remove it from logging.trackers"
             )
+
+
+def tracker_init_kwargs(names: list[str], run_name: str, run_dir) -> dict[str, dict]:
+    """accelerate's ``init_trackers(init_kwargs=...)``: the run's name for the trackers that take one
+    (W&B and trackio; TensorBoard writes under ``RUN/<project>/``), W&B's files inside the run folder."""
+    every = "all" in names
+    kwargs: dict[str, dict] = {}
+    if every or "wandb" in names:
+        kwargs["wandb"] = {"name": run_name, "dir": str(run_dir)}
+    if every or "trackio" in names:
+        kwargs["trackio"] = {"name": run_name}
+    return kwargs
