@@ -226,6 +226,15 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of settings, got {value!r}")
         return _build(hint, value, key)
+    if origin is dict:
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                value = None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}; e.g. {key}={{enable_thinking: false}}")
+        return dict(value)
     if origin in (list, tuple):
         if isinstance(value, str):
             try:

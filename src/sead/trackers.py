@@ -12,7 +12,7 @@ import importlib.util
 
 from sead.errors import ConfigError
 
-__all__ = ["TRACKER_PACKAGES", "check_trackers", "tracker_init_kwargs"]
+__all__ = ["TRACKER_PACKAGES", "check_trackers", "tracker_init_kwargs", "tracker_config"]
 
 # accelerate's LoggerType names -> the importable packages that provide each ("all": whatever is installed).
 TRACKER_PACKAGES = {
@@ -62,3 +62,17 @@ def tracker_init_kwargs(names: list[str], run_name: str, run_dir) -> dict[str, d
     if every or "trackio" in names:
         kwargs["trackio"] = {"name": run_name}
     return kwargs
+
+
+def tracker_config(config: dict) -> dict[str, int | float | str | bool]:
+    """The run config as ``{"section.key": scalar}``: TensorBoard's hparams refuse nested values, lists and
+    None (accelerate passes the config to every tracker alike), so lists and None become their text."""
+    flat: dict[str, int | float | str | bool] = {}
+    for name, value in config.items():
+        if isinstance(value, dict):
+            flat.update({f"{name}.{key}": v for key, v in tracker_config(value).items()})
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat

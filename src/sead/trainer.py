@@ -39,7 +39,7 @@ from sead.run_dir import append_samples, drop_records_after, prepare_run_dir
 from sead.run_lock import claim_run_dir, is_main_launch
 from sead.run_notes import publish_notes
 from sead.scoring import FusedBackend, LogitsBackend, fused_kind_ok, fused_support
-from sead.trackers import tracker_init_kwargs
+from sead.trackers import tracker_config, tracker_init_kwargs
 from sead.verifier import build_verifier, unmatchable_note
 
 __all__ = ["Trainer", "lr_lambda", "train_main"]  # lr_lambda lives in sead.optim; kept importable from here
@@ -97,7 +97,7 @@ class Trainer:
         if cfg.logging.trackers:
             acc.init_trackers(
                 cfg.logging.project,
-                config=config_to_dict(cfg),
+                config=tracker_config(config_to_dict(cfg)),
                 init_kwargs=tracker_init_kwargs(cfg.logging.trackers, cfg.logging.run_name or cfg.name, self.run_dir),
             )
         if cfg.train.resume:
@@ -326,7 +326,7 @@ class Trainer:
             if result.samples:
                 append_samples(self.run_dir, result.samples)
         if cfg.logging.trackers:
-            acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
+            acc.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=self.step)
         progress.update(self.step, record)
 
     def _run_step(self, mine: list[int], want_samples: bool):
