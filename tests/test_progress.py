@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 
 import pytest
 from rich.console import Console
@@ -155,6 +156,9 @@ def test_wandb_offline_receives_the_metrics_under_the_run_name(assets, tmp_path,
     assert run.name == "my-wandb-run"
     trainer.train()
     (log,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")  # inside the run folder
+    deadline = time.monotonic() + 60  # wandb's service process may still be writing the file out
+    while b"loss/total" not in log.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.5)
     raw = log.read_bytes()  # the offline record log holds the run name and each logged key and value
     assert b"my-wandb-run" in raw and b"loss/total" in raw and json.dumps(_loss(tmp_path, 2)).encode() in raw
 

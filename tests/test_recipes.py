@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from tiny import chat_tokenizer
 
 from sead.cli import main
@@ -111,8 +112,16 @@ def test_recipe_names_hub_models_and_data_only(recipe):
     assert {e.split("=")[0] for e in cfg.eval.data} == {"math500", "aime24"}
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state: the recipes' bf16 must not meet the other tests' "no"."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.mark.parametrize("recipe", sorted(ARCHITECTURES))
-def test_recipe_runs_two_steps_with_tiny_stand_ins(tmp_path, recipe, capsys):
+def test_recipe_runs_two_steps_with_tiny_stand_ins(tmp_path, recipe, capsys, fresh_accelerator_state):
     cfg = load_config(recipe, stand_ins(tmp_path, recipe))
     trainer = Trainer(cfg).setup()
     student = trainer.accelerator.unwrap_model(trainer.student)
