@@ -107,6 +107,7 @@ def test_recipe_names_hub_models_and_data_only(recipe):
     for value in (cfg.model.student, cfg.model.teacher, cfg.data.path, *(e.split("=", 1)[1] for e in cfg.eval.data)):
         assert not value.startswith("/") and value.count("/") == 1, value  # owner/name, nothing local
     assert cfg.model.teacher_dtype == "bfloat16" and cfg.train.mixed_precision == "bf16"
+    assert cfg.model.gradient_checkpointing and cfg.model.attn_implementation == "sdpa"
     assert cfg.rollout.max_new_tokens == cfg.eval.max_new_tokens == 4096
     assert cfg.train.batch_size % 8 == 0 and cfg.train.save_every < cfg.train.steps and cfg.eval.every > 0
     assert {e.split("=")[0] for e in cfg.eval.data} == {"math500", "aime24"}
@@ -127,6 +128,7 @@ def test_recipe_runs_two_steps_with_tiny_stand_ins(tmp_path, recipe, capsys, fre
     student = trainer.accelerator.unwrap_model(trainer.student)
     assert student.config.model_type == trainer.teacher.config.model_type == ARCHITECTURES[recipe]
     assert trainer.teacher.dtype == torch.bfloat16 and student.dtype == torch.float32
+    assert student.is_gradient_checkpointing and student.config._attn_implementation == "sdpa"
     final = trainer.train()
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
