@@ -12,7 +12,7 @@ import importlib.util
 
 from sead.errors import ConfigError
 
-__all__ = ["TRACKER_PACKAGES", "check_trackers", "tracker_init_kwargs", "tracker_config"]
+__all__ = ["TRACKER_PACKAGES", "check_trackers", "tracker_init_kwargs", "tracker_config", "start_trackers"]
 
 # accelerate's LoggerType names -> the importable packages that provide each ("all": whatever is installed).
 TRACKER_PACKAGES = {
@@ -76,3 +76,13 @@ def tracker_config(config: dict) -> dict[str, int | float | str | bool]:
         else:
             flat[name] = str(value)
     return flat
+
+
+def start_trackers(accelerator, logging_cfg, config: dict, name: str, run_dir) -> None:
+    """``accelerator.init_trackers`` for ``logging.trackers``: the project, the flat config, the run's name."""
+    run_name = logging_cfg.run_name or name
+    accelerator.init_trackers(
+        logging_cfg.project,
+        config=tracker_config(config),
+        init_kwargs=tracker_init_kwargs(logging_cfg.trackers, run_name, run_dir),
+    )

@@ -39,7 +39,7 @@ from sead.run_dir import append_samples, drop_records_after, prepare_run_dir
 from sead.run_lock import claim_run_dir, is_main_launch
 from sead.run_notes import publish_notes
 from sead.scoring import FusedBackend, LogitsBackend, fused_kind_ok, fused_support
-from sead.trackers import tracker_config, tracker_init_kwargs
+from sead.trackers import start_trackers
 from sead.verifier import build_verifier, unmatchable_note
 
 __all__ = ["Trainer", "lr_lambda", "train_main"]  # lr_lambda lives in sead.optim; kept importable from here
@@ -95,11 +95,7 @@ class Trainer:
         self.backend = self._choose_backend()
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
         if cfg.logging.trackers:
-            acc.init_trackers(
-                cfg.logging.project,
-                config=tracker_config(config_to_dict(cfg)),
-                init_kwargs=tracker_init_kwargs(cfg.logging.trackers, cfg.logging.run_name or cfg.name, self.run_dir),
-            )
+            start_trackers(acc, cfg.logging, config_to_dict(cfg), cfg.name, self.run_dir)
         if cfg.train.resume:
             self._resume()
         else:  # a fresh run rewrites any step lines left in the folder
@@ -192,6 +188,7 @@ class Trainer:
         """Write the curriculum's difficulty file, each process a share (`sead.difficulty.estimate_to_file`)."""
         cfg, acc = self.cfg, self.accelerator
         self.student.to(acc.device)  # before accelerate.prepare: each process samples with a whole copy
+        share = dict(rank=acc.process_index, world=acc.num_processes, barrier=acc.wait_for_everyone)
         estimate_to_file(
             self.student,
             self.tokenizer,
@@ -203,9 +200,7 @@ class Trainer:
             progress=cfg.logging.progress and acc.is_main_process,
             seed=cfg.train.seed,
             announce=acc.print,
-            rank=acc.process_index,
-            world=acc.num_processes,
-            barrier=acc.wait_for_everyone,
+            **share,
         )
 
     def _check_prompt_lengths(self) -> None:
@@ -252,12 +247,8 @@ class Trainer:
 
     def train(self) -> Path:
         cfg, acc = self.cfg, self.accelerator
-        progress = StepProgress(
-            cfg.train.steps,
-            start=self.step,
-            enabled=cfg.logging.progress and acc.is_main_process,
-            log_every=cfg.logging.log_every,
-        )
+        shown = cfg.logging.progress and acc.is_main_process
+        progress = StepProgress(cfg.train.steps, start=self.step, enabled=shown, log_every=cfg.logging.log_every)
         stop = {"signal": None}
 
         def on_signal(signum, frame):
