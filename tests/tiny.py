@@ -57,3 +57,19 @@ def save_tiny_pair(root, vocab_extra_teacher: int = 0):
         tok.save_pretrained(path)
         paths[name] = str(path)
     return paths
+
+
+# A Qwen3-style ChatML template: a system turn when given, and an empty think block when thinking is off.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def chat_tokenizer():
+    """`char_tokenizer` with ChatML special tokens and `CHAT_TEMPLATE` (stands in for a real chat tokenizer)."""
+    tok = char_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]})
+    tok.chat_template = CHAT_TEMPLATE
+    return tok

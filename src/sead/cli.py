@@ -69,19 +69,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _configs(args: argparse.Namespace) -> int:
     from sead.config import load_config
-    from sead.config_files import recipe_description, recipe_dir, recipe_names
+    from sead.config_files import real_recipe_names, recipe_description, recipe_dir, recipe_names, recipe_path
 
-    names = recipe_names()
-    rows = [
-        (name, load_config(name).objective.method, recipe_description(recipe_dir() / f"{name}.yaml")) for name in names
-    ]
-    width = max(len(name) for name in ("recipe", *names))
+    names, real = recipe_names(), real_recipe_names()
+    width = max(len(name) for name in ("recipe", *names, *real))
+
+    def rows(group: list[str]) -> None:
+        for name in group:
+            method = load_config(name).objective.method
+            print(f"{name.ljust(width)}  {method.ljust(6)}  {recipe_description(recipe_path(name))}")
+
     print(f"{'recipe'.ljust(width)}  method  description")
-    for name, method, description in rows:
-        print(f"{name.ljust(width)}  {method.ljust(6)}  {description}")
+    rows(names)
+    print("\nreal model pairs (hub models and data, GPUs; README 'Real models'):")
+    rows(real)
     print(
         f"\nrun one: sead train --config NAME [key=value ...]; every key: sead config show --config NAME\n"
-        f"files: {recipe_dir()} (each recipe is base.yaml plus its overlay)"
+        f"files: {recipe_dir()} (each recipe is base.yaml plus its overlay; real/ has its own base.yaml)"
     )
     return 0
 

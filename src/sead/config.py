@@ -155,11 +155,15 @@ class LoggingConfig:
     progress: bool = setting(True, "show a progress bar")
     samples_every: int = setting(10, "write rollouts to samples.jsonl every N steps; 0 = never")
     num_samples: int = setting(2, "rollouts written each time")
-    trackers: list[str] = setting([], "accelerate trackers, e.g. [tensorboard, wandb]")
+    log_every: int = setting(10, "stdout not a terminal: one line every N steps (first, last, eval always); 0: none")
+    trackers: list[str] = setting([], "accelerate trackers, e.g. [tensorboard, wandb, trackio]")
     project: str = setting("sead", "tracker project name")
+    run_name: str | None = setting(None, "run name shown by the trackers; null: the config's name")
 
     def __post_init__(self):
-        for key in ("samples_every", "num_samples"):
+        if self.run_name is not None and not str(self.run_name).strip():
+            raise ConfigError("logging.run_name must be a non-empty name or null (the config's name)")
+        for key in ("samples_every", "num_samples", "log_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"logging.{key} must be >= 0 (0 = none), got {getattr(self, key)}")
         check_trackers(self.trackers)
@@ -222,9 +226,23 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of settings, got {value!r}")
         return _build(hint, value, key)
+    if origin is dict:
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                value = None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}; e.g. {key}={{enable_thinking: false}}")
+        return dict(value)
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:  # e.g. an unquoted item with brackets: [name=path[split]]
+                raise ConfigError(
+                    f"{key}={value} is not a YAML list; quote items that hold brackets or commas, e.g. {key}=['a[b]']"
+                ) from None
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}; e.g. {key}=[a,b]")
         inner = args[0] if args else Any

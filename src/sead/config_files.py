@@ -1,7 +1,9 @@
 """Config files on disk: shipped recipes found by name, ``base:`` chains, paths relative to the file.
 
 ``--config`` takes a YAML file or the bare name of a shipped recipe (``sead`` is
-``src/sead/configs/sead.yaml``; an existing file of that name wins). A file is a mapping of
+``src/sead/configs/sead.yaml``; an existing file of that name wins). The recipes for real model
+pairs (hub models and data, GPUs) live in ``configs/real/`` and are found by name the same way
+(``olmo3-sead``); `recipe_names` lists the tiny per-method ones, `real_recipe_names` those. A file is a mapping of
 sections (`sead.config.RunConfig`) plus two keys about the file itself, not the run:
 
 - ``description``: one line, listed by ``sead configs``;
@@ -36,6 +38,8 @@ __all__ = [
     "PATH_KEYS",
     "recipe_dir",
     "recipe_names",
+    "real_recipe_names",
+    "recipe_path",
     "recipe_description",
     "find_config",
     "read_config_file",
@@ -45,6 +49,7 @@ __all__ = [
 
 PATH_KEYS = {"model": ("student", "teacher", "tokenizer"), "data": ("path",), "curriculum": ("difficulty_path",)}
 BASE_NAME = "base"  # src/sead/configs/base.yaml: the settings every shipped recipe shares, not a recipe itself
+REAL_DIR = "real"  # src/sead/configs/real/: recipes for real model pairs, with their own base.yaml
 _LOCAL_PREFIXES = ("./", "../", "/", "~")
 
 
@@ -54,8 +59,21 @@ def recipe_dir() -> Path:
 
 
 def recipe_names() -> list[str]:
-    """The shipped recipes' names (``--config NAME``), sorted; the shared ``base.yaml`` is not one."""
+    """The shipped tiny recipes' names (``--config NAME``), sorted; the shared ``base.yaml`` is not one."""
     return sorted(p.stem for p in recipe_dir().glob("*.yaml") if p.stem != BASE_NAME)
+
+
+def real_recipe_names() -> list[str]:
+    """The shipped recipes for real model pairs (``configs/real/``), sorted; its ``base.yaml`` is not one."""
+    return sorted(p.stem for p in (recipe_dir() / REAL_DIR).glob("*.yaml") if p.stem != BASE_NAME)
+
+
+def recipe_path(name: str) -> Path:
+    """The file of a shipped recipe (tiny or real) by name; ConfigError when there is none."""
+    path = _shipped(name)
+    if path is None:
+        raise ConfigError(f"no shipped recipe {name!r}; sead configs lists them")
+    return path
 
 
 def recipe_description(path: str | Path) -> str:
@@ -68,8 +86,11 @@ def _is_bare_name(text: str) -> bool:
 
 
 def _shipped(name: str) -> Path | None:
-    path = recipe_dir() / f"{name}.yaml"
-    return path if path.is_file() else None
+    for folder in (recipe_dir(), recipe_dir() / REAL_DIR):
+        path = folder / f"{name}.yaml"
+        if path.is_file() and not (folder != recipe_dir() and name == BASE_NAME):
+            return path
+    return None
 
 
 def find_config(name_or_path: str | Path) -> Path:
@@ -82,7 +103,7 @@ def find_config(name_or_path: str | Path) -> Path:
         shipped = _shipped(text)
         if shipped is not None:
             return shipped
-        names = recipe_names()
+        names = recipe_names() + real_recipe_names()
         close = difflib.get_close_matches(text, names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(

@@ -47,9 +47,17 @@ __all__ = [
     "build_sampler",
     "load_difficulties",
     "sampler_notes",
+    "RUN_FOLDER",
+    "difficulty_file",
 ]
 
 SAMPLERS = ("uniform", "competence", "sorted", "refreshing")
+RUN_FOLDER = "{output_dir}"  # in curriculum.difficulty_path: the run folder (train.output_dir)
+
+
+def difficulty_file(path: str | None, output_dir: str) -> str | None:
+    """``curriculum.difficulty_path`` with `RUN_FOLDER` standing for the run folder."""
+    return None if path is None else path.replace(RUN_FOLDER, str(output_dir))
 
 
 @dataclass
@@ -57,7 +65,9 @@ class CurriculumConfig:
     """Prompt order: uniform, or a curriculum over per-prompt difficulties (see module doc)."""
 
     sampler: str = setting("uniform", "prompt order: uniform | competence | sorted | refreshing")
-    difficulty_path: str | None = setting(None, "per-prompt difficulty JSONL, as written by sead difficulty")
+    difficulty_path: str | None = setting(
+        None, "per-prompt difficulty JSONL (sead difficulty); {output_dir}/difficulty.jsonl: inside the run folder"
+    )
     c0: float = setting(0.25, "competence at the start: the largest difficulty admitted at step 0")
     p: float = setting(2.0, "competence growth power: c = min(1, c0 (1 + step / steps)^p)")
     noise_sigma: float = setting(0.02, "sorted sampler: std of the noise on difficulties, fresh each pass")

@@ -9,7 +9,14 @@ A path that is neither an existing file/folder nor of the form ``owner/name`` fa
 Template convention: ``DataConfig.template`` is a Python format string. ``{problem}`` is the text
 of the prompt field whatever that field is called; other fields of the row can be used by their
 column name (``{subject}``); literal braces are doubled (``\\boxed{{}}``). The chat template is
-applied later by the rollout code, not here.
+applied later by the rollout code, not here. A field name with dots reads nested mappings
+(``reward_model.ground_truth``) when the row has no column of that exact name.
+
+Chat data: with ``messages_field`` set, that column holds a conversation ``[{role, content}, ...]``;
+the prompt is the conversation up to its last user turn, the template applied to that turn's text
+(``{problem}``). ``system_prompt`` adds a system turn to every prompt that has none. Such a prompt
+is a `ChatPrompt`: its text is the last user turn, and it carries the turns before it, which the
+rollout renders through the tokenizer's chat template (`sead.chat`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sead.chat import ChatPrompt, conversation_turns
 from sead.errors import ConfigError, DataError
 from sead.jsonio import read_jsonl_lines
 from sead.settings import setting
@@ -73,6 +81,18 @@ class PromptRows:
         DEFAULT_TEMPLATE, "prompt format: {problem}, other columns by name, {{ }} for literal braces"
     )
     max_prompts: int | None = setting(None, "a seeded random subset of this many rows (eval: per benchmark); null: all")
+    messages_field: str | None = setting(
+        None, "conversation column [{role, content}, ...]: prompt = its turns up to the last user turn; null: off"
+    )
+    system_prompt: str | None = setting(None, "system turn for every prompt without one (needs a chat template)")
+
+
+def check_chat_keys(rows: PromptRows, key_prefix: str) -> None:
+    """``messages_field`` and ``system_prompt`` are non-empty strings or null."""
+    for key in ("messages_field", "system_prompt"):
+        value = getattr(rows, key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"{key_prefix}.{key} must be a non-empty string or null, got {value!r}")
 
 
 @dataclass
@@ -104,11 +124,13 @@ class DataConfig(PromptRows):
             raise ConfigError(f"data.shuffle_seed must be an integer, got {self.shuffle_seed!r}")
         if self.long_prompts not in LONG_PROMPTS:
             raise ConfigError(f"data.long_prompts must be one of {', '.join(LONG_PROMPTS)}, got {self.long_prompts!r}")
+        check_chat_keys(self, "data")
 
 
 @dataclass
 class PromptItem:
-    """One prompt: ``prompt`` is the template applied to ``question`` (no chat template yet)."""
+    """One prompt: ``prompt`` is the template applied to ``question`` (no chat template yet; a
+    `ChatPrompt` for chat data)."""
 
     id: str
     question: str
@@ -251,11 +273,40 @@ def _text(value: Any, where: str, field: str, fix: str) -> str:
     raise DataError(f"{where}: field {field!r} is a {type(value).__name__}, not text; {fix}")
 
 
+_ABSENT = object()
+
+
+def _field(row: dict, name: str):
+    """``row[name]``; a dotted name reads nested mappings when no column has that name; `_ABSENT` if missing."""
+    if name in row:
+        return row[name]
+    node = row
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
 def _missing(where: str, field: str, row: dict, key: str) -> DataError:
-    if field in row:  # present but null: the field name is right, the value is not
+    if _field(row, field) is not _ABSENT:  # present but null: the field name is right, the value is not
         return DataError(f"{where}: field {field!r} is null; fill it in or remove the row")
     fields = ", ".join(sorted(map(str, row))) or "none"
     return DataError(f"{where} has no field {field!r} (fields: {fields}); set {key} to the right field name")
+
+
+def _question(row: dict, where: str, prompt_field: str, messages_field: str | None, key_prefix: str):
+    """(the prompt text, the turns before it) of one row."""
+    if messages_field is not None:
+        value = _field(row, messages_field)
+        if value is _ABSENT or value is None:
+            raise _missing(where, messages_field, row, f"{key_prefix}.messages_field")
+        turns = conversation_turns(value, where, messages_field, key_prefix)
+        return turns[-1]["content"], turns[:-1]
+    value = _field(row, prompt_field)
+    if value is _ABSENT or value is None:
+        raise _missing(where, prompt_field, row, f"{key_prefix}.prompt_field")
+    return _text(value, where, prompt_field, f"set {key_prefix}.prompt_field to a text field"), []
 
 
 def rows_to_items(
@@ -265,30 +316,35 @@ def rows_to_items(
     id_field: str | None,
     template: str,
     key_prefix: str = "data",
+    messages_field: str | None = None,
+    system_prompt: str | None = None,
 ) -> list[PromptItem]:
     """Map raw rows to `PromptItem`s with the field mapping and template (see module doc)."""
     names = check_template(template, f"{key_prefix}.template")
     items, seen = [], {}
     for index, (where, row) in enumerate(rows):
-        if prompt_field not in row or row[prompt_field] is None:
-            raise _missing(where, prompt_field, row, f"{key_prefix}.prompt_field")
-        question = _text(row[prompt_field], where, prompt_field, f"set {key_prefix}.prompt_field to a text field")
+        question, context = _question(row, where, prompt_field, messages_field, key_prefix)
         if not question.strip():
-            raise DataError(f"{where}: field {prompt_field!r} is empty; remove the row or fill in the prompt")
+            field = messages_field or prompt_field
+            raise DataError(f"{where}: field {field!r} is empty; remove the row or fill in the prompt")
+        if system_prompt is not None and not any(turn["role"] == "system" for turn in context):
+            context = [{"role": "system", "content": system_prompt}, *context]
         answer = None
         if answer_field is not None:
-            if answer_field not in row or row[answer_field] is None:
+            value = _field(row, answer_field)
+            if value is _ABSENT or value is None:
                 err = _missing(where, answer_field, row, f"{key_prefix}.answer_field")
                 if key_prefix == "eval":  # evaluation needs every answer; it has no answer-free mode
                     raise err
                 raise DataError(f"{err} (or {key_prefix}.answer_field=null for data without answers)")
-            answer = _text(row[answer_field], where, answer_field, f"set {key_prefix}.answer_field to a text field")
+            answer = _text(value, where, answer_field, f"set {key_prefix}.answer_field to a text field")
         if id_field is None:
             item_id = str(index)
         else:
-            if id_field not in row or row[id_field] is None:
+            value = _field(row, id_field)
+            if value is _ABSENT or value is None:
                 raise _missing(where, id_field, row, f"{key_prefix}.id_field")
-            item_id = _text(row[id_field], where, id_field, f"set {key_prefix}.id_field to a text or integer field")
+            item_id = _text(value, where, id_field, f"set {key_prefix}.id_field to a text or integer field")
             if item_id in seen:
                 raise DataError(
                     f"{where}: id {item_id!r} repeats {seen[item_id]}; "
@@ -302,7 +358,9 @@ def rows_to_items(
                     f"{where} has no field {n!r} used by {key_prefix}.template; fix the template or the data"
                 )
         values["problem"] = question
-        items.append(PromptItem(id=item_id, question=question, answer=answer, prompt=template.format(**values)))
+        text = template.format(**values)
+        prompt = ChatPrompt(text, context) if context else text
+        items.append(PromptItem(id=item_id, question=question, answer=answer, prompt=prompt))
     return items
 
 
@@ -317,5 +375,13 @@ def subsample(items: list, max_items: int | None, seed: int) -> list:
 def load_prompts(cfg: DataConfig) -> list[PromptItem]:
     """Load, map and subsample the prompts described by ``cfg`` (see module doc)."""
     rows = load_rows(cfg.path, cfg.split, cfg.subset)
-    items = rows_to_items(rows, cfg.prompt_field, cfg.answer_field, cfg.id_field, cfg.template)
+    items = rows_to_items(
+        rows,
+        cfg.prompt_field,
+        cfg.answer_field,
+        cfg.id_field,
+        cfg.template,
+        messages_field=cfg.messages_field,
+        system_prompt=cfg.system_prompt,
+    )
     return subsample(items, cfg.max_prompts, cfg.shuffle_seed)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sead.data import PromptItem, PromptRows, check_template, load_rows, rows_to_items, subsample
+from sead.data import PromptItem, PromptRows, check_chat_keys, check_template, load_rows, rows_to_items, subsample
 from sead.errors import ConfigError
 from sead.jsonio import atomic_write_json, write_jsonl
 from sead.models import load_model, load_tokenizer
 from sead.progress import progress_bar
-from sead.rollout import RolloutConfig, generate_rollouts
+from sead.rollout import RolloutConfig, check_template_kwargs, generate_rollouts
 from sead.settings import setting
 from sead.verifier import VerifierConfig, build_verifier, unmatchable_note
 
@@ -56,7 +57,9 @@ class EvalConfig(PromptRows, RolloutConfig):
 
     split: str = setting("test", "split of a hub dataset or dataset folder")
     max_new_tokens: int = setting(512, "longest response, in tokens")
-    data: list[str] = setting([], "benchmarks: name=path or path (name = file stem); files, folders or hub names")
+    data: list[str] = setting(
+        [], "benchmarks: name=path or path (name = file stem); files, folders or hub names; path[split]: its split"
+    )
     k: int = setting(1, "samples per prompt for avg@k and pass@k; 0 = greedy only")
     greedy: bool = setting(True, "also decode greedily and report that as pass@1")
     every: int = setting(0, "during training: evaluate every N optimiser steps; 0 = off")
@@ -87,6 +90,8 @@ class EvalConfig(PromptRows, RolloutConfig):
             raise ConfigError(f"eval.max_prompts must be >= 1 or null, got {self.max_prompts!r}")
         if not isinstance(self.every, int) or self.every < 0:
             raise ConfigError(f"eval.every must be an integer >= 0 (0 = off), got {self.every!r}")
+        check_template_kwargs(self, "eval")
+        check_chat_keys(self, "eval")
 
     def rollout_config(self) -> RolloutConfig:
         """The decoding settings alone, as the rollout code takes them."""
@@ -110,8 +115,20 @@ def k_values(k: int) -> list[int]:
     return sorted({2**e for e in range(int(math.log2(k)) + 1)} | {k}) if k >= 1 else []
 
 
+_SPLIT_SUFFIX = re.compile(r"(.+)\[([\w.-]+)\]")
+
+
+def _path_and_split(path: str, default: str) -> tuple[str, str]:
+    """``path[split]`` -> (path, split) unless a file of that exact name exists; else (path, default)."""
+    match = _SPLIT_SUFFIX.fullmatch(path)
+    if match is None or Path(path).exists():
+        return path, default
+    return match.group(1), match.group(2)
+
+
 def load_benchmarks(cfg: EvalConfig) -> dict[str, list[PromptItem]]:
-    """Load every ``eval.data`` entry (``name=path`` or ``path``) with the eval field mapping."""
+    """Load every ``eval.data`` entry (``name=path`` or ``path``, each maybe ``path[split]``, e.g. a hub
+    set with only a train split beside test-split ones) with the eval field mapping."""
     if not cfg.data:
         raise ConfigError("no evaluation data; pass --data FILE (or set eval.data=[name=path])")
     benchmarks: dict[str, list[PromptItem]] = {}
@@ -119,13 +136,23 @@ def load_benchmarks(cfg: EvalConfig) -> dict[str, list[PromptItem]]:
         name, sep, path = entry.partition("=")
         if not sep:
             path = entry
-            name = Path(entry).name.split(".")[0] if Path(entry).exists() else entry.replace("/", "_")
+            bare, _ = _path_and_split(entry, cfg.split)
+            name = Path(bare).name.split(".")[0] if Path(bare).exists() else bare.replace("/", "_")
         if name in benchmarks or not name or "/" in name:
             raise ConfigError(
                 f"eval.data entry {entry!r} gives a repeated or unusable name {name!r}; write it as name=path"
             )
-        rows = load_rows(path, cfg.split)
-        items = rows_to_items(rows, cfg.prompt_field, cfg.answer_field, cfg.id_field, cfg.template, key_prefix="eval")
+        rows = load_rows(*_path_and_split(path, cfg.split))
+        items = rows_to_items(
+            rows,
+            cfg.prompt_field,
+            cfg.answer_field,
+            cfg.id_field,
+            cfg.template,
+            key_prefix="eval",
+            messages_field=cfg.messages_field,
+            system_prompt=cfg.system_prompt,
+        )
         benchmarks[name] = subsample(items, cfg.max_prompts, cfg.seed)
     return benchmarks
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from sead.chat import with_text
 from sead.data import PromptItem
 from sead.errors import ConfigError, DataError
 from sead.rollout import RolloutConfig, format_prompts
@@ -21,11 +22,11 @@ from sead.rollout import RolloutConfig, format_prompts
 __all__ = ["fit_prompts"]
 
 
-def _lengths(tokenizer, texts: list[str], chat_template: str) -> list[int]:
+def _lengths(tokenizer, texts: list[str], rollout: RolloutConfig) -> list[int]:
     """Token counts of ``texts`` as the rollout encodes them (chat template, special tokens)."""
     if not texts:
         return []
-    formatted, templated = format_prompts(tokenizer, texts, chat_template)
+    formatted, templated = format_prompts(tokenizer, texts, rollout.chat_template, rollout.chat_template_kwargs)
     return [len(ids) for ids in tokenizer(formatted, add_special_tokens=not templated)["input_ids"]]
 
 
@@ -64,10 +65,10 @@ def fit_prompts(
 
     def measure(prompts: list[str], answers: list) -> list[tuple[int, str, int]]:
         """(tokens to cut, which prompt is too long, its length) per prompt; the first is <= 0 when it fits."""
-        out = [(n - limit, "prompt", n) for n in _lengths(tokenizer, prompts, rollout.chat_template)]
+        out = [(n - limit, "prompt", n) for n in _lengths(tokenizer, prompts, rollout)]
         if teacher_template is not None and room is not None:
-            texts = [teacher_template.format(prompt=p, answer=a) for p, a in zip(prompts, answers)]
-            teacher = _lengths(tokenizer, texts, rollout.chat_template)
+            texts = [with_text(p, teacher_template.format(prompt=p, answer=a)) for p, a in zip(prompts, answers)]
+            teacher = _lengths(tokenizer, texts, rollout)
             out = [s if s[0] >= n - room else (n - room, "teacher prompt", n) for s, n in zip(out, teacher)]
         return out
 
@@ -130,7 +131,7 @@ def _truncate(item: PromptItem, tokenizer, cut: int, excess_of: Callable[[str, s
     for _ in range(8):  # decode/encode may not round-trip exactly at the cut: shorten until it fits
         if keep < 1:
             break
-        text = tokenizer.decode(ids[-keep:])
+        text = with_text(item.prompt, tokenizer.decode(ids[-keep:]))  # a chat prompt keeps its earlier turns
         over = excess_of(text, item.answer)
         if over <= 0:
             return text

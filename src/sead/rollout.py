@@ -8,9 +8,11 @@ first EOS, which is what every objective trains on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from sead.chat import chat_messages
 from sead.errors import ConfigError
 from sead.settings import setting
 
@@ -19,6 +21,7 @@ __all__ = [
     "Rollout",
     "format_prompts",
     "encode_prompts",
+    "check_template_kwargs",
     "generate_rollouts",
     "position_ids_from_mask",
 ]
@@ -34,6 +37,9 @@ class RolloutConfig:
     batch_size: int = setting(8, "generation micro-batch: rows per generate call")
     chat_template: str = setting("auto", "auto: the tokenizer's chat template when it has one | on | off")
     max_prompt_tokens: int = setting(1024, "longest prompt, in tokens; a longer one is an error")
+    chat_template_kwargs: dict[str, Any] = setting(
+        {}, "extra arguments of the chat template, e.g. {enable_thinking: false} for Qwen3"
+    )
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -48,6 +54,22 @@ class RolloutConfig:
             raise ConfigError(f"rollout.chat_template must be auto, on or off, got {self.chat_template!r}")
         if self.max_prompt_tokens < 1:
             raise ConfigError(f"rollout.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
+        check_template_kwargs(self, "rollout")
+
+
+def check_template_kwargs(cfg: RolloutConfig, key_prefix: str) -> None:
+    """``chat_template_kwargs`` is a mapping with text keys, and a chat template is not switched off."""
+    kwargs = cfg.chat_template_kwargs
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k for k in kwargs):
+        raise ConfigError(
+            f"{key_prefix}.chat_template_kwargs must be a mapping of names to values, got {kwargs!r}; "
+            f"e.g. {key_prefix}.chat_template_kwargs={{enable_thinking: false}}"
+        )
+    if kwargs and cfg.chat_template == "off":
+        raise ConfigError(
+            f"{key_prefix}.chat_template_kwargs is set but {key_prefix}.chat_template=off uses no chat template; "
+            f"set {key_prefix}.chat_template=auto or remove the arguments"
+        )
 
 
 @dataclass
@@ -82,25 +104,45 @@ class Rollout:
         )
 
 
-def format_prompts(tokenizer, prompts: list[str], chat_template: str = "auto") -> tuple[list[str], bool]:
-    """Apply the tokenizer's chat template when asked/available; returns (texts, templated)."""
+def format_prompts(
+    tokenizer, prompts: list[str], chat_template: str = "auto", template_kwargs: dict | None = None
+) -> tuple[list[str], bool]:
+    """Apply the tokenizer's chat template when asked/available; returns (texts, templated).
+
+    A `sead.chat.ChatPrompt` (system prompt, earlier turns) needs the chat template; ``template_kwargs``
+    go to ``apply_chat_template`` (``rollout.chat_template_kwargs``)."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if chat_template == "on" and not has_template:
         raise ConfigError(
             "rollout.chat_template=on but the tokenizer has no chat template; set rollout.chat_template=off"
         )
     if chat_template == "off" or not has_template:
-        return list(prompts), False
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
+        if any(getattr(p, "context", ()) for p in prompts):
+            why = "chat_template=off is set" if chat_template == "off" else "the tokenizer has no chat template"
+            raise ConfigError(
+                f"the prompts have a system prompt or earlier turns (system_prompt / messages_field) but {why}; "
+                "set rollout.chat_template=auto (eval.chat_template for eval) with a tokenizer that has one, "
+                "or remove data.system_prompt / data.messages_field"
+            )
+        return [str(p) for p in prompts], False
+    try:
+        texts = [
+            tokenizer.apply_chat_template(
+                chat_messages(p), tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
+            )
+            for p in prompts
+        ]
+    except Exception as err:  # jinja raises its own types (e.g. a template that refuses a system turn)
+        raise ConfigError(
+            f"the tokenizer's chat template failed on a prompt ({type(err).__name__}: {err}); check "
+            "data.system_prompt, the conversation turns and rollout.chat_template_kwargs"
+        ) from None
     return texts, True
 
 
-def encode_prompts(tokenizer, prompts: list[str], chat_template: str = "auto") -> dict:
+def encode_prompts(tokenizer, prompts: list[str], chat_template: str = "auto", template_kwargs: dict | None = None):
     """Format (chat template when asked/available) and tokenize, left-padded: ids and mask (B, P)."""
-    texts, templated = format_prompts(tokenizer, prompts, chat_template)
+    texts, templated = format_prompts(tokenizer, prompts, chat_template, template_kwargs)
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -151,7 +193,7 @@ def generate_rollouts(
     eos_id = tokenizer.eos_token_id
     rows = [p for p in prompts for _ in range(num_samples)]
     index = [i for i in range(len(prompts)) for _ in range(num_samples)]
-    enc = encode_prompts(tokenizer, rows, cfg.chat_template)
+    enc = encode_prompts(tokenizer, rows, cfg.chat_template, cfg.chat_template_kwargs)
     prompt_len = enc["input_ids"].shape[1]
     if prompt_len > cfg.max_prompt_tokens:
         raise ConfigError(

@@ -28,6 +28,7 @@ RESUME_FREE = frozenset(
         ("train", "resume"),
         ("train", "force_resume"),
         ("logging", "progress"),
+        ("logging", "log_every"),
         ("train", "torch_threads"),
         ("train", "max_bad_steps"),
         ("train", "output_dir"),

@@ -55,7 +55,7 @@ def _teacher_inputs(tokenizer, cfg, mb: MicroBatch, rollout: Rollout, teacher_pr
     if teacher_prompts is None:
         return mb.input_ids, mb.attention_mask, mb.prompt_len
     rows = [teacher_prompts[i] for i in rollout.prompt_index[mb.rows]]
-    enc = encode_prompts(tokenizer, rows, cfg.rollout.chat_template)
+    enc = encode_prompts(tokenizer, rows, cfg.rollout.chat_template, cfg.rollout.chat_template_kwargs)
     device = mb.input_ids.device
     ids = torch.cat([enc["input_ids"].to(device), mb.targets], dim=1)
     att = torch.cat([enc["attention_mask"].to(device), mb.mask.long()], dim=1)

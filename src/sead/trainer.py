@@ -19,12 +19,13 @@ from accelerate.utils import gather_object, set_seed
 
 from sead import grpo
 from sead import step as distillation
+from sead.chat import with_text
 from sead.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_final_model
 from sead.config import RunConfig, config_to_dict, load_config
 from sead.config_history import save_run_config
-from sead.curriculum import build_sampler, load_difficulties, sampler_notes
+from sead.curriculum import build_sampler, difficulty_file, load_difficulties, sampler_notes
 from sead.data import load_prompts
-from sead.difficulty import estimate_difficulty
+from sead.difficulty import estimate_to_file
 from sead.errors import ConfigError, SeadError
 from sead.evaluate import evaluate_during_training, load_benchmarks, should_evaluate
 from sead.lora import merge_adapter, register_adapter_checkpoints, trainable_line
@@ -39,6 +40,7 @@ from sead.run_lock import claim_run_dir, is_main_launch
 from sead.run_notes import publish_notes
 from sead.scoring import choose_backend
 from sead.sharding import check_launch, enable_fsdp_on_cpu, full_state_dict, is_sharded, prepare_frozen
+from sead.trackers import start_trackers
 from sead.verifier import build_verifier, unmatchable_note
 
 __all__ = ["Trainer", "lr_lambda", "train_main"]  # lr_lambda lives in sead.optim; kept importable from here
@@ -99,7 +101,7 @@ class Trainer:
             self.backend = choose_backend(cfg.objective, student, self.teacher, self.vocab, say=acc.print)
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
         if cfg.logging.trackers:
-            acc.init_trackers(cfg.logging.project, config=config_to_dict(cfg))
+            start_trackers(acc, cfg.logging, config_to_dict(cfg), cfg.name, self.run_dir)
         if cfg.train.resume:
             self._resume()
         else:  # a fresh run rewrites any step lines left in the folder
@@ -129,17 +131,19 @@ class Trainer:
         if cfg.objective.curriculum and cfg.curriculum.sampler == "uniform":
             raise ConfigError("objective.curriculum=true needs curriculum.sampler=competence|sorted|refreshing")
         difficulties = None
+        difficulty_path = difficulty_file(cfg.curriculum.difficulty_path, cfg.train.output_dir)
         if use_curriculum:
-            if not cfg.curriculum.difficulty_path:
+            if not difficulty_path:
                 raise ConfigError(
-                    "objective.curriculum=true needs curriculum.difficulty_path (run `sead difficulty` first)"
+                    "objective.curriculum=true needs curriculum.difficulty_path (run `sead difficulty` first, or "
+                    "set curriculum.difficulty_path={output_dir}/difficulty.jsonl to estimate it in the run folder)"
                 )
-            if not Path(cfg.curriculum.difficulty_path).exists() and cfg.curriculum.auto_estimate:
-                self._estimate_difficulty()
-            difficulties = load_difficulties(cfg.curriculum.difficulty_path, self.items)
+            if not Path(difficulty_path).exists() and cfg.curriculum.auto_estimate:
+                self._estimate_difficulty(difficulty_path)
+            difficulties = load_difficulties(difficulty_path, self.items)
         sampler_cfg = cfg.curriculum if use_curriculum else type(cfg.curriculum)(seed=cfg.curriculum.seed)
         self.sampler = build_sampler(sampler_cfg, len(self.items), cfg.train.steps, difficulties)
-        self.notes += sampler_notes(self.sampler, cfg.train.batch_size, cfg.curriculum.difficulty_path)
+        self.notes += sampler_notes(self.sampler, cfg.train.batch_size, difficulty_path)
         has_answers = any(item.answer is not None for item in self.items)
         if self.method.needs_answers and not all(item.answer is not None for item in self.items):
             raise ConfigError(
@@ -164,27 +168,24 @@ class Trainer:
         if cfg.eval.every and cfg.eval.data:
             self.eval_benchmarks = load_benchmarks(cfg.eval)
 
-    def _estimate_difficulty(self) -> None:
-        """Write the difficulty file the curriculum needs (main process; the others wait)."""
+    def _estimate_difficulty(self, path: str) -> None:
+        """Write the curriculum's difficulty file, each process a share (`sead.difficulty.estimate_to_file`)."""
         cfg, acc = self.cfg, self.accelerator
-        if acc.is_main_process:
-            acc.print(
-                f"estimating prompt difficulty ({cfg.curriculum.estimate_k} rollouts per prompt) "
-                f"into {cfg.curriculum.difficulty_path}"
-            )
-            self.student.to(acc.device)
-            estimate_difficulty(
-                self.student,
-                self.tokenizer,
-                self.items,
-                build_verifier(cfg.verifier),
-                cfg.rollout,
-                k=cfg.curriculum.estimate_k,
-                out_path=cfg.curriculum.difficulty_path,
-                progress=cfg.logging.progress,
-                seed=cfg.train.seed,
-            )
-        acc.wait_for_everyone()
+        self.student.to(acc.device)  # before accelerate.prepare: each process samples with a whole copy
+        share = dict(rank=acc.process_index, world=acc.num_processes, barrier=acc.wait_for_everyone)
+        estimate_to_file(
+            self.student,
+            self.tokenizer,
+            self.items,
+            build_verifier(cfg.verifier),
+            cfg.rollout,
+            cfg.curriculum.estimate_k,
+            path,
+            progress=cfg.logging.progress and acc.is_main_process,
+            seed=cfg.train.seed,
+            announce=acc.print,
+            **share,
+        )
 
     def _check_prompt_lengths(self) -> None:
         """Prompts that do not fit the models' context or rollout.max_prompt_tokens: refused, cut or dropped."""
@@ -230,7 +231,8 @@ class Trainer:
 
     def train(self) -> Path:
         cfg, acc = self.cfg, self.accelerator
-        progress = StepProgress(cfg.train.steps, start=self.step, enabled=cfg.logging.progress and acc.is_main_process)
+        shown = cfg.logging.progress and acc.is_main_process
+        progress = StepProgress(cfg.train.steps, start=self.step, enabled=shown, log_every=cfg.logging.log_every)
         stop = {"signal": None}
 
         def on_signal(signum, frame):
@@ -282,6 +284,7 @@ class Trainer:
         # Sharded, every process takes part in the evaluation's forwards; the main one records it.
         if self.eval_benchmarks is not None and (acc.is_main_process or is_sharded(acc)):
             if should_evaluate(cfg.eval, self.step):
+                progress.note(f"step {self.step}: evaluating on {', '.join(self.eval_benchmarks)}")
                 t0 = time.perf_counter()
                 record.update(
                     evaluate_during_training(
@@ -299,7 +302,7 @@ class Trainer:
             if result.samples:
                 append_samples(self.run_dir, result.samples)
         if cfg.logging.trackers:
-            acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
+            acc.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=self.step)
         progress.update(self.step, record)
 
     def _run_step(self, mine: list[int], want_samples: bool):
@@ -325,8 +328,8 @@ class Trainer:
         teacher_prompts = None
         if self.method.teacher == "self":  # OPSD: the teacher reads the reference answer too
             teacher_prompts = [
-                cfg.objective.opsd_template.format(prompt=self.items[i].prompt, answer=self.items[i].answer)
-                for i in mine
+                with_text(it.prompt, cfg.objective.opsd_template.format(prompt=it.prompt, answer=it.answer))
+                for it in (self.items[i] for i in mine)
             ]
         return distillation.distill_step(
             **common,
