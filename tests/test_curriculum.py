@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from sead.curriculum import CurriculumConfig, build_sampler, load_difficulties
+from sead.curriculum import CurriculumConfig, build_sampler
 from sead.data import PromptItem
+from sead.difficulty_file import load_difficulties
 from sead.errors import CheckpointError, ConfigError, DataError
 from sead.schedule import competence
 

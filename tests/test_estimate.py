@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from tiny import char_tokenizer, tiny_llama
 
-from sead.curriculum import difficulty_file
 from sead.data import PromptItem
 from sead.difficulty import estimate_to_file
+from sead.difficulty_file import difficulty_file
 from sead.rollout import RolloutConfig
 
 ITEMS = [PromptItem(id=f"p{i}", question=f"{i}+1=", answer=str(i + 1), prompt=f"{i}+1=") for i in range(6)]

@@ -9,9 +9,9 @@ import math
 import pytest
 
 import sead.evaluate as ev
-from sead.curriculum import load_difficulties
 from sead.data import DataConfig, PromptItem
 from sead.difficulty import difficulty_main, estimate_difficulty, read_done
+from sead.difficulty_file import load_difficulties
 from sead.errors import ConfigError, DataError
 from sead.evaluate import EvalConfig, evaluate_during_training, evaluate_model, flat_metrics, pass_at_k, should_evaluate
 from sead.rollout import RolloutConfig

@@ -4,7 +4,7 @@ Output: a JSONL file, one line per prompt, ``{"id", "pass_rate", "difficulty", "
 appended and flushed as prompts finish, so an interrupted run resumes: ids already in the file are
 skipped (a half-written last line is dropped). Each fixed chunk of prompts samples from its own
 seeded stream, so a resumed run draws what an uninterrupted one would for every chunk it redoes
-whole. `sead.curriculum.load_difficulties` reads it.
+whole. `sead.difficulty_file.load_difficulties` reads it.
 
 At scale this is K x N long rollouts before the first training step, so ``announce`` (the trainer
 passes its console) is told the count before it starts, an estimate of the whole time after the
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from sead.curriculum import difficulty_file
 from sead.data import PromptItem, load_prompts
+from sead.difficulty_file import difficulty_file
 from sead.errors import ConfigError, DataError
 from sead.evaluate import sample_texts
 from sead.models import load_model, load_tokenizer

@@ -23,9 +23,10 @@ from sead.chat import with_text
 from sead.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_final_model
 from sead.config import RunConfig, config_to_dict, load_config
 from sead.config_history import save_run_config
-from sead.curriculum import build_sampler, difficulty_file, load_difficulties, sampler_notes
+from sead.curriculum import build_sampler, sampler_notes
 from sead.data import load_prompts
 from sead.difficulty import estimate_to_file
+from sead.difficulty_file import difficulty_file, load_difficulties
 from sead.errors import ConfigError, SeadError
 from sead.evaluate import evaluate_during_training, load_benchmarks, should_evaluate
 from sead.lora import merge_adapter, register_adapter_checkpoints, trainable_line

@@ -35,8 +35,9 @@ try:
 except ImportError as err:  # the extra is optional; say how to get it
     raise ImportError("sead.integrations.trl needs TRL: pip install 'sead[trl]' (trl>=1.16,<2)") from err
 
-from sead.curriculum import load_difficulties, sampler_notes
+from sead.curriculum import sampler_notes
 from sead.data import PromptItem
+from sead.difficulty_file import load_difficulties
 from sead.errors import ConfigError
 from sead.integrations.trl_config import CURRICULUM_SAMPLERS, TRL_METHODS, SEADConfig
 from sead.integrations.trl_steps import CurriculumBatches, step_zones, trl_micro_batch
