@@ -34,14 +34,10 @@ VOLATILE = ("time/", "perf/")  # wall-clock metrics: the only keys allowed to di
 def make_assets(root: Path) -> dict:
     """Tiny teacher/student checkpoints and 100 addition prompts under ``root``."""
     sys.path.insert(0, str(HERE))
-    from tiny import save_tiny_pair
+    from tiny import save_addition_run
 
     root.mkdir(parents=True, exist_ok=True)
-    paths = save_tiny_pair(root)
-    rows = [{"question": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return {**paths, "data": str(data)}
+    return save_addition_run(root)
 
 
 def train_overrides(assets: dict, out: Path, **extra) -> list[str]:

@@ -3,13 +3,12 @@ the frozen initial model as the adapters-off base (OPSD's teacher, GRPO's refere
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 
 import pytest
 import torch
-from tiny import save_tiny_pair
+from tiny import save_addition_run
 
 from sead.config import load_config
 from sead.errors import ConfigError
@@ -24,11 +23,7 @@ LORA = {"lora.r": 4, "lora.alpha": 8}
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
-    paths = save_tiny_pair(root, vocab_extra_teacher=5)
-    rows = [{"question": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {**paths, "data": str(data)}
+    return save_addition_run(root, vocab_extra_teacher=5)
 
 
 def overrides(assets, out, method="sead", **extra):

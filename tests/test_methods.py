@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from tiny import save_tiny_pair
+from tiny import save_addition_run
 
 from sead import methods
 from sead.config import load_config
@@ -38,11 +36,7 @@ def tvd_registered(monkeypatch):
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("assets")
-    paths = save_tiny_pair(root)
-    rows = [{"question": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {**paths, "data": str(data)}
+    return save_addition_run(root)
 
 
 def _overrides(assets, out, method):

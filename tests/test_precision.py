@@ -5,13 +5,12 @@ autocast, gradient checkpointing and LoRA end to end."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 from accelerate.state import AcceleratorState
-from tiny import char_tokenizer, save_tiny_pair, tiny_llama
+from tiny import char_tokenizer, save_addition_run, tiny_llama
 
 import sead.fused_kernels
 from sead.config import load_config
@@ -36,11 +35,7 @@ def fresh_accelerate_state():
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("precision")
-    paths = save_tiny_pair(root, vocab_extra_teacher=5)
-    rows = [{"question": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {**paths, "data": str(data), "root": root}
+    return {**save_addition_run(root, vocab_extra_teacher=5), "root": root}
 
 
 def overrides(assets, out, **extra):

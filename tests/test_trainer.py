@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import torch
-from tiny import save_tiny_pair
+from tiny import save_addition_run
 
 from sead.config import load_config
 from sead.metrics import read_metrics
@@ -44,11 +44,7 @@ REQUIRED_KEYS = [
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("assets")
-    paths = save_tiny_pair(root, vocab_extra_teacher=5)  # teacher head has 5 padding rows
-    rows = [{"question": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {**paths, "data": str(data)}
+    return save_addition_run(root, vocab_extra_teacher=5)  # teacher head has 5 padding rows
 
 
 def overrides(assets, out, method="sead", **extra):

@@ -59,6 +59,17 @@ def save_tiny_pair(root, vocab_extra_teacher: int = 0):
     return paths
 
 
+def save_addition_run(root, vocab_extra_teacher: int = 0) -> dict:
+    """``save_tiny_pair`` plus ``data.jsonl`` of the 100 one-digit additions; returns the three paths."""
+    import json
+
+    paths = save_tiny_pair(root, vocab_extra_teacher)
+    rows = [{"question": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return {**paths, "data": str(data)}
+
+
 # A Qwen3-style ChatML template: a system turn when given, and an empty think block when thinking is off.
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
