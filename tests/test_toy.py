@@ -7,6 +7,7 @@ import re
 import pytest
 
 from sead import toy, toy_models
+from sead.jsonio import read_jsonl
 
 
 def _value(expression: str) -> int:
@@ -117,7 +118,7 @@ def test_tokenizer_round_trip_and_specials():
 
 def test_shipped_data_files():
     train_path, heldout_path = toy_models.demo_data_paths()
-    train, heldout = toy.read_jsonl(train_path), toy.read_jsonl(heldout_path)
+    train, heldout = read_jsonl(train_path), read_jsonl(heldout_path)
     assert len(train) == toy.DEMO_TRAIN_SIZE and len(heldout) == toy.DEMO_HELDOUT_SIZE
     assert {"id", "question", "answer", "level"} <= set(train[0])
     assert {it["level"] for it in heldout} == set(toy.LEVELS)
@@ -154,7 +155,7 @@ def test_shipped_models_load_and_share_the_vocabulary(shipped):
 
 
 def test_shipped_teacher_beats_student(shipped):
-    heldout = toy.read_jsonl(toy_models.demo_data_paths()[1])[:50]
+    heldout = read_jsonl(toy_models.demo_data_paths()[1])[:50]
     tok = shipped["student_tok"]
     side = tok.padding_side
     teacher = toy_models.greedy_accuracy(shipped["teacher"], tok, heldout)
@@ -185,7 +186,7 @@ def test_shipped_teacher_is_uncertain_at_forks_and_sure_elsewhere(shipped):
 
 def test_shipped_student_mostly_works_right_to_left(shipped):
     """The student's designed weakness: its greedy solutions often start from the right end of the chain."""
-    heldout = toy.read_jsonl(toy_models.demo_data_paths()[1])[:60]
+    heldout = read_jsonl(toy_models.demo_data_paths()[1])[:60]
     responses = toy_models.greedy_responses(
         shipped["student"], shipped["student_tok"], [it["question"] for it in heldout]
     )

@@ -22,6 +22,7 @@ import torch
 
 from sead import toy, toy_models
 from sead.divergence import entropy, forward_kl, reverse_kl
+from sead.jsonio import read_jsonl
 from sead.zones import Zone, assign_zones
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +40,8 @@ def analyse(asset_dir: Path, n_prompts: int = 512, seed: int = 0, temperature: f
 
     teacher = AutoModelForCausalLM.from_pretrained(asset_dir / "teacher").eval()
     student = AutoModelForCausalLM.from_pretrained(asset_dir / "student").eval()
-    items = toy.read_jsonl(asset_dir / "data" / "train.jsonl")[:n_prompts]
-    heldout = toy.read_jsonl(asset_dir / "data" / "heldout.jsonl")
+    items = read_jsonl(asset_dir / "data" / "train.jsonl")[:n_prompts]
+    heldout = read_jsonl(asset_dir / "data" / "heldout.jsonl")
     torch.manual_seed(seed)
     tok.padding_side = "left"
     enc = tok([it["question"] for it in items], return_tensors="pt", padding=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from sead import toy, toy_models
+from sead.jsonio import read_jsonl
 from sead.toy import CHARS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -372,7 +373,7 @@ def main(argv=None):
     t_start = time.time()
 
     train_path, heldout_path = toy.write_task_files(args.out / "data")
-    heldout = toy.read_jsonl(heldout_path)
+    heldout = read_jsonl(heldout_path)
     exclude = {it["question"] for it in heldout}
     dev = toy.make_task(200, seed=SFT_SEED + 100, exclude=exclude)
     tokenizer = toy_models.build_tokenizer()

@@ -166,11 +166,6 @@ def write_jsonl(
     return jsonio.write_jsonl(path, ({k: item[k] for k in fields} for item in items))
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file into a list of dicts."""
-    return jsonio.read_jsonl(path)
-
-
 def write_task_files(
     out_dir: str | Path,
     n_train: int = DEMO_TRAIN_SIZE,
