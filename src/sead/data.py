@@ -86,6 +86,19 @@ class PromptRows:
     )
     system_prompt: str | None = setting(None, "system turn for every prompt without one (needs a chat template)")
 
+    def to_items(self, rows: list[tuple[str, dict]], key_prefix: str) -> list[PromptItem]:
+        """``rows`` mapped to `PromptItem`s by this section's fields (`rows_to_items`), not subsampled."""
+        return rows_to_items(
+            rows,
+            self.prompt_field,
+            self.answer_field,
+            self.id_field,
+            self.template,
+            key_prefix=key_prefix,
+            messages_field=self.messages_field,
+            system_prompt=self.system_prompt,
+        )
+
 
 def check_chat_keys(rows: PromptRows, key_prefix: str) -> None:
     """``messages_field`` and ``system_prompt`` are non-empty strings or null."""
@@ -375,13 +388,4 @@ def subsample(items: list, max_items: int | None, seed: int) -> list:
 def load_prompts(cfg: DataConfig) -> list[PromptItem]:
     """Load, map and subsample the prompts described by ``cfg`` (see module doc)."""
     rows = load_rows(cfg.path, cfg.split, cfg.subset)
-    items = rows_to_items(
-        rows,
-        cfg.prompt_field,
-        cfg.answer_field,
-        cfg.id_field,
-        cfg.template,
-        messages_field=cfg.messages_field,
-        system_prompt=cfg.system_prompt,
-    )
-    return subsample(items, cfg.max_prompts, cfg.shuffle_seed)
+    return subsample(cfg.to_items(rows, "data"), cfg.max_prompts, cfg.shuffle_seed)

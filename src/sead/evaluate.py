@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sead.data import PromptItem, PromptRows, check_chat_keys, check_template, load_rows, rows_to_items, subsample
+from sead.data import PromptItem, PromptRows, check_chat_keys, check_template, load_rows, subsample
 from sead.errors import ConfigError
 from sead.jsonio import atomic_write_json, write_jsonl
 from sead.models import load_model, load_tokenizer
@@ -143,17 +143,7 @@ def load_benchmarks(cfg: EvalConfig) -> dict[str, list[PromptItem]]:
                 f"eval.data entry {entry!r} gives a repeated or unusable name {name!r}; write it as name=path"
             )
         rows = load_rows(*_path_and_split(path, cfg.split))
-        items = rows_to_items(
-            rows,
-            cfg.prompt_field,
-            cfg.answer_field,
-            cfg.id_field,
-            cfg.template,
-            key_prefix="eval",
-            messages_field=cfg.messages_field,
-            system_prompt=cfg.system_prompt,
-        )
-        benchmarks[name] = subsample(items, cfg.max_prompts, cfg.seed)
+        benchmarks[name] = subsample(cfg.to_items(rows, "eval"), cfg.max_prompts, cfg.seed)
     return benchmarks
 
 
