@@ -166,6 +166,20 @@ def test_shipped_teacher_beats_student(shipped):
     assert all("A:" in r for r in responses)
 
 
+def test_shipped_student_reads_the_reference_answer_of_the_opsd_recipe(shipped):
+    """OPSD's self-teacher is the student with the answer in its prompt: it must solve far more that way."""
+    from sead.config import load_config
+    from sead.config_files import find_config
+
+    template = load_config(find_config("opsd")).objective.opsd_template
+    assert template == toy.HINT_TEMPLATE  # the recipe's context is the one the student was built to read
+    heldout = read_jsonl(toy_models.demo_data_paths()[1])[:50]
+    hinted = [dict(it, question=template.format(answer=it["answer"], prompt=it["question"])) for it in heldout]
+    tok, student = shipped["student_tok"], shipped["student"]
+    plain, with_answer = (toy_models.greedy_accuracy(student, tok, items) for items in (heldout, hinted))
+    assert with_answer >= 0.9 and with_answer > plain + 0.3, (with_answer, plain)
+
+
 def test_shipped_teacher_is_uncertain_at_forks_and_sure_elsewhere(shipped):
     """The designed entropy structure: a "+" first step can start with either operand, a "-" one cannot."""
     import torch

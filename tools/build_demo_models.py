@@ -39,24 +39,33 @@ DEFAULT_OUT = ROOT / "src" / "sead" / "assets" / "demo"
 SFT_SEED = 3  # seed of the SFT stream (distinct from the shipped train/heldout seeds)
 
 
-def encode(tokenizer, items, *, direct_share, seed, rtl_share=0.0):
+def encode(tokenizer, items, *, direct_share, seed, rtl_share=0.0, hint_share=0.0):
     """(prompt ids, target ids) per item: question, then a solution + eos.
 
-    The solution is the answer alone (``A:9``) with probability ``direct_share[level]``, else the wrong
-    right-to-left working with probability ``rtl_share``, otherwise a worked solution whose ``+`` steps
-    write their operands in a random order (the reasoning forks).
+    With probability ``hint_share`` the prompt carries the reference answer (``toy.HINT_TEMPLATE``,
+    the OPSD recipe's privileged context) and the target is a correct worked solution: a model that
+    knows the answer takes the right path. Otherwise the solution is the answer alone (``A:9``) with
+    probability ``direct_share[level]``, else the wrong right-to-left working with probability
+    ``rtl_share``, otherwise a worked solution whose ``+`` steps write their operands in a random
+    order (the reasoning forks).
     """
     rng = random.Random(seed)
-    texts = []
+    texts, questions = [], []
     for it in items:
         expr = it["question"][:-1]
-        if rng.random() < direct_share.get(it["level"], 0.0):
+        hinted = bool(hint_share) and rng.random() < hint_share  # no draw when off, as for rtl below
+        questions.append(
+            toy.HINT_TEMPLATE.format(answer=it["answer"], prompt=it["question"]) if hinted else it["question"]
+        )
+        if hinted:
+            texts.append(toy.worked_solution(expr, rng))
+        elif rng.random() < direct_share.get(it["level"], 0.0):
             texts.append(toy.direct_solution(expr))
         elif rtl_share and rng.random() < rtl_share:  # no draw when off: the teacher's forks keep their stream
             texts.append(toy.right_to_left_solution(expr))
         else:
             texts.append(toy.worked_solution(expr, rng))
-    prompts = tokenizer([it["question"] for it in items], add_special_tokens=False)["input_ids"]
+    prompts = tokenizer(questions, add_special_tokens=False)["input_ids"]
     targets = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [(p, t + [tokenizer.eos_token_id]) for p, t in zip(prompts, targets)]
 
@@ -256,6 +265,13 @@ compares the integer after the last `A:` with the answer. Levels (item i of a fi
   it) but its greedy answer usually takes the wrong path. The teacher never saw that path and rules it
   out at the first tokens, where the student is unsure: a gap the teacher's token-level signal can
   close in a few dozen steps. Stated plainly: the student's weakness is built in by its training data.
+- **A student that can read a hint (for OPSD).** {m["student"].get("hint_share", 0):.0%} of the student's training prompts carry
+  the reference answer before the question (`A:9,4-9+8+6=`: `sead.toy.HINT_TEMPLATE`, which is the
+  OPSD recipe's `objective.opsd_template`), always with a correct worked solution: a solver told the
+  answer takes a path that reaches it. With the answer in its prompt the student scores
+  {m["student"].get("heldout_acc_hinted", float("nan")):.1%} held-out, without it {m["student"]["heldout_acc"]:.1%}: OPSD's self-teacher (the student reading
+  the answer) has something to teach. The student built before this (no hints) read the template as
+  text it had never seen, and OPSD took it from 33.5% to 10.5%.
 
 - `data/train.jsonl`: {m["data"]["train"]} distinct prompts, `make_task(seed={seeds["train"]})`, no heldout question.
 - `data/heldout.jsonl`: {m["data"]["heldout"]} distinct prompts, `make_task(seed={seeds["heldout"]})`.
@@ -295,6 +311,9 @@ Dev accuracy (200 other fresh items, greedy) during training, by step:
 - Right-to-left share 0.6, student 1,500 steps: greedy 33.5% (L1 64%, L4 12%). One seed, 40 steps,
   batch 32: opd / eopd / sead reached 71.0 / 76.5 / 77.0% at lr 1e-4 and 67.5 / 78.5 / 75.0% at lr
   3e-4. The demo keeps lr 1e-4 (the earlier demo's value) for every method.
+- Hint share (one build each, the rest of the recipe unchanged): 0.2 gave 99.5% with the answer in
+  the prompt and 35.5% without; 0.4 gave 96.0% and 34.5%. The build keeps 0.2, the smaller change
+  to the student's data. Chosen on these two numbers only, before any distillation run.
 - Teacher: one-digit chains are easy for the 128 x 4 model (dev 91% at step 500, 99.5% at 1,000).
 
 Built with {m["threads"]} torch thread(s) on {m["machine"]}, torch {m["torch"]}, transformers
@@ -360,6 +379,13 @@ def main(argv=None):
         default=0.6,
         help="share of the student's SFT targets worked right to left (wrong when a minus precedes)",
     )
+    ap.add_argument("--teacher-hint", type=float, default=0.0)
+    ap.add_argument(
+        "--student-hint",
+        type=float,
+        default=0.2,
+        help="share of the student's SFT prompts that carry the reference answer (toy.HINT_TEMPLATE, for OPSD)",
+    )
     ap.add_argument(
         "--skip",
         choices=["teacher", "student"],
@@ -413,7 +439,14 @@ def main(argv=None):
             continue
         direct = dict(zip(toy.LEVELS, _floats(getattr(args, f"{name}_direct"), len(toy.LEVELS))))
         groups = {}
-        pairs = encode(tokenizer, sft_items, direct_share=direct, seed=seed, rtl_share=getattr(args, f"{name}_rtl"))
+        pairs = encode(
+            tokenizer,
+            sft_items,
+            direct_share=direct,
+            seed=seed,
+            rtl_share=getattr(args, f"{name}_rtl"),
+            hint_share=getattr(args, f"{name}_hint"),
+        )
         for item, pair in zip(sft_items, pairs):
             groups.setdefault(item["level"], []).append(pair)
         model = toy_models.build_model(tokenizer, shape, seed)
@@ -436,7 +469,15 @@ def main(argv=None):
         )
         train_s, train_cpu_s = time.time() - t0, time.process_time() - c0
         acc, by_level = toy_models.greedy_accuracy(model, tokenizer, heldout, by_level=True)
-        print(f"[{name}] heldout accuracy {acc:.3f} {by_level}", flush=True)
+        # With the reference answer in the prompt: how good a teacher the model is for OPSD.
+        hinted = [
+            dict(it, question=toy.HINT_TEMPLATE.format(answer=it["answer"], prompt=it["question"])) for it in heldout
+        ]
+        hinted_acc = toy_models.greedy_accuracy(model, tokenizer, hinted)
+        print(
+            f"[{name}] heldout accuracy {acc:.3f} {by_level}, with the answer in the prompt {hinted_acc:.3f}",
+            flush=True,
+        )
         folder = args.out / name
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
@@ -449,11 +490,13 @@ def main(argv=None):
             "lr": lr,
             "direct_share": {str(k): v for k, v in direct.items()},
             "rtl_share": getattr(args, f"{name}_rtl"),
+            "hint_share": getattr(args, f"{name}_hint"),
             "schedule": args.schedule,
             "train_s": round(train_s, 1),
             "train_cpu_s": round(train_cpu_s, 1),
             "heldout_acc": acc,
             "heldout_acc_by_level": {str(k): v for k, v in by_level.items()},
+            "heldout_acc_hinted": hinted_acc,
             "size_bytes": sum(f.stat().st_size for f in folder.iterdir()),
             "sha256": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest(),
             "log": log,

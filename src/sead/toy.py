@@ -28,6 +28,10 @@ DEFAULT_LEVELS: tuple[int, ...] = tuple(LEVELS)
 CHARS = "0123456789+-=,.A:"
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 
+# The privileged context of the demo's OPSD recipe (`configs/opsd.yaml`, objective.opsd_template): the
+# reference answer before the question. The shipped student saw it in part of its training data.
+HINT_TEMPLATE = "A:{answer},{prompt}"
+
 MAX_NEW_TOKENS = 56  # the longest worked solution plus eos is 52 tokens
 
 # Seeds of the shipped data files (assets/demo/data); the train file excludes every heldout question.
