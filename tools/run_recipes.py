@@ -2,12 +2,14 @@
 
     python tools/run_recipes.py                                   # every recipe in src/sead/configs
     python tools/run_recipes.py --recipes opd,opsd --json benchmarks/results/recipes.json
+    python tools/run_recipes.py --recipes opsd train.steps=10 eval.max_prompts=50    # a quick look
 
 The check behind "every shipped config works on the shipped models": each recipe trains exactly as
-``sead train --config NAME`` would (its own steps, lr and seed; only ``train.output_dir`` moves under
-``--out``), and its last held-out evaluation (the trainer's own, greedy) is set beside the starting
-student's and the teacher's on the same problems, with a 95% bootstrap interval on the paired
-difference. Prints a Markdown table; exits 1 if any recipe ends below the start.
+``sead train --config NAME`` would (its own steps, lr and seed; only ``train.output_dir`` moves
+under ``--out``; ``key=value`` overrides apply to every recipe). Its final model is evaluated
+greedily with the recipe's own ``eval`` settings, beside the starting student and the teacher on
+the same problems, with a 95% bootstrap interval on the paired difference. Prints a Markdown
+table; exits 1 if any recipe ends below the start.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sead.compare_tables import problem_scores
 from sead.config import load_config
 from sead.config_files import find_config, recipe_description, recipe_names
 from sead.evaluate import eval_main
+from sead.methods import METHODS
 from sead.stats import paired_difference
 from sead.trainer import Trainer
 
@@ -38,19 +41,19 @@ def _greedy(model: str, cfg, out: Path, tag: str) -> tuple[float, dict[str, floa
     return float(result["benchmarks"][name]["pass@1"]), problem_scores(out / "eval" / f"{tag}.samples.jsonl")[name]
 
 
-def run_recipe(name: str, out: Path) -> dict:
+def run_recipe(name: str, out: Path, overrides: list[str] = ()) -> dict:
     """Train recipe ``name`` into ``out/name`` and return its start, end and teacher accuracies."""
     run_dir = out / name
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    cfg = load_config(find_config(name), [f"train.output_dir={run_dir}"])
+    cfg = load_config(find_config(name), [*overrides, f"train.output_dir={run_dir}"])
     start, start_scores = _greedy(cfg.model.student, cfg, out / "start", name)
     t0 = time.perf_counter()
     final = Trainer(cfg).setup().train()
     train_s = time.perf_counter() - t0
     end, end_scores = _greedy(str(final), cfg, run_dir, "end")
-    teacher = None
-    if cfg.model.teacher:
+    teacher = None  # OPSD's teacher is the student itself, reading the reference answer
+    if METHODS[cfg.objective.method].teacher == "model":
         teacher, _ = _greedy(cfg.model.teacher, cfg, out / "teacher", name)
     ids = sorted(start_scores)
     diff = paired_difference([end_scores[i] for i in ids], [start_scores[i] for i in ids]).to_dict()
@@ -91,12 +94,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/recipes"))
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (tiny kernels run fastest on one)")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every recipe")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.recipes.split(","):
         print(f"recipe {name}: training", flush=True)
-        rows.append(run_recipe(name, args.out))
+        rows.append(run_recipe(name, args.out, args.overrides))
         r = rows[-1]
         print(f"recipe {name}: {r['start']:.1%} -> {r['end']:.1%} in {r['train_s']:.0f} s", flush=True)
     print(table(rows))
