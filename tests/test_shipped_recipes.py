@@ -27,7 +27,13 @@ def test_opsd_recipe_lifts_the_shipped_student_through_its_own_hinted_copy(run_r
     args = ["--recipes", "opsd", "--out", str(tmp_path / "runs"), "--json", str(rows_path)]
     code = run_recipes.main([*args, *overrides])
     (row,) = json.loads(rows_path.read_text())
-    assert row["method"] == "opsd" and row["teacher"] is None and row["n"] == 60 and row["steps"] == 10
+    assert (
+        row["method"] == "opsd"
+        and row["teacher"] is None
+        and row["teacher_kind"] == "self"
+        and row["n"] == 60
+        and row["steps"] == 10
+    )
     assert row["end"] > row["start"] + 0.1, row
     assert row["diff"]["low"] > 0 and code == 0
     assert "| opsd | opsd | 10 |" in run_recipes.table([row])

@@ -31,6 +31,8 @@ from sead.methods import METHODS
 from sead.stats import paired_difference
 from sead.trainer import Trainer
 
+TEACHER_TEXT = {"self": "the student, with the answer", "none": "none (verifier reward)"}
+
 
 def _greedy(model: str, cfg, out: Path, tag: str) -> tuple[float, dict[str, float]]:
     """Held-out greedy accuracy of ``model`` under ``cfg.eval`` and its per-problem scores."""
@@ -52,8 +54,9 @@ def run_recipe(name: str, out: Path, overrides: list[str] = ()) -> dict:
     final = Trainer(cfg).setup().train()
     train_s = time.perf_counter() - t0
     end, end_scores = _greedy(str(final), cfg, run_dir, "end")
-    teacher = None  # OPSD's teacher is the student itself, reading the reference answer
-    if METHODS[cfg.objective.method].teacher == "model":
+    kind = METHODS[cfg.objective.method].teacher  # model | self (OPSD) | none (GRPO: the reward only)
+    teacher = None
+    if kind == "model":
         teacher, _ = _greedy(cfg.model.teacher, cfg, out / "teacher", name)
     ids = sorted(start_scores)
     diff = paired_difference([end_scores[i] for i in ids], [start_scores[i] for i in ids]).to_dict()
@@ -67,6 +70,7 @@ def run_recipe(name: str, out: Path, overrides: list[str] = ()) -> dict:
         "start": start,
         "end": end,
         "teacher": teacher,
+        "teacher_kind": kind,
         "diff": diff,
         "n": len(ids),
         "train_s": train_s,
@@ -80,7 +84,7 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         d = r["diff"]
-        teacher = "self" if r["teacher"] is None else f"{r['teacher']:.1%}"
+        teacher = TEACHER_TEXT.get(r["teacher_kind"]) or f"{r['teacher']:.1%}"
         lines.append(
             f"| {r['recipe']} | {r['method']} | {r['steps']} | {r['lr']:g} | {r['start']:.1%} | **{r['end']:.1%}** | "
             f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | {teacher} |"
