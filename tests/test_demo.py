@@ -90,3 +90,18 @@ def test_summary_means_over_seeds_gap_and_paired_intervals():
     text = "\n".join(verdict_lines(results, ["a", "b"]))
     assert "Lifted the student, interval above zero (mean over 2 seeds): a." in text
     assert "includes zero): b" in text and "Best: a, closing 58%" in text and "a beat b by 35.0 points" in text
+
+
+def test_a_second_demo_on_the_same_folder_is_refused_and_touches_nothing(tmp_path, capsys):
+    from sead.run_lock import LOCK_NAME, claim_run_dir
+
+    out = tmp_path / "demo"
+    (out / "runs" / "opd-s0").mkdir(parents=True)
+    (out / "runs" / "opd-s0" / "metrics.jsonl").write_text('{"step": 1}\n')
+    with claim_run_dir(out, key="--out") as claim:  # a demo under way in this folder
+        claim.started()
+        code = main(["demo", "--out", str(out), "--steps", "1", "--prompts", "32", "--k", "1", "--methods", "opd"])
+        err = capsys.readouterr().err
+    assert code != 0 and f"--out={str(out)!r} is in use by another sead run" in err
+    assert (out / "runs" / "opd-s0" / "metrics.jsonl").read_text() == '{"step": 1}\n'  # not cleaned away
+    assert sorted(p.name for p in out.iterdir()) == ["runs"] and not (out / LOCK_NAME).exists()

@@ -25,6 +25,7 @@ from sead.difficulty import difficulty_from_config
 from sead.errors import SeadError
 from sead.evaluate import eval_main
 from sead.report import build_report
+from sead.run_lock import claim_run_dir
 from sead.smollm2 import prepare_smollm2, smollm2_data, smollm2_prompt
 from sead.trainer import Trainer
 
@@ -260,6 +261,9 @@ def demo_main(args: argparse.Namespace) -> int:
     if steps < 1 or prompts < batch:
         raise SeadError(f"--steps must be >= 1 and --prompts >= {batch} (one batch)")
     out = Path(args.out or ("runs/demo" if args.preset == "tiny" else f"runs/demo-{args.preset}"))
-    results = run_demo(out, methods, steps, seeds, prompts, k, args.preset, args.lr)
+    # One demo per folder: a second one would delete the first one's runs under it (each starts clean).
+    with claim_run_dir(out, key="--out") as claim:
+        claim.started()
+        results = run_demo(out, methods, steps, seeds, prompts, k, args.preset, args.lr)
     print_table(results, methods)
     return 0

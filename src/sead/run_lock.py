@@ -1,4 +1,4 @@
-"""One `sead train` per run folder: a lock file taken before anything is written, and a clean failed start.
+"""One `sead train` or `sead demo` per run folder: a lock taken before anything is written, and a clean failed start.
 
 ``claim_run_dir(path)`` creates the folder if needed and takes ``RUN/.sead.lock``: a JSON file with
 the holder's pid, host and start time, held under ``flock`` for the life of the process. A second
@@ -58,8 +58,8 @@ def _holder_text(info: dict) -> str:
 class RunClaim:
     """A held lock on one run folder (see module doc); ``started()`` once the run is under way."""
 
-    def __init__(self, run_dir: Path, created: Path | None):
-        self.run_dir, self.created, self.path = run_dir, created, run_dir / LOCK_NAME
+    def __init__(self, run_dir: Path, created: Path | None, key: str = "train.output_dir"):
+        self.run_dir, self.created, self.path, self.key = run_dir, created, run_dir / LOCK_NAME, key
         self.fd: int | None = None
         self.running = False
 
@@ -93,15 +93,15 @@ class RunClaim:
                     return self
                 continue  # another run created it first: look at its holder
             except OSError as err:
-                raise _not_writable(self.run_dir, err) from None
+                raise _not_writable(self.run_dir, err, self.key) from None
             held_by = _read_info(fd)
             locked = self._try_flock(fd)
             if locked is False or (locked is None and _alive_here(held_by)):
                 held_by = _read_info(fd) or held_by  # a run that just took over a stale lock has rewritten it
                 os.close(fd)
                 raise ConfigError(
-                    f"train.output_dir={str(self.run_dir)!r} is in use by another sead run ({_holder_text(held_by)}); "
-                    "wait for it to finish or pick another train.output_dir "
+                    f"{self.key}={str(self.run_dir)!r} is in use by another sead run ({_holder_text(held_by)}); "
+                    f"wait for it to finish or pick another {self.key} "
                     f"(if that process is gone, delete {self.path})"
                 )
             if not _same_file(fd, self.path):  # its holder removed it between our open and our flock
@@ -123,7 +123,7 @@ class RunClaim:
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as err:
-            raise _not_writable(self.run_dir, err) from None
+            raise _not_writable(self.run_dir, err, self.key) from None
         try:
             self._try_flock(fd)  # a new file: nobody else can hold it
             _write_info(fd, self._info())
@@ -133,7 +133,7 @@ class RunClaim:
             return False
         except OSError as err:
             os.close(fd)
-            raise _not_writable(self.run_dir, err) from None
+            raise _not_writable(self.run_dir, err, self.key) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -187,28 +187,31 @@ def _only_empty_folders(root: Path) -> bool:
     return root.is_dir() and not any(p.is_file() or p.is_symlink() for p in root.rglob("*"))
 
 
-def _not_writable(run_dir: Path, err: OSError) -> ConfigError:
-    return ConfigError(f"train.output_dir={str(run_dir)!r} is not writable ({err.strerror}); choose another directory")
+def _not_writable(run_dir: Path, err: OSError, key: str = "train.output_dir") -> ConfigError:
+    return ConfigError(f"{key}={str(run_dir)!r} is not writable ({err.strerror}); choose another directory")
 
 
-def _make_dirs(run_dir: Path) -> Path | None:
+def _make_dirs(run_dir: Path, key: str) -> Path | None:
     """Create ``run_dir`` and its missing parents; return the top-most folder created (None: it existed)."""
     missing = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise _not_writable(run_dir, err) from None
+        raise _not_writable(run_dir, err, key) from None
     return missing[-1] if missing else None
 
 
 @contextlib.contextmanager
-def claim_run_dir(run_dir: str | Path, enabled: bool = True):
-    """Hold the run folder's lock for the ``with`` body (module doc); ``enabled=False`` (not rank 0) holds nothing."""
+def claim_run_dir(run_dir: str | Path, enabled: bool = True, key: str = "train.output_dir"):
+    """Hold the run folder's lock for the ``with`` body (module doc); ``enabled=False`` (not rank 0) holds nothing.
+
+    ``key`` is the setting that names the folder in messages (``--out`` for ``sead demo``).
+    """
     run_dir = Path(run_dir)
     if not enabled:
-        yield RunClaim(run_dir, None)
+        yield RunClaim(run_dir, None, key)
         return
-    claim = RunClaim(run_dir, _make_dirs(run_dir))
+    claim = RunClaim(run_dir, _make_dirs(run_dir, key), key)
     try:
         claim.acquire()
     except BaseException:
