@@ -90,7 +90,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         action="append",
         default=[],
         metavar="VARIANT",
-        help="run only these variants (comma-separated or repeated; 'base' = the initial student)",
+        help="run only these variants (comma-separated or repeated; 'base' = the initial student; "
+        "with --seeds, every seed of each)",
     )
     parser.add_argument(
         "--tabulate-only", action="store_true", help="train and evaluate nothing; write the tables from what OUT holds"
