@@ -5,14 +5,21 @@ evaluation sets); a variant only changes ``objective.*``::
 
     sead compare --config base.yaml --methods opd,eopd,sead --ablation tac --out runs/cmp
 
+``--seeds 0,1,2`` trains every variant once per training seed (``train.seed`` and
+``curriculum.seed`` set to it, nothing else changed) and scores a variant per problem by the mean
+over its seeds, the way ``sead demo`` does; without it each variant is trained once, with the
+config's ``train.seed``.
+
 Layout of ``OUT`` (default ``runs/compare``):
 
-- ``runs/<variant>/``: a normal trainer run directory (``sead report OUT/runs/*`` draws them),
-  with ``eval/final.json`` and ``eval/final.samples.jsonl`` for its final model;
+- ``runs/<variant>/`` (``runs/<variant>-s<seed>/`` with ``--seeds``): a normal trainer run
+  directory (``sead report OUT/runs/*`` draws them), with ``eval/final.json`` and
+  ``eval/final.samples.jsonl`` for its final model;
 - ``base/eval/base.json`` (+ ``.samples.jsonl``): the initial student, evaluated once;
 - ``comparison.md`` and ``comparison.json``: per benchmark and average, the score of every
   variant with a 95% percentile-bootstrap interval over problems, and the paired difference to
-  the reference (``opd`` when compared, else the first method) with its interval (`sead.stats`).
+  the reference (``opd`` when compared, else the first method) with its interval (`sead.stats`);
+  with ``--seeds``, also each seed's score.
 
 Variants: a method name gives ``objective.method=<name>``; baselines (every method but ``sead``)
 run with ``objective.curriculum=false``, ``sead`` takes the base config's T/A/C switches
@@ -24,8 +31,8 @@ neither retrained nor re-evaluated; an unfinished one resumes from its latest ch
 the same resolved config (``train.resume=true``). A variant whose saved config differs from the
 one resolved now (in anything that changes training) is an error, never silently mixed.
 
-Several machines: ``--only VARIANT`` runs one variant (or ``base``), and ``--tabulate-only``
-gathers the tables once all are done (docs/compare.md).
+Several machines: ``--only VARIANT`` runs one variant (or ``base``; every seed of it with
+``--seeds``), and ``--tabulate-only`` gathers the tables once all are done (docs/compare.md).
 
 This module is the command's face: `run_compare` (Python) and `compare_main` (CLI). The
 options are `sead.compare_options`, the variants `sead.compare_plan`, the rows and their state
@@ -38,7 +45,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from sead.compare_options import ABLATIONS, METRICS, CompareOptions
+from sead.compare_options import ABLATIONS, METRICS, CompareOptions, parse_seeds
 
 __all__ = ["run_compare", "add_compare_arguments", "compare_main"]
 
@@ -47,9 +54,10 @@ _DEFAULTS = CompareOptions()
 
 def run_compare(config: str | None, overrides: Sequence[str] = (), **options) -> dict | None:
     """Train, evaluate and tabulate (see the module doc); ``options`` are `CompareOptions` fields
-    (``methods``, ``ablation``, ``out``, ``only``, ``tabulate_only``, ``reference``, ``metric``,
-    ``n_resamples``, ``confidence``, ``seed``). Returns the comparison JSON, or None when ``only``
-    restricted the run to some variants (tables come with ``tabulate_only``)."""
+    (``methods``, ``ablation``, ``out``, ``only``, ``tabulate_only``, ``seeds``, ``reference``,
+    ``metric``, ``n_resamples``, ``confidence``, ``seed``; ``seeds=[0, 1, 2]`` trains each variant
+    once per training seed, ``seed`` is the bootstrap's). Returns the comparison JSON, or None when
+    ``only`` restricted the run to some variants (tables come with ``tabulate_only``)."""
     checked = CompareOptions(**options)  # a bad option fails before torch is loaded
     # Imported on use: cli.py builds this command's parser on every `sead` call, and the runner
     # loads torch and the trainer (seconds), which only a comparison needs.
@@ -82,10 +90,18 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         action="append",
         default=[],
         metavar="VARIANT",
-        help="run only these variants (comma-separated or repeated; 'base' = the initial student)",
+        help="run only these variants (comma-separated or repeated; 'base' = the initial student; "
+        "with --seeds, every seed of each)",
     )
     parser.add_argument(
         "--tabulate-only", action="store_true", help="train and evaluate nothing; write the tables from what OUT holds"
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated training seeds, e.g. 0,1,2: every variant trained once per seed (train.seed, "
+        "curriculum.seed) into OUT/runs/VARIANT-sSEED, scored by the mean over seeds (default: one run "
+        "per variant with the config's train.seed)",
     )
     parser.add_argument(
         "--reference",
@@ -127,6 +143,7 @@ def compare_main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         out=args.out,
         only=_split(args.only),
         tabulate_only=args.tabulate_only,
+        seeds=parse_seeds(args.seeds),
         reference=args.reference,
         metric=args.metric,
         n_resamples=args.resamples,

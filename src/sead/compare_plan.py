@@ -2,8 +2,9 @@
 the config of each (the base config with some ``objective.*`` settings changed).
 
 `plan_variants` lists them in table order, `resolve_variants` turns each into a validated
-RunConfig (seed, data, budget and evaluation sets shared), and `describe_variant` says in a few
-words what a resolved variant trains.
+RunConfig (seed, data, budget and evaluation sets shared; with ``--seeds``, once per training
+seed), `run_name` names a variant's run folder, and `describe_variant` says in a few words what
+a resolved variant trains.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sead.compare_options import ABLATIONS
 from sead.config import METHODS, RunConfig, config_from_dict, config_to_dict
 from sead.errors import ConfigError
 
-__all__ = ["Variant", "plan_variants", "resolve_variants", "describe_variant"]
+__all__ = ["Variant", "plan_variants", "resolve_variants", "run_name", "describe_variant"]
 
 # The paper's order of the T/A/C cells: none, T, A, C, T-A, T-C, A-C, T-A-C.
 _TAC_ORDER = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1))
@@ -83,10 +84,22 @@ def plan_variants(methods: Sequence[str], ablation: str | None = None) -> list[V
     return variants
 
 
-def resolve_variants(base_cfg: RunConfig, variants: Sequence[Variant], out_dir: str | Path) -> dict[str, RunConfig]:
+def run_name(variant: str, seed: int | None = None) -> str:
+    """The folder of a variant's run under ``OUT/runs``: ``<variant>``, or ``<variant>-s<seed>``
+    with ``--seeds`` (also for a single seed, so ``--seeds 1`` makes seed 1 of ``--seeds 0,1,2``)."""
+    return variant if seed is None else f"{variant}-s{seed}"
+
+
+def resolve_variants(
+    base_cfg: RunConfig, variants: Sequence[Variant], out_dir: str | Path, seed: int | None = None
+) -> dict[str, RunConfig]:
     """One validated RunConfig per variant: the base config plus the variant's objective settings,
-    ``name=<variant>`` and ``train.output_dir=OUT/runs/<variant>``. Checks what would only fail later
-    (curriculum inputs, evaluation sets) before anything is trained."""
+    ``name`` and ``train.output_dir=OUT/runs/<name>`` from `run_name`. Checks what would only fail
+    later (curriculum inputs, evaluation sets) before anything is trained.
+
+    ``seed`` (one of ``--seeds``) sets ``train.seed`` and ``curriculum.seed``: the rollouts and the
+    order of the prompts both move with it, as in ``sead demo``, so the seeds sample the training
+    noise a user means by it; everything else stays the base config's."""
     if not base_cfg.eval.data:
         raise ConfigError(
             "sead compare needs evaluation sets; set eval.data=[name=path,...] in the base config or as an override"
@@ -95,9 +108,11 @@ def resolve_variants(base_cfg: RunConfig, variants: Sequence[Variant], out_dir: 
     resolved = {}
     for v in variants:
         data = copy.deepcopy(base)
-        data["name"] = v.name
+        data["name"] = run_name(v.name, seed)  # trackers and `sead report` tell the seeds apart
         data["objective"].update(v.objective)
-        data["train"]["output_dir"] = str(Path(out_dir) / "runs" / v.name)
+        data["train"]["output_dir"] = str(Path(out_dir) / "runs" / run_name(v.name, seed))
+        if seed is not None:
+            data["train"]["seed"] = data["curriculum"]["seed"] = seed
         data["train"]["resume"] = False
         data["train"]["force_resume"] = False
         cfg = config_from_dict(data)

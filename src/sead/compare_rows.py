@@ -1,5 +1,6 @@
 """The rows of ``sead compare`` and their state on disk: the initial student (``base``) or one
-variant, where its run and eval files live, and how far it got.
+run of a variant (one per training seed with ``--seeds``), where its run and eval files live,
+and how far it got. A table row is a variant: the tables group its runs by name.
 
 A `Row` is ``untrained`` (a variant without ``final/``), ``missing`` (trained, no complete eval
 files), ``stale`` (evaluated with other eval settings) or ``done``. Its saved ``config.yaml``
@@ -50,7 +51,8 @@ def eval_state(json_path: Path, fingerprint: dict) -> str:
 
 @dataclass
 class Row:
-    """One row of the tables: the base student (``run_dir`` None) or a variant's run."""
+    """The base student (``run_dir`` None) or one run of a variant; with ``--seeds`` a variant has
+    one Row per seed, all with the variant's ``name`` (`sead.compare_tables` averages them)."""
 
     name: str
     method: str | None
@@ -59,6 +61,12 @@ class Row:
     run_dir: Path | None  # None for the base row
     eval_json: Path
     fingerprint: dict  # stored in the eval JSON under "compare" (`eval_fingerprint`)
+    seed: int | None = None  # the training seed of ``--seeds``; None: the config's train.seed, one run
+
+    @property
+    def label(self) -> str:
+        """How messages name this run: the variant, plus its seed with ``--seeds``."""
+        return self.name if self.seed is None else f"{self.name} seed {self.seed}"
 
     @property
     def samples(self) -> Path:
@@ -83,7 +91,7 @@ class Row:
         if changed:
             raise ConfigError(
                 f"{self.run_dir} was trained with a different config ({', '.join(changed[:4])}); restore those "
-                f"values, use another --out, or delete {self.run_dir} to retrain {self.name}"
+                f"values, use another --out, or delete {self.run_dir} to retrain {self.label}"
             )
         return saved
 
@@ -103,8 +111,9 @@ def base_row(base_cfg: RunConfig, out_dir: Path) -> Row:
     )
 
 
-def variant_row(variant: Variant, cfg: RunConfig) -> Row:
-    """A variant's row, from its resolved config: its run dir is ``train.output_dir``."""
+def variant_row(variant: Variant, cfg: RunConfig, seed: int | None = None) -> Row:
+    """A variant's run, from its resolved config (for ``seed``, `resolve_variants` with that seed):
+    its run dir is ``train.output_dir``."""
     run_dir = Path(cfg.train.output_dir)
     return Row(
         name=variant.name,
@@ -114,6 +123,7 @@ def variant_row(variant: Variant, cfg: RunConfig) -> Row:
         run_dir=run_dir,
         eval_json=run_dir / "eval" / "final.json",
         fingerprint=eval_fingerprint(cfg),
+        seed=seed,
     )
 
 

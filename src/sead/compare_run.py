@@ -1,7 +1,8 @@
 """The run of a comparison: plan the rows, then train, evaluate and tabulate what is not done yet.
 
-`run_comparison` is the body of `sead.compare.run_compare`. Each row moves along its states
-(`sead.compare_rows`): `train_variant` trains or resumes a variant with its resolved config,
+`run_comparison` is the body of `sead.compare.run_compare`. Each row (the initial student, or
+one run of a variant: one per training seed with ``--seeds``) moves along its states
+(`sead.compare_rows`): `train_variant` trains or resumes a variant's run with its resolved config,
 `evaluate_row` writes the eval JSON + samples of the initial student or of a ``final/`` model,
 and `sead.compare_tables.tabulate` writes the tables. Under ``accelerate launch`` every process
 trains; evaluation and tables run on the main process.
@@ -41,7 +42,8 @@ def run_comparison(config: str | None, overrides: Sequence[str], options: Compar
     base_cfg = load_config(config, list(overrides))
     variants = plan_variants(list(options.methods), options.ablation)
     out = Path(options.out)
-    cfgs = resolve_variants(base_cfg, variants, out)
+    seeds = list(options.seeds) if options.seeds is not None else [None]  # None: the config's train.seed
+    cfgs = {seed: resolve_variants(base_cfg, variants, out, seed) for seed in seeds}
     names = [BASE] + [v.name for v in variants]
     reference = options.reference
     if reference is None:
@@ -52,7 +54,7 @@ def run_comparison(config: str | None, overrides: Sequence[str], options: Compar
         if name not in names:
             raise ConfigError(f"--only {name!r} is not a variant of this comparison; use one of {', '.join(names)}")
 
-    rows = [base_row(base_cfg, out)] + [variant_row(v, cfgs[v.name]) for v in variants]
+    rows = [base_row(base_cfg, out)] + [variant_row(v, cfgs[seed][v.name], seed) for v in variants for seed in seeds]
     selected = [r for r in rows if not options.only or r.name in options.only]
     for r in selected:  # a changed config fails here, before any hour of training is spent or tabulated
         if r.run_dir is not None:
@@ -62,9 +64,10 @@ def run_comparison(config: str | None, overrides: Sequence[str], options: Compar
         quiet_libraries()
         _train_and_evaluate(selected, base_cfg)
         if options.only:
+            of_seeds = f" (seeds {', '.join(map(str, options.seeds))})" if options.seeds is not None else ""
             _say(
-                f"finished {', '.join(r.name for r in selected)}; when every variant is done, gather the tables "
-                "with the same command and --tabulate-only (without --only)"
+                f"finished {', '.join(dict.fromkeys(r.name for r in selected))}{of_seeds}; when every variant is "
+                "done, gather the tables with the same command and --tabulate-only (without --only)"
             )
             return None
     result = None
@@ -88,7 +91,7 @@ def _train_and_evaluate(selected: Sequence[Row], base_cfg: RunConfig) -> None:
     benchmarks = None  # loaded once, on the first row that needs an evaluation
     for i, r in enumerate(selected, 1):
         state = r.state()
-        tag = f"[{i}/{len(selected)}] {r.name}"
+        tag = f"[{i}/{len(selected)}] {r.label}"
         if state == "done":
             _say(f"{tag}: trained and evaluated already, skipped")
             continue
@@ -126,7 +129,7 @@ def _release_memory() -> None:
 
 # ------------------------------------------------------------------ train and evaluate one row
 def train_variant(row: Row) -> Path:
-    """Train (or resume) one variant with its resolved config; returns ``final/``."""
+    """Train (or resume) one variant's run with its resolved config; returns ``final/``."""
     saved = row.saved_config()
     cfg = row.cfg
     if saved:
@@ -141,9 +144,9 @@ def train_variant(row: Row) -> Path:
     trainer = Trainer(cfg).setup()
     start = trainer.step
     _say(
-        f"{row.name}: training steps {start + 1}..{cfg.train.steps} in {row.run_dir}"
+        f"{row.label}: training steps {start + 1}..{cfg.train.steps} in {row.run_dir}"
         if start < cfg.train.steps
-        else f"{row.name}: all {cfg.train.steps} steps done, writing final/"
+        else f"{row.label}: all {cfg.train.steps} steps done, writing final/"
     )
     final = trainer.train()
     trainer.accelerator.free_memory()
@@ -164,7 +167,7 @@ def evaluate_row(row: Row, benchmarks: dict, progress: bool = True) -> dict:
         key = "model.student"
     else:
         model_path = tok_path = str(row.run_dir / "final")
-        gguf, key = None, f"{row.name}/final"
+        gguf, key = None, f"{row.run_dir.name}/final"
     tokenizer = load_tokenizer(
         tok_path, gguf_file=gguf if tok_path == model_path else None, key=key, trust_remote_code=m.trust_remote_code
     )
@@ -192,5 +195,5 @@ def evaluate_row(row: Row, benchmarks: dict, progress: bool = True) -> dict:
     del model
     _release_memory()
     avg = result["average"].get("pass@1")
-    _say(f"{row.name}: evaluated, average pass@1 {100 * avg:.2f}%" if avg is not None else f"{row.name}: evaluated")
+    _say(f"{row.label}: evaluated, average pass@1 {100 * avg:.2f}%" if avg is not None else f"{row.label}: evaluated")
     return result

@@ -9,14 +9,13 @@ so the point estimate is the mean over seeds and the seed-to-seed spread is show
 from __future__ import annotations
 
 import itertools
-import statistics
 
 import numpy as np
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from sead.stats import compare_scores, paired_difference
+from sead.stats import compare_scores, mean_over_seeds, paired_difference
 
 __all__ = ["summarise", "summary_rows", "caption", "print_table", "verdict_lines"]
 
@@ -33,8 +32,7 @@ def summarise(problems: dict, methods: list[str], n_resamples: int = 2000, seed:
 
     def row(name: str) -> list[float]:
         value = problems[name]
-        per_seed = value if isinstance(value, list) else [value]
-        return [statistics.fmean(run[i] for run in per_seed) for i in ids]
+        return mean_over_seeds(value if isinstance(value, list) else [value], ids).tolist()
 
     names = ["teacher", "before", *methods]
     rows = {name: row(name) for name in names}

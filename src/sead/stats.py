@@ -8,14 +8,16 @@ bootstrap (problem difficulty cancels out). Several benchmarks are resampled ind
 (stratified) and their average is the unweighted mean of the benchmark means, like the eval JSON's
 ``average``.
 
-Intervals describe only the sampling of evaluation problems; the randomness of training (one run
-per model) is not in them. All functions are pure and seeded: same inputs, same numbers.
+Intervals describe only the sampling of evaluation problems. A model trained with several seeds
+is scored per problem by the mean over its seeds (`mean_over_seeds`), which shrinks the training
+noise in the point estimate but does not resample it; with one run per model it is not in the
+intervals at all. All functions are pure and seeded: same inputs, same numbers.
 Shapes: M models, N problems, K bootstrap resamples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +30,7 @@ __all__ = [
     "bootstrap_mean",
     "paired_difference",
     "compare_scores",
+    "mean_over_seeds",
 ]
 
 _CHUNK = 256  # resamples drawn per block, so memory stays at CHUNK x n whatever n_resamples is
@@ -150,3 +153,15 @@ def compare_scores(
                     diff[i] = Interval(float(p_M[i] - p_M[reference]), *percentile_interval(d_K, confidence))
         out[name] = {"score": score, "diff": diff}
     return out
+
+
+def mean_over_seeds(per_seed: Sequence[Mapping[str, float]], ids: Sequence[str]) -> np.ndarray:
+    """Per-problem scores of one model trained once per seed: each problem's mean over the seeds, (N,).
+
+    ``per_seed`` holds one ``{problem id: score}`` per seed; ``ids`` gives the problems and their
+    order (every seed must score them all). Averaging within a problem keeps the problem the unit
+    of the bootstrap (`compare_scores`), as ``sead demo`` and ``sead compare --seeds`` report it.
+    """
+    if not per_seed:
+        raise ValueError("no seeds to average")
+    return np.array([[run[i] for i in ids] for run in per_seed], dtype=np.float64).mean(axis=0)
