@@ -133,7 +133,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             p.set_defaults(func=_train)
         elif name == "difficulty":
             _add_config_args(p)
-            p.add_argument("--k", type=int, default=8, help="student rollouts per prompt (default 8)")
+            p.add_argument(
+                "--k", type=int, default=None, help="student rollouts per prompt (default: curriculum.estimate_k)"
+            )
             p.add_argument("--out", help="output JSONL (default: curriculum.difficulty_path)")
             p.set_defaults(func=_difficulty)
         elif name == "eval":

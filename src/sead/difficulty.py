@@ -282,9 +282,12 @@ def difficulty_main(
     return diffs
 
 
-def difficulty_from_config(cfg, k: int = 8, out_path: str | None = None, progress: bool = True) -> list[float]:
+def difficulty_from_config(
+    cfg, k: int | None = None, out_path: str | None = None, progress: bool = True
+) -> list[float]:
     """``difficulty_main`` on a `sead.config.RunConfig`: the student, data, verifier and rollout
-    sections; the output goes to ``out_path`` or ``curriculum.difficulty_path``."""
+    sections; ``k`` rollouts per prompt (default ``curriculum.estimate_k``, so the file is the one
+    the trainer would estimate itself); the output goes to ``out_path`` or ``curriculum.difficulty_path``."""
     out_path = out_path or difficulty_file(cfg.curriculum.difficulty_path, cfg.train.output_dir)
     if not out_path:
         raise ConfigError("no output file for difficulties; set curriculum.difficulty_path=PATH.jsonl")
@@ -293,7 +296,7 @@ def difficulty_from_config(cfg, k: int = 8, out_path: str | None = None, progres
         cfg.data,
         cfg.verifier,
         cfg.rollout,
-        k,
+        cfg.curriculum.estimate_k if k is None else k,
         out_path,
         cfg.model.dtype,
         progress,
