@@ -446,3 +446,23 @@ def test_problem_scores_refuses_a_bad_samples_file(tmp_path):
         problem_scores(path)
     with pytest.raises(DataError, match="cannot read"):
         problem_scores(tmp_path / "absent.samples.jsonl")
+
+
+def test_a_variant_being_trained_elsewhere_is_refused_and_left_alone(base, capsys):
+    from sead.cli import main
+    from sead.run_lock import claim_run_dir
+
+    out = base["root"] / "locked"
+    run = out / "runs" / "opd"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    argv = ["--config", base["config"], "--methods", "opd", "--out", str(out), "--only", "opd"]
+    with claim_run_dir(run) as claim:  # another `sead compare --only opd` (or `sead train`) is writing it
+        claim.started()
+        assert main(["compare", *argv]) != 0
+    err = capsys.readouterr().err
+    assert f"run folder {str(run)!r} (--out) is in use by another sead run" in err
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n' and sorted(p.name for p in run.iterdir()) == [
+        "metrics.jsonl"
+    ]
+    assert compare_main(argv) == 0 and (run / "final").is_dir()  # once it is free, the variant trains

@@ -102,6 +102,6 @@ def test_a_second_demo_on_the_same_folder_is_refused_and_touches_nothing(tmp_pat
         claim.started()
         code = main(["demo", "--out", str(out), "--steps", "1", "--prompts", "32", "--k", "1", "--methods", "opd"])
         err = capsys.readouterr().err
-    assert code != 0 and f"--out={str(out)!r} is in use by another sead run" in err
+    assert code != 0 and f"run folder {str(out)!r} (--out) is in use by another sead run" in err
     assert (out / "runs" / "opd-s0" / "metrics.jsonl").read_text() == '{"step": 1}\n'  # not cleaned away
     assert sorted(p.name for p in out.iterdir()) == ["runs"] and not (out / LOCK_NAME).exists()

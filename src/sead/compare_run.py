@@ -30,6 +30,7 @@ from sead.jsonio import atomic_write_json
 from sead.models import load_model, load_tokenizer
 from sead.progress import quiet_libraries
 from sead.run_dir import resume_changes
+from sead.run_lock import claim_run_dir, is_main_launch
 from sead.trainer import Trainer
 from sead.verifier import build_verifier
 
@@ -129,7 +130,16 @@ def _release_memory() -> None:
 
 # ------------------------------------------------------------------ train and evaluate one row
 def train_variant(row: Row) -> Path:
-    """Train (or resume) one variant's run with its resolved config; returns ``final/``."""
+    """Train (or resume) one variant's run with its resolved config; returns ``final/``.
+
+    Holds the run folder's lock (`sead.run_lock`) throughout, as `sead train` does: two commands
+    given the same ``--only`` would otherwise clear and write one folder at once.
+    """
+    with claim_run_dir(row.run_dir, enabled=is_main_launch(), key="--out") as claim:
+        return _train_claimed(row, claim)
+
+
+def _train_claimed(row: Row, claim) -> Path:
     saved = row.saved_config()
     cfg = row.cfg
     if saved:
@@ -142,6 +152,7 @@ def train_variant(row: Row) -> Path:
                 (row.run_dir / stale).unlink(missing_ok=True)
     _state().wait_for_everyone()
     trainer = Trainer(cfg).setup()
+    claim.started()
     start = trainer.step
     _say(
         f"{row.label}: training steps {start + 1}..{cfg.train.steps} in {row.run_dir}"

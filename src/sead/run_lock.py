@@ -100,8 +100,8 @@ class RunClaim:
                 held_by = _read_info(fd) or held_by  # a run that just took over a stale lock has rewritten it
                 os.close(fd)
                 raise ConfigError(
-                    f"{self.key}={str(self.run_dir)!r} is in use by another sead run ({_holder_text(held_by)}); "
-                    f"wait for it to finish or pick another {self.key} "
+                    f"run folder {str(self.run_dir)!r} ({self.key}) is in use by another sead run "
+                    f"({_holder_text(held_by)}); wait for it to finish or choose another {self.key} "
                     f"(if that process is gone, delete {self.path})"
                 )
             if not _same_file(fd, self.path):  # its holder removed it between our open and our flock
@@ -205,7 +205,8 @@ def _make_dirs(run_dir: Path, key: str) -> Path | None:
 def claim_run_dir(run_dir: str | Path, enabled: bool = True, key: str = "train.output_dir"):
     """Hold the run folder's lock for the ``with`` body (module doc); ``enabled=False`` (not rank 0) holds nothing.
 
-    ``key`` is the setting that names the folder in messages (``--out`` for ``sead demo``).
+    ``key`` is the setting a user changes to pick another folder, named in messages (``--out`` for
+    ``sead demo`` and ``sead compare``).
     """
     run_dir = Path(run_dir)
     if not enabled:
