@@ -2,8 +2,10 @@
 
 Checks the pieces of ``sead.sharding`` against an unsharded copy of the same tiny model: the CPU
 switch-on, the sharded frozen teacher (logits, decoder-alone hidden states, gathered head), the
-gathered head's gradient, generation when the processes' rows end at different lengths, and a
-full-state-dict checkpoint (``FSDP_STATE_DICT_TYPE=FULL_STATE_DICT``) loaded after a forward.
+gathered head's gradient, generation when the processes' rows end at different lengths, a
+full-state-dict checkpoint (``FSDP_STATE_DICT_TYPE=FULL_STATE_DICT``) loaded after a forward, and
+a prepared LoRA student (``sead.lora``): its generation, its adapters-off decoder, an update that
+moves the adapters only.
 Writes ``ok-R`` into the working folder and exits 0 when every check of rank R holds.
 """
 
@@ -19,8 +21,9 @@ from tiny import tiny_llama  # tests/ is on PYTHONPATH (see test_sharding.py)
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
+from sead.lora import AdaptersOff, LoraConfig, wrap_with_lora
 from sead.scoring import matching_backbone, response_hidden
-from sead.sharding import enable_fsdp_on_cpu, full_weight, is_sharded, prepare_frozen, reshard_prepared
+from sead.sharding import enable_fsdp_on_cpu, full_weight, hook_generate, is_sharded, prepare_frozen, reshard_prepared
 
 VOCAB = 40
 
@@ -93,6 +96,36 @@ def main() -> None:
     acc.load_state(str(Path.cwd() / "ckpt"))
     for key, value in student.state_dict().items():
         torch.testing.assert_close(value.full_tensor(), saved[key], rtol=0, atol=0)
+    acc.wait_for_everyone()
+
+    # A LoRA student: PEFT's generate and the decoder run alone both skip the root unit's forward, and
+    # the root holds the final norm (accelerate finds no norm beside the head inside a PEFT model).
+    base = tiny_llama(VOCAB, hidden=32, layers=1, seed=3)
+    plain_base = copy.deepcopy(base)
+    lora = wrap_with_lora(base, LoraConfig(r=4, alpha=8))
+    with torch.no_grad():  # B starts at 0: give the adapters an effect to see
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)) * 0.3)
+    plain_lora = copy.deepcopy(lora)
+    lora, lora_opt = acc.prepare(lora, torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2))
+    hook_generate(lora)
+    got = lora.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **kw)  # rows end apart, as above
+    assert torch.equal(got, plain_lora.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **kw))
+    reshard_prepared(acc)  # as a backward leaves it: generate kept the root unit gathered
+    frozen = AdaptersOff(lora)  # OPSD's initial teacher, GRPO's reference: a view, sharded with the student
+    assert prepare_frozen(acc, frozen) is frozen
+    decoder = frozen.get_decoder()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            decoder(input_ids=ids).last_hidden_state, plain_base.model(input_ids=ids).last_hidden_state
+        )
+        assert not torch.allclose(lora(input_ids=ids).logits, plain_base(input_ids=ids).logits)  # adapters on
+    before = {n: full_weight(p.detach()).clone() for n, p in lora.named_parameters()}  # a unit may be gathered
+    lora(input_ids=ids).logits.float().pow(2).mean().backward()
+    lora_opt.step()
+    for name, p in lora.named_parameters():  # the adapters moved, every base weight stayed
+        assert torch.equal(full_weight(p.detach()), before[name]) != p.requires_grad, name
     acc.wait_for_everyone()
     (Path.cwd() / f"ok-{rank}").write_text("ok")  # a file, not stdout: two processes' prints interleave
 

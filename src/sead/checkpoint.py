@@ -29,6 +29,7 @@ from accelerate.utils import load
 
 from sead.errors import CheckpointError
 from sead.jsonio import atomic_write_text
+from sead.lora import sharded_adapter_state
 from sead.sharding import check_checkpoint_layout, reshard_prepared
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "list_checkpoints", "save_final_model"]
@@ -89,7 +90,8 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, trainer_state: 
             shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     try:
-        accelerator.save_state(str(tmp))
+        with sharded_adapter_state(accelerator, tmp):
+            accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()  # every process's files (RNG states, FSDP shards) are in before the rename
         _test_pause(tmp, step)
         if accelerator.is_main_process:
@@ -135,7 +137,8 @@ def load_checkpoint(accelerator, path: str | Path) -> dict:
     try:
         state = json.loads((path / STATE).read_text(encoding="utf-8"))
         _check_rng_state(path, accelerator.process_index)
-        accelerator.load_state(str(path))
+        with sharded_adapter_state(accelerator, path, load=True):
+            accelerator.load_state(str(path))
     except Exception as err:  # noqa: BLE001 - torch.load, pickle and safetensors raise many types on bad files
         raise CheckpointError(
             f"checkpoint {path} is corrupt or incomplete ({type(err).__name__}: {str(err)[:120]}); "

@@ -7,6 +7,8 @@ same object with its adapters switched off (:class:`AdaptersOff`), not a second 
 Checkpoints hold the adapters in PEFT's format (``step-N/adapter/``) instead of the whole model
 (:func:`register_adapter_checkpoints`); ``final/`` holds the adapter, and with
 ``lora.merge_final=true`` the merged full model in ``final/merged/`` (:func:`merge_adapter`).
+Under FSDP2 checkpoints hold the adapters too, sharded as accelerate writes them
+(:func:`sharded_adapter_state`), and a trained copy of a tied head is refused (:func:`check_shardable`).
 
 ``peft`` is imported inside the functions that need it: it loads transformers (seconds) and a
 run without LoRA never pays for it.
@@ -29,7 +31,9 @@ __all__ = [
     "is_lora",
     "AdaptersOff",
     "trainable_line",
+    "check_shardable",
     "register_adapter_checkpoints",
+    "sharded_adapter_state",
     "merge_adapter",
     "ADAPTER_DIR",
 ]
@@ -107,6 +111,25 @@ def wrap_with_lora(model, cfg: LoraConfig, base_path: str | None = None):
     return wrapped
 
 
+def check_shardable(model, modules_to_save) -> None:
+    """Refuse, before FSDP2 shards the PEFT student, a trained copy of an output head tied to the input embedding.
+
+    ``modules_to_save`` keeps the original head beside the trained copy, and the original's weight
+    is the embedding's. FSDP2 needs a shared weight inside one unit, but accelerate groups the head
+    with the embedding only when their weights are one tensor (the wrapped head shows its copy's),
+    so torch refuses at the first forward, after the models are loaded and sharded.
+    """
+    head = model.get_output_embeddings()
+    original = getattr(head, "original_module", None)  # PEFT's ModulesToSaveWrapper
+    embed = model.get_input_embeddings()
+    if original is not None and embed is not None and getattr(original, "weight", None) is embed.weight:
+        raise ConfigError(
+            f"lora.modules_to_save={list(modules_to_save)!r} trains the output head, which the student ties to its "
+            "input embedding, and FSDP2 cannot shard that tie; under FSDP leave the head out of "
+            "lora.modules_to_save, or use a student with untied embeddings (tie_word_embeddings: false)"
+        )
+
+
 def trainable_line(model) -> str:
     """The start-up line that says what trains: 'student: 2,176 of 14,080 parameters train (15.5%, LoRA r=4)'."""
     total = sum(p.numel() for p in model.parameters())
@@ -144,7 +167,11 @@ class AdaptersOff:
         self.module = peft_model if module is None else module
 
     def __call__(self, *args, **kwargs):
-        with _base_model_mode(self.peft_model):
+        from sead.sharding import unsharded
+
+        # The decoder alone skips the root's forward: sharded, the root unit (the final norm) is gathered here.
+        gathered = unsharded(self.peft_model) if self.module is not self.peft_model else contextlib.nullcontext()
+        with _base_model_mode(self.peft_model), gathered:
             return self.module(*args, **kwargs)
 
     @property
@@ -179,7 +206,8 @@ def register_adapter_checkpoints(accelerator) -> None:
 
     The frozen base weights come from ``model.student`` again on resume; the adapters, the optimiser
     (adapters only), schedule and RNG states come from the checkpoint, so a resumed run continues
-    bit for bit. Under FSDP/DeepSpeed accelerate saves models its own way and these hooks step aside.
+    bit for bit. Under FSDP/DeepSpeed accelerate saves models its own way and these hooks step aside
+    (FSDP: :func:`sharded_adapter_state`).
     """
 
     def peft_positions(models, weights) -> list[int]:
@@ -200,6 +228,42 @@ def register_adapter_checkpoints(accelerator) -> None:
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+@contextlib.contextmanager
+def sharded_adapter_state(accelerator, folder: str | Path, load: bool = False):
+    """Around ``accelerator.save_state``/``load_state`` (``folder``): under FSDP a PEFT student's checkpoint
+    holds its adapters only, as without FSDP; elsewhere the block runs as is.
+
+    accelerate writes an FSDP model whole (``save_state`` has no adapter-only switch and its save
+    hooks run after the models are written), so for the block the student and its optimiser leave
+    accelerate's lists (sead prepares one of each) and after it go through accelerate's own FSDP
+    functions with ``adapter_only``: the adapters and their optimiser state, sharded or whole as the
+    launch's ``fsdp_state_dict_type`` says, under the names accelerate gives them
+    (``pytorch_model_fsdp_0/``, ``optimizer_0/``; whole, torch's frozen-parameter filter also keeps
+    a head tied to the embedding). The scheduler and RNG states stay accelerate's.
+    """
+    from sead.sharding import is_sharded
+
+    models, optimizers = accelerator._models, accelerator._optimizers
+    one_peft_model = len(models) == len(optimizers) == 1 and is_lora(accelerator.unwrap_model(models[0]))
+    if not (is_sharded(accelerator) and one_peft_model):
+        yield
+        return
+    from accelerate.utils import load_fsdp_model, load_fsdp_optimizer, save_fsdp_model, save_fsdp_optimizer
+
+    accelerator._models, accelerator._optimizers = [], []
+    try:
+        yield
+    finally:
+        accelerator._models, accelerator._optimizers = models, optimizers
+    plugin, folder = accelerator.state.fsdp_plugin, str(folder)
+    if load:
+        load_fsdp_model(plugin, accelerator, models[0], folder, adapter_only=True)
+        load_fsdp_optimizer(plugin, accelerator, optimizers[0], models[0], folder)
+    else:
+        save_fsdp_model(plugin, accelerator, models[0], folder, adapter_only=True)
+        save_fsdp_optimizer(plugin, accelerator, optimizers[0], models[0], folder)
 
 
 def _load_adapter_weights(peft_model, folder: Path) -> None:

@@ -15,7 +15,10 @@ or ``--config_file`` with ``distributed_type: FSDP``, see ``sead/configs/acceler
   ``generate`` then turns ``synced_gpus`` on, so a process whose rows have all ended keeps
   joining the others' forwards instead of leaving them waiting;
 * the final model is gathered to process 0 (:func:`full_state_dict`); checkpoints are accelerate's
-  (a sharded ``pytorch_model_fsdp_0/`` by default).
+  (a sharded ``pytorch_model_fsdp_0/`` by default);
+* a LoRA student (``sead.lora``) is sharded whole, PEFT wrapper included: its ``generate``
+  (:func:`hook_generate`) and its adapters-off decoder (``AdaptersOff``) gather the root unit,
+  which they would skip; checkpoints and ``final/`` hold the adapters alone.
 
 accelerate 1.15 ignores the FSDP plugin on CPU processes (it only turns FSDP on for GPU-like
 devices) and silently runs DDP; :func:`enable_fsdp_on_cpu` turns it back on, so the same launch
@@ -32,7 +35,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor, Partial
 
 from sead.errors import CheckpointError, ConfigError
@@ -42,6 +45,7 @@ __all__ = [
     "enable_fsdp_on_cpu",
     "is_sharded",
     "prepare_frozen",
+    "hook_generate",
     "full_weight",
     "unsharded",
     "reshard_prepared",
@@ -104,8 +108,9 @@ def _layer_classes(model) -> tuple[type, ...]:
 
 def prepare_frozen(accelerator, model):
     """A frozen model on the accelerator's device, or sharded (one unit per decoder layer, then the root)."""
-    if model is None or isinstance(model, FSDPModule):
-        return model  # nothing to place, or the live student (OPSD), already sharded
+    if model is None or isinstance(model, FSDPModule) or not isinstance(model, torch.nn.Module):
+        # Nothing to place; the live student (OPSD), already sharded; or a view of it (`sead.lora.AdaptersOff`).
+        return model
     if not is_sharded(accelerator):
         return model.to(accelerator.device)
     plugin = accelerator.state.fsdp_plugin
@@ -122,6 +127,17 @@ def prepare_frozen(accelerator, model):
             fully_shard(module, **kwargs)
     fully_shard(model, **kwargs)
     return model.eval().requires_grad_(False)
+
+
+def hook_generate(model) -> None:
+    """Make a sharded root unit gather its own parameters for ``model.generate`` too, as for ``forward``.
+
+    Needed for a PEFT student: its ``generate`` calls the wrapped transformers model's, which
+    never enters the root's ``forward``, and accelerate, finding no final norm directly inside a
+    PEFT model, leaves the norm in the root unit, still sharded (a DTensor) during generation.
+    A no-op for a model that is not sharded.
+    """
+    register_fsdp_forward_method(model, "generate")
 
 
 def full_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -177,10 +193,17 @@ def check_checkpoint_layout(accelerator, path: Path) -> None:
         )
 
 
-def full_state_dict(accelerator, model) -> dict | None:
-    """The whole state dict on process 0 of a sharded model (call on every process); None when not sharded."""
+def full_state_dict(accelerator, model, trainable_only: bool = False) -> dict | None:
+    """The whole state dict on process 0 of a sharded model (call on every process); None when not sharded.
+
+    ``trainable_only``: the parameters that train, on every process, and nothing else (LoRA's
+    adapters: a PEFT model saves only those, so gathering its frozen base would be for nothing).
+    """
     if not is_sharded(accelerator):
         return None
+    if trainable_only:  # (get_model_state_dict's ignore_frozen_params keeps a head tied to a frozen embedding)
+        with torch.no_grad():
+            return {name: full_weight(p).cpu() for name, p in model.named_parameters() if p.requires_grad}
     state_dict = accelerator.get_state_dict(model)
     # Gathered copies no longer share storage, so save_pretrained would write tied weights twice: keep one name.
     unwrapped = accelerator.unwrap_model(model)

@@ -29,7 +29,7 @@ from sead.difficulty import estimate_to_file
 from sead.difficulty_file import difficulty_file, load_difficulties
 from sead.errors import ConfigError, SeadError
 from sead.evaluate import evaluate_during_training, load_benchmarks, should_evaluate
-from sead.lora import merge_adapter, register_adapter_checkpoints, trainable_line
+from sead.lora import check_shardable, merge_adapter, register_adapter_checkpoints, trainable_line
 from sead.methods import get_method
 from sead.metrics import MetricsWriter
 from sead.models import context_length, load_model, load_run_models
@@ -40,7 +40,14 @@ from sead.run_dir import append_samples, drop_records_after, prepare_run_dir
 from sead.run_lock import claim_run_dir, is_main_launch
 from sead.run_notes import publish_notes
 from sead.scoring import choose_backend
-from sead.sharding import check_launch, enable_fsdp_on_cpu, full_state_dict, is_sharded, prepare_frozen
+from sead.sharding import (
+    check_launch,
+    enable_fsdp_on_cpu,
+    full_state_dict,
+    hook_generate,
+    is_sharded,
+    prepare_frozen,
+)
 from sead.trackers import start_trackers
 from sead.verifier import build_verifier, unmatchable_note
 
@@ -84,12 +91,15 @@ class Trainer:
         prepare_run_dir(acc, self.run_dir, cfg)
         set_seed(cfg.train.seed)
         self._load_models()
+        if cfg.lora.enabled and is_sharded(acc):
+            check_shardable(self.student, cfg.lora.modules_to_save)
         self._load_data()
         set_seed(cfg.train.seed)  # the same stream whether or not difficulty estimation just ran
         self.optimizer, self.scheduler = build_optimizer(self.student, cfg.optim, cfg.train.steps)
         self.student, self.optimizer, self.scheduler = acc.prepare(self.student, self.optimizer, self.scheduler)
         if cfg.lora.enabled:  # checkpoints hold the adapters; the base weights come from model.student
             register_adapter_checkpoints(acc)
+            hook_generate(self.student)  # sharded: PEFT's generate bypasses the root unit's forward
             acc.print(trainable_line(acc.unwrap_model(self.student)))
         if self.method.teacher == "self" and self.teacher is None:
             self.teacher = acc.unwrap_model(self.student)  # OPSD with the live weights as its teacher
@@ -370,7 +380,8 @@ class Trainer:
         base = lambda: load_model(m.student, m.dtype, m.gguf_file, "model.student", m.trust_remote_code)
         merge = (lambda adapter_dir: merge_adapter(base(), adapter_dir)) if self.cfg.lora.merge_final else None
         student = self.accelerator.unwrap_model(self.student)
-        state_dict = full_state_dict(self.accelerator, self.student)  # sharded: gathered to process 0 (all call)
+        # Sharded: gathered to process 0 (every process calls); under LoRA the adapters alone.
+        state_dict = full_state_dict(self.accelerator, self.student, trainable_only=self.cfg.lora.enabled)
         return save_final_model(self.accelerator, self.run_dir, student, self.tokenizer, merge, state_dict)
 
 
