@@ -24,6 +24,7 @@ import torch
 
 from sead.errors import ConfigError
 from sead.settings import setting
+from sead.sharding import is_sharded, unsharded
 
 __all__ = [
     "LoraConfig",
@@ -167,8 +168,6 @@ class AdaptersOff:
         self.module = peft_model if module is None else module
 
     def __call__(self, *args, **kwargs):
-        from sead.sharding import unsharded
-
         # The decoder alone skips the root's forward: sharded, the root unit (the final norm) is gathered here.
         gathered = unsharded(self.peft_model) if self.module is not self.peft_model else contextlib.nullcontext()
         with _base_model_mode(self.peft_model), gathered:
@@ -243,8 +242,6 @@ def sharded_adapter_state(accelerator, folder: str | Path, load: bool = False):
     (``pytorch_model_fsdp_0/``, ``optimizer_0/``; whole, torch's frozen-parameter filter also keeps
     a head tied to the embedding). The scheduler and RNG states stay accelerate's.
     """
-    from sead.sharding import is_sharded
-
     models, optimizers = accelerator._models, accelerator._optimizers
     one_peft_model = len(models) == len(optimizers) == 1 and is_lora(accelerator.unwrap_model(models[0]))
     if not (is_sharded(accelerator) and one_peft_model):
