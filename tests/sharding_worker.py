@@ -5,7 +5,8 @@ switch-on, the sharded frozen teacher (logits, decoder-alone hidden states, gath
 gathered head's gradient, generation when the processes' rows end at different lengths, a
 full-state-dict checkpoint (``FSDP_STATE_DICT_TYPE=FULL_STATE_DICT``) loaded after a forward, and
 a prepared LoRA student (``sead.lora``): its generation, its adapters-off decoder, an update that
-moves the adapters only.
+moves the adapters only; and ``cpu_ram_efficient_loading``: process 1 builds the run's models on the
+meta device, and sharding gives it process 0's weights, the teacher's head still tied.
 Writes ``ok-R`` into the working folder and exits 0 when every check of rank R holds.
 """
 
@@ -17,13 +18,24 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from tiny import tiny_llama  # tests/ is on PYTHONPATH (see test_sharding.py)
+from tiny import save_tiny_pair, tiny_llama  # tests/ is on PYTHONPATH (see test_sharding.py)
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
+from sead.config import ModelConfig
 from sead.lora import AdaptersOff, LoraConfig, wrap_with_lora
+from sead.models import load_model, load_run_models
 from sead.scoring import matching_backbone, response_hidden
-from sead.sharding import enable_fsdp_on_cpu, full_weight, hook_generate, is_sharded, prepare_frozen, reshard_prepared
+from sead.sharding import (
+    enable_fsdp_on_cpu,
+    full_weight,
+    hook_generate,
+    is_sharded,
+    loads_on_process0,
+    prepare_frozen,
+    repoint_optimizer,
+    reshard_prepared,
+)
 
 VOCAB = 40
 
@@ -127,7 +139,43 @@ def main() -> None:
     for name, p in lora.named_parameters():  # the adapters moved, every base weight stayed
         assert torch.equal(full_weight(p.detach()), before[name]) != p.requires_grad, name
     acc.wait_for_everyone()
+    check_loading_on_process0(acc, ids)
     (Path.cwd() / f"ok-{rank}").write_text("ok")  # a file, not stdout: two processes' prints interleave
+
+
+def check_loading_on_process0(acc, ids) -> None:
+    """As ``sead train`` loads under ``fsdp_cpu_ram_efficient_loading``: real weights on process 0 only."""
+    assert not loads_on_process0(acc)  # the launch left it off
+    acc.state.fsdp_plugin.cpu_ram_efficient_loading = True
+    assert loads_on_process0(acc)
+    rank = acc.process_index
+    if rank == 0:
+        save_tiny_pair(Path.cwd() / "pair")
+    acc.wait_for_everyone()
+    paths = {name: str(Path.cwd() / "pair" / name) for name in ("student", "teacher")}
+    cfg = ModelConfig(student=paths["student"], teacher=paths["teacher"], dtype="auto")  # auto: resolved alike
+    run = load_run_models(cfg, LoraConfig(r=4, alpha=8), "model", False, weights=rank == 0)
+    for model in (run.student, run.teacher):  # adapters included: PEFT puts them beside their meta base layer
+        assert {p.device.type for p in model.parameters()} == {"meta" if rank else "cpu"}, rank
+    teacher = prepare_frozen(acc, run.teacher)
+    assert teacher.lm_head.weight is teacher.model.embed_tokens.weight  # still one tensor
+    student = run.student
+    student, optimizer = acc.prepare(student, torch.optim.AdamW([p for p in student.parameters() if p.requires_grad]))
+    repoint_optimizer(optimizer, student)
+    whole_teacher, whole_student = load_model(paths["teacher"]), load_model(paths["student"])
+    with torch.no_grad():
+        assert torch.equal(teacher(input_ids=ids).logits, whole_teacher(input_ids=ids).logits)
+        base = dict(whole_student.named_parameters())
+        for name, p in student.named_parameters():
+            value = full_weight(p.detach())
+            if ".lora_" in name:  # rank 0's random A, B = 0: the same on every process
+                gathered = [torch.empty_like(value) for _ in range(acc.num_processes)]
+                torch.distributed.all_gather(gathered, value.contiguous())
+                assert all(torch.equal(g, gathered[0]) for g in gathered), name
+            else:
+                plain = name.removeprefix("base_model.model.").replace(".base_layer", "")
+                assert torch.equal(value, base[plain]), name
+    acc.wait_for_everyone()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 trains the tiny pair with the student and the teacher sharded, checkpoints (sharded), evaluates,
 resumes, and writes a whole ``final/``. Greedy rollouts make the two processes' rollouts the
 single process's, so the weights can be compared; one micro-batch per row puts FSDP's no-sync
-accumulation in the step.
+accumulation in the step. The shipped config reads the weights on process 0 only
+(``fsdp_cpu_ram_efficient_loading``); a launch that turns it off gives the same run, bit for bit.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def _env() -> dict:
     return env
 
 
-def _launch_fsdp(args: list[str], cwd: Path) -> str:
-    """``accelerate launch`` with the shipped FSDP2 config on 2 CPU processes; returns stdout."""
+def _launch_fsdp(args: list[str], cwd: Path, *flags: str) -> str:
+    """``accelerate launch`` with the shipped FSDP2 config (and ``flags``) on 2 CPU processes; returns stdout."""
     cmd = [
         sys.executable,
         "-m",
@@ -62,6 +63,7 @@ def _launch_fsdp(args: list[str], cwd: Path) -> str:
         "no",
         "--main_process_port",
         str(_free_port()),
+        *flags,
         "-m",
         "sead.cli",
         "train",
@@ -94,9 +96,15 @@ def runs(tmp_path_factory):
 
 
 def _fsdp_resumed_and_one(root: Path, assets: dict, extra: dict) -> dict:
-    """An FSDP run, the same run resumed from its next-to-last checkpoint, and one process (no FSDP)."""
-    fsdp, resumed, one = root / "fsdp", root / "resumed", root / "one"
+    """An FSDP run, the same run resumed from its next-to-last checkpoint, and one process (no FSDP).
+
+    And ``every``: the FSDP run with every process loading the models whole (as before sead honoured
+    ``fsdp_cpu_ram_efficient_loading``), to compare with the shipped config's process-0 loading.
+    """
+    fsdp, resumed, one, every = root / "fsdp", root / "resumed", root / "one", root / "every"
     stdout = _launch_fsdp(train_overrides(assets, fsdp, **extra), root)
+    every_flags = ("--fsdp_cpu_ram_efficient_loading", "false")
+    every_stdout = _launch_fsdp(train_overrides(assets, every, **extra), root, *every_flags)
     shutil.copytree(fsdp, resumed)
     shutil.rmtree(resumed / "checkpoints" / f"step-{extra['train.steps']}")  # as if it died after the one before
     shutil.rmtree(resumed / "final")
@@ -108,7 +116,9 @@ def _fsdp_resumed_and_one(root: Path, assets: dict, extra: dict) -> dict:
         "fsdp": fsdp,
         "resumed": resumed,
         "one": one,
+        "every": every,
         "stdout": stdout,
+        "every_stdout": every_stdout,
         "resumed_stdout": resumed_stdout,
     }
 
@@ -140,6 +150,25 @@ def test_fsdp_trains_sharded_and_matches_one_process(runs):
     assert sorted(wa) == sorted(wb)  # gathered whole, the tied head stored once as without FSDP
     for key in wa:
         torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=1e-6)
+
+
+def _stable(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in metrics_lines(run)]
+
+
+def test_fsdp_loading_on_process0_matches_every_process_loading(runs):
+    """The shipped config's process-0 loading: the same checkpoints, metrics and final model, bit for bit.
+
+    That process 1 holds no weights before sharding is ``sharding_worker.py``'s check.
+    """
+    fsdp, every = runs["fsdp"], runs["every"]
+    assert "sharded over 2 processes, weights read by process 0 only" in runs["stdout"]
+    assert "weights read by process 0 only" not in runs["every_stdout"]
+    assert _stable(fsdp) == _stable(every)
+    wa, wb = load_file(every / "final" / "model.safetensors"), load_file(fsdp / "final" / "model.safetensors")
+    assert sorted(wa) == sorted(wb)
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
 
 
 def test_fsdp_resume_matches_the_uninterrupted_run(runs):
@@ -226,6 +255,18 @@ def test_fsdp_lora_final_loads_with_plain_transformers_and_peft(lora_runs):
     assert not torch.allclose(adapted, base)
 
 
+def test_fsdp_lora_loading_on_process0_matches_every_process_loading(lora_runs):
+    """PEFT wraps process 1's meta-device student; sharding gives it process 0's adapters and base."""
+    fsdp, every = lora_runs["fsdp"], lora_runs["every"]
+    assert "weights read by process 0 only" in lora_runs["stdout"]
+    assert _stable(fsdp) == _stable(every)
+    for part in ("adapter_model.safetensors", "merged/model.safetensors"):
+        wa, wb = load_file(every / "final" / part), load_file(fsdp / "final" / part)
+        assert sorted(wa) == sorted(wb)
+        for key in wa:
+            assert torch.equal(wa[key], wb[key]), (part, key)
+
+
 def test_fsdp_lora_resume_matches_the_uninterrupted_run(lora_runs):
     """Resumed from the adapter-only step-1 checkpoint: the same adapters and metrics, bit for bit."""
     fsdp, resumed = lora_runs["fsdp"], lora_runs["resumed"]
@@ -255,6 +296,23 @@ def test_fsdp_lora_trained_tied_head_is_one_line_error(tmp_path, capsys, monkeyp
     assert "FSDP2 cannot shard that tie; under FSDP leave the head out of lora.modules_to_save" in lines[0]
     untied = wrap_with_lora(tiny_llama(40, tie=False), LoraConfig(r=4, modules_to_save=["lm_head"]))
     check_shardable(untied, ["lm_head"])  # an untied head trains under FSDP (run by hand: matches one process)
+
+
+def test_difficulty_estimate_with_loading_on_process0_is_one_line_error(tmp_path, capsys, monkeypatch):
+    """Estimating difficulty samples with whole students before sharding: refused before any sampling."""
+    import sead.trainer
+
+    monkeypatch.setattr(sead.trainer, "loads_on_process0", lambda acc: True)  # without a 2-process launch
+    assets = make_assets(tmp_path / "assets")
+    missing = tmp_path / "difficulty.jsonl"
+    curriculum = {"objective.curriculum": "true", "curriculum.sampler": "competence"}
+    args = train_overrides(assets, tmp_path / "run", **curriculum, **{"curriculum.difficulty_path": str(missing)})
+    capsys.readouterr()
+    assert main(["train", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sead train: error: curriculum.difficulty_path='{missing}'"), lines
+    assert "run `sead difficulty` first to write it, or launch with --fsdp_cpu_ram_efficient_loading false" in lines[0]
+    assert not missing.exists()
 
 
 def test_fsdp_checkpoint_resumed_without_fsdp_is_one_line_error(runs, tmp_path, capsys):

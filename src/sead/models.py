@@ -115,8 +115,13 @@ def load_model(
     key: str = "model.student",
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    weights: bool = True,
 ):
-    """Load a causal LM (local dir, hub name, or GGUF file inside a dir); no ``attn_implementation``: transformers'."""
+    """Load a causal LM (local dir, hub name, or GGUF file inside a dir); no ``attn_implementation``: transformers'.
+
+    ``weights=False``: the same model with its parameters on the meta device (its buffers real), read
+    from the config alone, for a process that receives its shards from process 0 (``sead.sharding``).
+    """
     from transformers import AutoModelForCausalLM
 
     _check_source(path, key, "model", gguf_file)
@@ -124,6 +129,8 @@ def load_model(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
+        if not weights:
+            return _empty_model(path, dtype, trust_remote_code, kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
         )
@@ -139,6 +146,32 @@ def load_model(
             f"cannot load the model from {key}={path!r} ({str(err).splitlines()[0]}); check the path"
         ) from None
     return model
+
+
+def _empty_model(path: str, dtype: str | None, trust_remote_code: bool, kwargs: dict):
+    """What ``from_pretrained`` builds, parameters on meta; buffers (e.g. rotary frequencies) computed as usual.
+
+    transformers 5.x reads the weights on every process even under accelerate's
+    ``cpu_ram_efficient_loading``, so sead builds the empty model itself.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    gguf = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **gguf)
+    resolved = torch_dtype(dtype)
+    if resolved == "auto":  # as from_pretrained resolves it, so process 0's shards fit these parameters
+        resolved = getattr(config, "dtype", None) or torch.float32
+        resolved = getattr(torch, resolved) if isinstance(resolved, str) else resolved
+    extra = {"attn_implementation": kwargs["attn_implementation"]} if "attn_implementation" in kwargs else {}
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=resolved, trust_remote_code=trust_remote_code, **extra)
+    model.tie_weights()  # the context gives each registration a new meta tensor, the tied head one of its own
+    try:  # generate() reads it: every process must stop and sample as process 0 does
+        model.generation_config = GenerationConfig.from_pretrained(path, **gguf)
+    except OSError:
+        pass  # none saved: from_pretrained too derives it from the config
+    return model.eval()
 
 
 def head_rows(model) -> int:
@@ -218,11 +251,12 @@ def _frozen_initial(student):
     return copy.deepcopy(student).eval().requires_grad_(False)
 
 
-def load_run_models(model_cfg, lora_cfg, teacher_kind: str, initial_copy: bool) -> RunModels:
+def load_run_models(model_cfg, lora_cfg, teacher_kind: str, initial_copy: bool, weights: bool = True) -> RunModels:
     """Tokenizer, student, teacher and reference for a method whose teacher is ``teacher_kind``.
 
     ``teacher_kind`` is the method record's ``teacher`` (``model``, ``self`` or ``none``);
-    ``initial_copy`` whether it keeps the frozen initial student (as its teacher or KL reference).
+    ``initial_copy`` whether it keeps the frozen initial student (as its teacher or KL reference);
+    ``weights=False``: models on the meta device (see :func:`load_model`).
     """
     m = model_cfg
     tokenizer = load_tokenizer(
@@ -231,7 +265,9 @@ def load_run_models(model_cfg, lora_cfg, teacher_kind: str, initial_copy: bool) 
         key="model.tokenizer" if m.tokenizer else "model.student",
         trust_remote_code=m.trust_remote_code,
     )
-    student = load_model(m.student, m.dtype, m.gguf_file, "model.student", m.trust_remote_code, m.attn_implementation)
+    student = load_model(
+        m.student, m.dtype, m.gguf_file, "model.student", m.trust_remote_code, m.attn_implementation, weights
+    )
     if m.gradient_checkpointing:
         enable_gradient_checkpointing(student)
     if lora_cfg.enabled:
@@ -250,6 +286,7 @@ def load_run_models(model_cfg, lora_cfg, teacher_kind: str, initial_copy: bool) 
         "model.teacher",
         m.trust_remote_code,
         m.attn_implementation,
+        weights,
     )
     teacher_tok = None
     if m.teacher != (m.tokenizer or m.student):

@@ -6,8 +6,11 @@ or ``--config_file`` with ``distributed_type: FSDP``, see ``sead/configs/acceler
 * the student goes through ``accelerator.prepare`` (accelerate's ``fully_shard`` per wrapped layer,
   an embedding + final-norm + head unit, the root);
 * the frozen teacher (and GRPO's reference) are sharded here the same way, without an optimiser,
-  every unit resharded after its forward, so no device holds a whole frozen model (each process
-  still reads it whole into CPU memory before sharding it);
+  every unit resharded after its forward, so no device holds a whole frozen model;
+* with ``fsdp_cpu_ram_efficient_loading: true`` (:func:`loads_on_process0`) only process 0 reads the
+  weights; the others build the models on the meta device (``sead.models.load_model``) and receive
+  their shards from process 0 while sharding (accelerate's for the student, :func:`prepare_frozen`'s
+  for the frozen models), so host memory holds each model once (process 0's), not once per process;
 * what reads whole weights outside a forward goes through :func:`full_weight` (the fused loss's
   heads) or :func:`unsharded` (the teacher's decoder run without its root);
 * generation runs in lock-step on every process, since each forward all-gathers parameters:
@@ -35,15 +38,18 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor, Partial
 
-from sead.errors import CheckpointError, ConfigError
+from sead.errors import CheckpointError, ConfigError, SeadError
 
 __all__ = [
     "check_launch",
     "enable_fsdp_on_cpu",
     "is_sharded",
+    "loads_on_process0",
+    "repoint_optimizer",
     "prepare_frozen",
     "hook_generate",
     "full_weight",
@@ -101,6 +107,39 @@ def is_sharded(accelerator) -> bool:
     return accelerator is not None and bool(getattr(accelerator, "is_fsdp2", False))
 
 
+def loads_on_process0(accelerator) -> bool:
+    """Whether the launch asks for ``cpu_ram_efficient_loading``: real weights on process 0 only."""
+    return is_sharded(accelerator) and bool(accelerator.state.fsdp_plugin.cpu_ram_efficient_loading)
+
+
+def repoint_optimizer(optimizer, model) -> None:
+    """Point the optimizer at the prepared model's sharded trainable parameters (call after ``prepare``).
+
+    accelerate maps each old parameter to its shard by ``data_ptr``, which is 0 for every tensor on
+    the meta device: on a process that loaded no weights every optimizer entry ends up on one shard.
+    sead's optimizer has one group over the trainable parameters in ``model.parameters()`` order.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = optimizer.param_groups
+    if len(groups) != 1 or len(groups[0]["params"]) != len(params):
+        raise SeadError(f"the optimizer has {len(groups)} groups, sead builds one over the {len(params)} trainable")
+    groups[0]["params"] = params
+
+
+def _non_persistent_buffers(model) -> dict[tuple[torch.nn.Module, str], torch.Tensor]:
+    return {
+        (module, name): module._buffers[name]
+        for module in model.modules()
+        for name in module._non_persistent_buffers_set
+        if module._buffers.get(name) is not None
+    }
+
+
+def _tie(model) -> None:
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
 def _layer_classes(model) -> tuple[type, ...]:
     names = set(getattr(model, "_no_split_modules", None) or ())
     return tuple({type(m) for m in model.modules() if type(m).__name__ in names})
@@ -121,11 +160,27 @@ def prepare_frozen(accelerator, model):
         mp_policy=MixedPrecisionPolicy(),  # the teacher computes in its own dtype
         mesh=mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)] if mesh is not None else None,
     )
+    from_process0 = loads_on_process0(accelerator)
+    if from_process0:
+        # Process 0's weights stay in `full`; the model goes to meta so that fully_shard builds empty
+        # shards (on a GPU it would otherwise move the whole model there first). Buffers outside the
+        # state dict (rotary frequencies) are computed on every process and put back after.
+        full = model.state_dict() if accelerator.is_main_process else {}
+        buffers = _non_persistent_buffers(model)
+        model.to(torch.device("meta"))
+        _tie(model)  # `to` gave the tied embedding and head two meta tensors
     layers = _layer_classes(model)
     for module in list(model.modules())[1:]:
         if layers and isinstance(module, layers):
             fully_shard(module, **kwargs)
     fully_shard(model, **kwargs)
+    if from_process0:
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(model, full, options=options)  # process 0 sends, every process keeps its shard
+        for (module, name), buffer in buffers.items():
+            module._buffers[name] = buffer.to(accelerator.device)
+        _tie(model)  # loading assigned the two names two tensors
+        del full
     return model.eval().requires_grad_(False)
 
 

@@ -46,7 +46,9 @@ from sead.sharding import (
     full_state_dict,
     hook_generate,
     is_sharded,
+    loads_on_process0,
     prepare_frozen,
+    repoint_optimizer,
 )
 from sead.trackers import start_trackers
 from sead.verifier import build_verifier, unmatchable_note
@@ -97,6 +99,8 @@ class Trainer:
         set_seed(cfg.train.seed)  # the same stream whether or not difficulty estimation just ran
         self.optimizer, self.scheduler = build_optimizer(self.student, cfg.optim, cfg.train.steps)
         self.student, self.optimizer, self.scheduler = acc.prepare(self.student, self.optimizer, self.scheduler)
+        if loads_on_process0(acc):
+            repoint_optimizer(self.optimizer, self.student)
         if cfg.lora.enabled:  # checkpoints hold the adapters; the base weights come from model.student
             register_adapter_checkpoints(acc)
             hook_generate(self.student)  # sharded: PEFT's generate bypasses the root unit's forward
@@ -105,7 +109,8 @@ class Trainer:
             self.teacher = acc.unwrap_model(self.student)  # OPSD with the live weights as its teacher
         self.teacher, self.reference = prepare_frozen(acc, self.teacher), prepare_frozen(acc, self.reference)
         if is_sharded(acc):
-            acc.print(f"FSDP2: student and teacher sharded over {acc.num_processes} processes")
+            loaded = ", weights read by process 0 only" if loads_on_process0(acc) else ""
+            acc.print(f"FSDP2: student and teacher sharded over {acc.num_processes} processes{loaded}")
         self.backend = None  # a step without a teacher (GRPO) scores nothing
         if self.method.step == "distill":
             student = acc.unwrap_model(self.student)
@@ -124,7 +129,9 @@ class Trainer:
 
     def _load_models(self) -> None:
         frozen = self.method.initial_copy(self.cfg.objective)
-        run = load_run_models(self.cfg.model, self.cfg.lora, self.method.teacher, frozen)
+        acc = self.accelerator
+        weights = acc.is_main_process or not loads_on_process0(acc)  # the others receive shards from process 0
+        run = load_run_models(self.cfg.model, self.cfg.lora, self.method.teacher, frozen, weights)
         self.tokenizer, self.student, self.vocab = run.tokenizer, run.student, run.vocab
         self.teacher, self.reference = run.teacher, run.reference  # teacher None + "self": the live student
 
@@ -182,6 +189,12 @@ class Trainer:
     def _estimate_difficulty(self, path: str) -> None:
         """Write the curriculum's difficulty file, each process a share (`sead.difficulty.estimate_to_file`)."""
         cfg, acc = self.cfg, self.accelerator
+        if loads_on_process0(acc):
+            raise ConfigError(
+                f"curriculum.difficulty_path={path!r} does not exist and estimating it needs the student whole on "
+                "every process, which fsdp_cpu_ram_efficient_loading skips; run `sead difficulty` first to write it, "
+                "or launch with --fsdp_cpu_ram_efficient_loading false"
+            )
         self.student.to(acc.device)  # before accelerate.prepare: each process samples with a whole copy
         share = dict(rank=acc.process_index, world=acc.num_processes, barrier=acc.wait_for_everyone)
         estimate_to_file(
