@@ -300,9 +300,9 @@ def test_fsdp_lora_trained_tied_head_is_one_line_error(tmp_path, capsys, monkeyp
 
 def test_difficulty_estimate_with_loading_on_process0_is_one_line_error(tmp_path, capsys, monkeypatch):
     """Estimating difficulty samples with whole students before sharding: refused before any sampling."""
-    import sead.trainer
+    import sead.sharding
 
-    monkeypatch.setattr(sead.trainer, "loads_on_process0", lambda acc: True)  # without a 2-process launch
+    monkeypatch.setattr(sead.sharding, "loads_on_process0", lambda acc: True)  # without a 2-process launch
     assets = make_assets(tmp_path / "assets")
     missing = tmp_path / "difficulty.jsonl"
     curriculum = {"objective.curriculum": "true", "curriculum.sampler": "competence"}

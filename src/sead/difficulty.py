@@ -304,3 +304,24 @@ def difficulty_from_config(
         cfg.model.tokenizer,
         cfg.model.gguf_file,
     )
+
+
+def estimate_before_training(accelerator, cfg, student, tokenizer, items: list[PromptItem], path: str) -> None:
+    """The trainer's own estimate of a missing curriculum file: every process samples its share with
+    a whole copy of the student (before `accelerate.prepare`), and the file appears once all are done."""
+    student.to(accelerator.device)
+    estimate_to_file(
+        student,
+        tokenizer,
+        items,
+        build_verifier(cfg.verifier),
+        cfg.rollout,
+        cfg.curriculum.estimate_k,
+        path,
+        progress=cfg.logging.progress and accelerator.is_main_process,
+        seed=cfg.train.seed,
+        announce=accelerator.print,
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
+        barrier=accelerator.wait_for_everyone,
+    )

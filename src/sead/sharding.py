@@ -50,6 +50,7 @@ __all__ = [
     "is_sharded",
     "loads_on_process0",
     "repoint_optimizer",
+    "check_can_estimate",
     "prepare_frozen",
     "hook_generate",
     "full_weight",
@@ -110,6 +111,17 @@ def is_sharded(accelerator) -> bool:
 def loads_on_process0(accelerator) -> bool:
     """Whether the launch asks for ``cpu_ram_efficient_loading``: real weights on process 0 only."""
     return is_sharded(accelerator) and bool(accelerator.state.fsdp_plugin.cpu_ram_efficient_loading)
+
+
+def check_can_estimate(accelerator, path: str) -> None:
+    """Refuse the trainer's own difficulty estimate under process-0 loading: it samples with the whole
+    student on every process, before sharding, and the other processes hold no weights then."""
+    if loads_on_process0(accelerator):
+        raise ConfigError(
+            f"curriculum.difficulty_path={path!r} does not exist and estimating it needs the student whole on "
+            "every process, which fsdp_cpu_ram_efficient_loading skips; run `sead difficulty` first to write it, "
+            "or launch with --fsdp_cpu_ram_efficient_loading false"
+        )
 
 
 def repoint_optimizer(optimizer, model) -> None:

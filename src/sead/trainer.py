@@ -25,7 +25,7 @@ from sead.config import RunConfig, config_to_dict, load_config
 from sead.config_history import save_run_config
 from sead.curriculum import build_sampler, sampler_notes
 from sead.data import load_prompts
-from sead.difficulty import estimate_to_file
+from sead.difficulty import estimate_before_training
 from sead.difficulty_file import difficulty_file, load_difficulties
 from sead.errors import ConfigError, SeadError
 from sead.evaluate import evaluate_during_training, load_benchmarks, should_evaluate
@@ -41,6 +41,7 @@ from sead.run_lock import claim_run_dir, is_main_launch
 from sead.run_notes import publish_notes
 from sead.scoring import choose_backend
 from sead.sharding import (
+    check_can_estimate,
     check_launch,
     enable_fsdp_on_cpu,
     full_state_dict,
@@ -157,7 +158,10 @@ class Trainer:
                     "set curriculum.difficulty_path={output_dir}/difficulty.jsonl to estimate it in the run folder)"
                 )
             if not Path(difficulty_path).exists() and cfg.curriculum.auto_estimate:
-                self._estimate_difficulty(difficulty_path)
+                check_can_estimate(self.accelerator, difficulty_path)
+                estimate_before_training(
+                    self.accelerator, cfg, self.student, self.tokenizer, self.items, difficulty_path
+                )
             difficulties = load_difficulties(difficulty_path, self.items)
         sampler_cfg = cfg.curriculum if use_curriculum else type(cfg.curriculum)(seed=cfg.curriculum.seed)
         self.sampler = build_sampler(sampler_cfg, len(self.items), cfg.train.steps, difficulties)
@@ -185,31 +189,6 @@ class Trainer:
         self.eval_benchmarks = None
         if cfg.eval.every and cfg.eval.data:
             self.eval_benchmarks = load_benchmarks(cfg.eval)
-
-    def _estimate_difficulty(self, path: str) -> None:
-        """Write the curriculum's difficulty file, each process a share (`sead.difficulty.estimate_to_file`)."""
-        cfg, acc = self.cfg, self.accelerator
-        if loads_on_process0(acc):
-            raise ConfigError(
-                f"curriculum.difficulty_path={path!r} does not exist and estimating it needs the student whole on "
-                "every process, which fsdp_cpu_ram_efficient_loading skips; run `sead difficulty` first to write it, "
-                "or launch with --fsdp_cpu_ram_efficient_loading false"
-            )
-        self.student.to(acc.device)  # before accelerate.prepare: each process samples with a whole copy
-        share = dict(rank=acc.process_index, world=acc.num_processes, barrier=acc.wait_for_everyone)
-        estimate_to_file(
-            self.student,
-            self.tokenizer,
-            self.items,
-            build_verifier(cfg.verifier),
-            cfg.rollout,
-            cfg.curriculum.estimate_k,
-            path,
-            progress=cfg.logging.progress and acc.is_main_process,
-            seed=cfg.train.seed,
-            announce=acc.print,
-            **share,
-        )
 
     def _check_prompt_lengths(self) -> None:
         """Prompts that do not fit the models' context or rollout.max_prompt_tokens: refused, cut or dropped."""
