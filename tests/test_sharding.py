@@ -156,6 +156,13 @@ def _stable(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in metrics_lines(run)]
 
 
+def _assert_identical(wa: dict, wb: dict, what: str = "") -> None:
+    """Two state dicts with the same names and bit-identical tensors."""
+    assert sorted(wa) == sorted(wb), what
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), (what, key)
+
+
 def test_fsdp_loading_on_process0_matches_every_process_loading(runs):
     """The shipped config's process-0 loading: the same checkpoints, metrics and final model, bit for bit.
 
@@ -166,9 +173,7 @@ def test_fsdp_loading_on_process0_matches_every_process_loading(runs):
     assert "weights read by process 0 only" not in runs["every_stdout"]
     assert _stable(fsdp) == _stable(every)
     wa, wb = load_file(every / "final" / "model.safetensors"), load_file(fsdp / "final" / "model.safetensors")
-    assert sorted(wa) == sorted(wb)
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
+    _assert_identical(wa, wb)
 
 
 def test_fsdp_resume_matches_the_uninterrupted_run(runs):
@@ -176,14 +181,8 @@ def test_fsdp_resume_matches_the_uninterrupted_run(runs):
     fsdp, resumed = runs["fsdp"], runs["resumed"]
     assert f"resumed from {resumed / 'checkpoints' / 'step-2'} at step 2" in runs["resumed_stdout"]
     wa, wb = load_file(fsdp / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
-    assert sorted(wa) == sorted(wb)
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
-
-    def stable(run):
-        return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in metrics_lines(run)]
-
-    assert stable(resumed) == stable(fsdp)
+    _assert_identical(wa, wb)
+    assert _stable(resumed) == _stable(fsdp)
 
 
 @pytest.fixture(scope="module")
@@ -262,9 +261,7 @@ def test_fsdp_lora_loading_on_process0_matches_every_process_loading(lora_runs):
     assert _stable(fsdp) == _stable(every)
     for part in ("adapter_model.safetensors", "merged/model.safetensors"):
         wa, wb = load_file(every / "final" / part), load_file(fsdp / "final" / part)
-        assert sorted(wa) == sorted(wb)
-        for key in wa:
-            assert torch.equal(wa[key], wb[key]), (part, key)
+        _assert_identical(wa, wb, part)
 
 
 def test_fsdp_lora_resume_matches_the_uninterrupted_run(lora_runs):
@@ -272,14 +269,8 @@ def test_fsdp_lora_resume_matches_the_uninterrupted_run(lora_runs):
     fsdp, resumed = lora_runs["fsdp"], lora_runs["resumed"]
     assert f"resumed from {resumed / 'checkpoints' / 'step-1'} at step 1" in lora_runs["resumed_stdout"]
     wa, wb = _adapter(fsdp), _adapter(resumed)
-    assert sorted(wa) == sorted(wb)
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
-
-    def stable(run):
-        return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in metrics_lines(run)]
-
-    assert stable(resumed) == stable(fsdp)
+    _assert_identical(wa, wb)
+    assert _stable(resumed) == _stable(fsdp)
 
 
 def test_fsdp_lora_trained_tied_head_is_one_line_error(tmp_path, capsys, monkeypatch):
