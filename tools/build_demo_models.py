@@ -39,6 +39,11 @@ DEFAULT_OUT = ROOT / "src" / "sead" / "assets" / "demo"
 SFT_SEED = 3  # seed of the SFT stream (distinct from the shipped train/heldout seeds)
 
 
+def hinted_question(item) -> str:
+    """The item's question with its reference answer in front (``toy.HINT_TEMPLATE``, the OPSD recipe's context)."""
+    return toy.HINT_TEMPLATE.format(answer=item["answer"], prompt=item["question"])
+
+
 def encode(tokenizer, items, *, direct_share, seed, rtl_share=0.0, hint_share=0.0):
     """(prompt ids, target ids) per item: question, then a solution + eos.
 
@@ -54,9 +59,7 @@ def encode(tokenizer, items, *, direct_share, seed, rtl_share=0.0, hint_share=0.
     for it in items:
         expr = it["question"][:-1]
         hinted = bool(hint_share) and rng.random() < hint_share  # no draw when off, as for rtl below
-        questions.append(
-            toy.HINT_TEMPLATE.format(answer=it["answer"], prompt=it["question"]) if hinted else it["question"]
-        )
+        questions.append(hinted_question(it) if hinted else it["question"])
         if hinted:
             texts.append(toy.worked_solution(expr, rng))
         elif rng.random() < direct_share.get(it["level"], 0.0):
@@ -472,9 +475,7 @@ def main(argv=None):
         train_s, train_cpu_s = time.time() - t0, time.process_time() - c0
         acc, by_level = toy_models.greedy_accuracy(model, tokenizer, heldout, by_level=True)
         # With the reference answer in the prompt: how good a teacher the model is for OPSD.
-        hinted = [
-            dict(it, question=toy.HINT_TEMPLATE.format(answer=it["answer"], prompt=it["question"])) for it in heldout
-        ]
+        hinted = [dict(it, question=hinted_question(it)) for it in heldout]
         hinted_acc = toy_models.greedy_accuracy(model, tokenizer, hinted)
         print(
             f"[{name}] heldout accuracy {acc:.3f} {by_level}, with the answer in the prompt {hinted_acc:.3f}",
