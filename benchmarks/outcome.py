@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     import torch
 
     from sead.config import config_from_dict
-    from sead.demo import PRESETS, _evaluate, demo_config
+    from sead.demo import PRESETS, demo_config, evaluate_heldout
     from sead.difficulty import difficulty_from_config
     from sead.trainer import Trainer
 
@@ -150,8 +150,8 @@ def main(argv=None) -> int:
     base = config(methods[0], seeds[0])
     if any(m == "sead" for m in methods) and not difficulty.exists():
         difficulty_from_config(base, k=k, out_path=str(difficulty), progress=False)
-    before = _evaluate(base.model.student, base, args.out, "student-before")["greedy"]
-    teacher = _evaluate(base.model.teacher, base, args.out, "teacher")["greedy"]
+    before = evaluate_heldout(base.model.student, base, args.out, "student-before")["greedy"]
+    teacher = evaluate_heldout(base.model.teacher, base, args.out, "teacher")["greedy"]
     target = before + 0.5 * (teacher - before)
     curves: dict[str, dict] = {}
     for method in methods:

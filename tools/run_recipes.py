@@ -7,9 +7,9 @@
 The check behind "every shipped config works on the shipped models": each recipe trains exactly as
 ``sead train --config NAME`` would (its own steps, lr and seed; only ``train.output_dir`` moves
 under ``--out``; ``key=value`` overrides apply to every recipe). Its final model is evaluated
-greedily with the recipe's own ``eval`` settings, beside the starting student and the teacher on
-the same problems, with a 95% bootstrap interval on the paired difference. Prints a Markdown
-table; exits 1 if any recipe ends below the start.
+greedily on the recipe's ``heldout`` set with its own ``eval`` settings (``sead.demo.evaluate_heldout``),
+beside the starting student and the teacher on the same problems, with a 95% bootstrap interval
+on the paired difference. Prints a Markdown table; exits 1 if any recipe ends below the start.
 """
 
 from __future__ import annotations
@@ -23,24 +23,14 @@ from pathlib import Path
 
 import torch
 
-from sead.compare_tables import problem_scores
 from sead.config import load_config
 from sead.config_files import find_config, recipe_description, recipe_names
-from sead.evaluate import eval_main
+from sead.demo import evaluate_heldout
 from sead.methods import METHODS
 from sead.stats import paired_difference
 from sead.trainer import Trainer
 
 TEACHER_TEXT = {"self": "the student, with the answer", "none": "none (verifier reward)"}
-
-
-def _greedy(model: str, cfg, out: Path, tag: str) -> tuple[float, dict[str, float]]:
-    """Held-out greedy accuracy of ``model`` under ``cfg.eval`` and its per-problem scores."""
-    result = eval_main(
-        model, out_dir=str(out), cfg=cfg.eval, verifier_cfg=cfg.verifier, tag=tag, progress=False, show_table=False
-    )
-    name = next(iter(result["benchmarks"]))
-    return float(result["benchmarks"][name]["pass@1"]), problem_scores(out / "eval" / f"{tag}.samples.jsonl")[name]
 
 
 def run_recipe(name: str, out: Path, overrides: list[str] = ()) -> dict:
@@ -49,17 +39,17 @@ def run_recipe(name: str, out: Path, overrides: list[str] = ()) -> dict:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     cfg = load_config(find_config(name), [*overrides, f"train.output_dir={run_dir}"])
-    start, start_scores = _greedy(cfg.model.student, cfg, out / "start", name)
+    start = evaluate_heldout(cfg.model.student, cfg, out / "start", name)
     t0 = time.perf_counter()
     final = Trainer(cfg).setup().train()
     train_s = time.perf_counter() - t0
-    end, end_scores = _greedy(str(final), cfg, run_dir, "end")
+    end = evaluate_heldout(str(final), cfg, run_dir, "end")
     kind = METHODS[cfg.objective.method].teacher  # model | self (OPSD) | none (GRPO: the reward only)
     teacher = None
     if kind == "model":
-        teacher, _ = _greedy(cfg.model.teacher, cfg, out / "teacher", name)
-    ids = sorted(start_scores)
-    diff = paired_difference([end_scores[i] for i in ids], [start_scores[i] for i in ids]).to_dict()
+        teacher = evaluate_heldout(cfg.model.teacher, cfg, out / "teacher", name)["greedy"]
+    ids = sorted(start["problems"])
+    diff = paired_difference([end["problems"][i] for i in ids], [start["problems"][i] for i in ids]).to_dict()
     return {
         "recipe": name,
         "method": cfg.objective.method,
@@ -67,8 +57,8 @@ def run_recipe(name: str, out: Path, overrides: list[str] = ()) -> dict:
         "steps": cfg.train.steps,
         "lr": cfg.optim.lr,
         "seed": cfg.train.seed,
-        "start": start,
-        "end": end,
+        "start": start["greedy"],
+        "end": end["greedy"],
         "teacher": teacher,
         "teacher_kind": kind,
         "diff": diff,

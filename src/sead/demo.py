@@ -29,7 +29,7 @@ from sead.run_lock import claim_run_dir
 from sead.smollm2 import prepare_smollm2, smollm2_data, smollm2_prompt
 from sead.trainer import Trainer
 
-__all__ = ["add_demo_arguments", "demo_main", "demo_config", "run_demo", "PRESETS"]
+__all__ = ["add_demo_arguments", "demo_main", "demo_config", "evaluate_heldout", "run_demo", "PRESETS"]
 
 PRESETS = {
     # preset: (steps, training prompts, difficulty rollouts, seeds) defaults
@@ -100,7 +100,7 @@ def demo_config(
     return merge_configs(merge_configs(recipe, _preset_overlay(preset, recipe)), run)
 
 
-def _evaluate(model_path: str, cfg, out_dir: Path, tag: str) -> dict:
+def evaluate_heldout(model_path: str, cfg, out_dir: Path, tag: str) -> dict:
     """Held-out greedy accuracy, sampled avg@k (None without samples), problem count, per-problem scores."""
     result = eval_main(
         model_path,
@@ -154,8 +154,8 @@ def run_demo(
     print(f"[1/4] prompt difficulty: {k} student rollouts for each of {max_prompts} training prompts")
     difficulty_from_config(base, k=k, out_path=str(difficulty_path), progress=False)
     print("[2/4] evaluating the student and the teacher before training (greedy, held-out set)")
-    before = _evaluate(base.model.student, base, out, "student-before")
-    teacher = _evaluate(base.model.teacher, base, out, "teacher")
+    before = evaluate_heldout(base.model.student, base, out, "student-before")
+    teacher = evaluate_heldout(base.model.teacher, base, out, "teacher")
     problems = {"before": before["problems"], "teacher": teacher["problems"]}
     results = {
         "preset": preset,
@@ -187,7 +187,7 @@ def run_demo(
         results["time_s"].setdefault(method, []).append(time.perf_counter() - t0)
         (run_dir / "eval").mkdir(exist_ok=True)
         shutil.copy(out / "eval" / "student-before.json", run_dir / "eval" / "before.json")
-        after = _evaluate(str(final), cfg, run_dir, "after")
+        after = evaluate_heldout(str(final), cfg, run_dir, "after")
         results["per_seed"].setdefault(method, []).append(after["greedy"])
         results["sampled_per_seed"].setdefault(method, []).append(after["sampled"])
         results["flips"].setdefault(method, []).append(_flips(before["problems"], after["problems"]))
