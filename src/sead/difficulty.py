@@ -32,6 +32,7 @@ from sead.errors import ConfigError, DataError
 from sead.evaluate import sample_texts
 from sead.models import load_model, load_tokenizer
 from sead.progress import progress_bar
+from sead.sharding import check_can_estimate
 from sead.verifier import build_verifier
 
 __all__ = ["estimate_difficulty", "estimate_to_file", "read_done", "difficulty_main", "difficulty_from_config"]
@@ -308,7 +309,9 @@ def difficulty_from_config(
 
 def estimate_before_training(accelerator, cfg, student, tokenizer, items: list[PromptItem], path: str) -> None:
     """The trainer's own estimate of a missing curriculum file: every process samples its share with
-    a whole copy of the student (before `accelerate.prepare`), and the file appears once all are done."""
+    a whole copy of the student (before `accelerate.prepare`), and the file appears once all are done.
+    Refused when the launch gave only process 0 the weights (`sead.sharding.check_can_estimate`)."""
+    check_can_estimate(accelerator, path)
     student.to(accelerator.device)
     estimate_to_file(
         student,

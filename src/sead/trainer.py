@@ -41,7 +41,6 @@ from sead.run_lock import claim_run_dir, is_main_launch
 from sead.run_notes import publish_notes
 from sead.scoring import choose_backend
 from sead.sharding import (
-    check_can_estimate,
     check_launch,
     enable_fsdp_on_cpu,
     full_state_dict,
@@ -158,7 +157,6 @@ class Trainer:
                     "set curriculum.difficulty_path={output_dir}/difficulty.jsonl to estimate it in the run folder)"
                 )
             if not Path(difficulty_path).exists() and cfg.curriculum.auto_estimate:
-                check_can_estimate(self.accelerator, difficulty_path)
                 estimate_before_training(
                     self.accelerator, cfg, self.student, self.tokenizer, self.items, difficulty_path
                 )
